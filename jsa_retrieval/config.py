@@ -1,0 +1,136 @@
+"""Configuration dataclasses: one `JSARConfig` made of data, model and training parts.
+
+Two named presets: `paper` (the settings of the JSA paper, DESIGN §3) and `cpu` (narrow encoders and small
+inputs so that the synthetic demo trains in minutes on 2 cores). The config is saved in every checkpoint and
+store as a plain dict (`to_dict` / `from_dict`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class DataConfig:
+    """Decoding and transforms. Spectrogram: (n_fft // 2 + 1) x (1 + samples // hop_length)."""
+
+    image_size: int = 224  # test: squash-resize to image_size x image_size (bicubic)
+    train_resize: int = 246  # train: resize to this, random crop image_size, horizontal flip
+    sample_rate: int = 16000
+    audio_seconds: float = 5.0  # centred crop, tiled when shorter
+    n_fft: int = 512
+    win_length: int = 512
+    hop_length: int = 160
+    log_offset: float = 1e-7  # log(S + offset) / log_scale
+    log_scale: float = 12.0
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.sample_rate * self.audio_seconds))
+
+    @property
+    def spectrogram_shape(self) -> tuple[int, int]:
+        return self.n_fft // 2 + 1, 1 + self.num_samples // self.hop_length
+
+
+@dataclass
+class ModelConfig:
+    """Encoders and joint slot attention (paper Sec. 3.1-3.2)."""
+
+    image_weights: str = "imagenet"  # 'imagenet' | 'none' | path to a local .pth state dict
+    encoder_width: int = 64  # base width of both ResNet-18s (64 = torchvision's resnet18)
+    image_layer4_stride: int = 2  # 2 = standard ResNet (224 -> 7x7); 1 keeps stride 16 for small CPU images
+    embed_dim: int = 512  # c = d
+    num_target_slots: int = 1
+    num_off_target_slots: int = 1
+    iterations: int = 5  # N
+    mask_ratio: float = 0.1  # fraction of input tokens replaced by the learnable mask token in training
+    share_initial_slots: bool = True  # Table 6 ablation when False
+    decoder_hidden: int = 1024  # reconstruction decoders g_v, g_a (training only)
+    iqr_alpha: float = 0.6  # Eq. 14
+    projection_dim: int = 128  # alignment baseline projection heads p_v, p_a
+
+    @property
+    def num_slots(self) -> int:
+        return self.num_target_slots + self.num_off_target_slots
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and loss weights (paper Sec. 3.3-3.4, 4.1)."""
+
+    tau: float = 0.03
+    lambda_match: float = 100.0
+    lambda_div: float = 0.1
+    lambda_recon: float = 0.1
+    reciprocal_k: int = 20
+    use_match: bool = True
+    use_div: bool = True
+    use_recon: bool = True
+    use_false_negatives: bool = True
+    lr: float = 5e-5
+    weight_decay: float = 1e-2
+    batch_size: int = 256
+    epochs: int = 20
+    grad_clip: float = 1.0
+    seed: int = 0
+    num_workers: int = 4
+    amp: bool = True  # only takes effect on CUDA
+    alignment_neighbors: int = 4  # top-k pool for the alignment baseline's conceptual positives
+
+
+@dataclass
+class JSARConfig:
+    name: str = "paper"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "JSARConfig":
+        return cls(
+            name=values.get("name", "custom"),
+            data=_fill(DataConfig, values.get("data", {})),
+            model=_fill(ModelConfig, values.get("model", {})),
+            train=_fill(TrainConfig, values.get("train", {})),
+        )
+
+
+def _fill(kind: type, values: dict[str, Any]):
+    known = {f.name for f in dataclasses.fields(kind)}
+    return kind(**{k: v for k, v in values.items() if k in known})
+
+
+def paper_config() -> JSARConfig:
+    """Exactly the paper's settings (DESIGN §3)."""
+    return JSARConfig(name="paper")
+
+
+def cpu_config() -> JSARConfig:
+    """Small inputs and narrow encoders so the synthetic demo trains in minutes on 2 CPU cores.
+
+    112 px images with layer4 at stride 1 keep a 7x7 map; 3 s of audio with a 256-point FFT gives a 129 x 301
+    spectrogram and 10 audio tokens; both ResNet-18s at a quarter of the standard width.
+    """
+    return JSARConfig(
+        name="cpu",
+        data=DataConfig(image_size=112, train_resize=124, audio_seconds=3.0, n_fft=256, win_length=256),
+        model=ModelConfig(
+            image_weights="none", encoder_width=16, image_layer4_stride=1, embed_dim=128, decoder_hidden=256,
+            projection_dim=64,
+        ),
+        train=TrainConfig(lr=1e-3, batch_size=64, epochs=12, num_workers=2),
+    )
+
+
+PRESETS = {"paper": paper_config, "cpu": cpu_config}
+
+
+def get_config(name: str) -> JSARConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown configuration {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()

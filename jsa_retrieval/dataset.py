@@ -1,0 +1,120 @@
+"""torch Datasets over `Clip` records, and DataLoader settings that keep decoding off the critical path.
+
+A clip that fails to decode does not stop the run: the dataset returns a failure marker, the collate
+function drops it from the batch and lists it under `batch["failed"]`, and the caller counts and reports
+(`FailureLog`). This works across worker processes because the failure travels with the batch.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .clips import Clip
+from .config import DataConfig
+from .decode import DecodeError, load_audio, load_image
+from .transforms import crop_or_tile, image_transform, log_spectrogram
+
+
+def load_pair(clip: Clip, config: DataConfig, train: bool = False,
+              rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3, S, S) image tensor and (1, F, T) spectrogram of one clip; raises DecodeError on a broken file.
+
+    In training the audio window is taken at a random offset (a time-shift augmentation); otherwise centred.
+    """
+    image = image_transform(config, train)(load_image(clip.image))
+    samples = load_audio(clip.audio, config.sample_rate)
+    offset = None
+    if train and samples.size > config.num_samples:
+        offset = (rng or random).randint(0, samples.size - config.num_samples)
+    return image, log_spectrogram(crop_or_tile(samples, config.num_samples, offset), config)
+
+
+class ClipDataset(Dataset):
+    """Decoded (image, spectrogram) pairs; `views` > 1 returns that many independently augmented copies."""
+
+    def __init__(self, clips: Sequence[Clip], config: DataConfig, train: bool = False, views: int = 1):
+        self.clips = list(clips)
+        self.config = config
+        self.train = train
+        self.views = views
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        clip = self.clips[index]
+        try:
+            pairs = [load_pair(clip, self.config, self.train) for _ in range(self.views)]
+        except DecodeError as error:
+            return {"failed": (clip.id, str(error)), "index": index}
+        item: dict[str, Any] = {"index": index, "image": pairs[0][0], "audio": pairs[0][1]}
+        for view, (image, audio) in enumerate(pairs[1:], start=1):
+            item[f"image_{view}"], item[f"audio_{view}"] = image, audio
+        return item
+
+
+def collate_skipping_failures(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the good items; list the failed ones as (clip id, reason) under "failed"."""
+    good = [item for item in items if "failed" not in item]
+    batch: dict[str, Any] = {"failed": [item["failed"] for item in items if "failed" in item]}
+    if good:
+        for key in good[0]:
+            values = [item[key] for item in good]
+            batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
+    return batch
+
+
+@dataclass
+class FailureLog:
+    """Clips skipped during a run, reported at its end."""
+
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, batch: dict[str, Any]) -> None:
+        self.failures.extend(batch.get("failed", []))
+
+    def __len__(self) -> int:
+        return len(self.failures)
+
+    def summary(self) -> str:
+        if not self.failures:
+            return "no clips skipped"
+        first = self.failures[0][1]
+        return f"{len(self.failures)} clip(s) skipped as unreadable (first: {first})"
+
+    def write(self, path: Path) -> None:
+        Path(path).write_text("".join(f"{clip_id}\t{reason}\n" for clip_id, reason in self.failures))
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, num_workers: int = 2,
+                drop_last: bool = False, sampler: Sampler | None = None, seed: int = 0,
+                device: torch.device | str = "cpu") -> DataLoader:
+    """A DataLoader that decodes in worker processes, prefetches, and pins memory when feeding a GPU."""
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_skipping_failures,
+        pin_memory=torch.device(device).type == "cuda",
+        drop_last=drop_last,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+        worker_init_fn=_seed_worker,
+        generator=generator,
+    )
