@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny files made on the fly."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from PIL import Image
+
+torch.set_num_threads(2)
+
+
+def write_image(path: Path, size: int = 64, mode: str = "RGB", seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels).convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def write_tone(path: Path, seconds: float = 1.0, rate: int = 16000, channels: int = 1, freq: float = 440.0,
+               amplitude: float = 0.3) -> Path:
+    t = np.arange(int(seconds * rate)) / rate
+    wave = amplitude * np.sin(2 * np.pi * freq * t)
+    data = np.stack([wave * (c + 1) / channels for c in range(channels)], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, data.astype(np.float32), rate, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    return lambda name, **kw: write_image(tmp_path / name, **kw)
+
+
+@pytest.fixture
+def tone_file(tmp_path):
+    return lambda name, **kw: write_tone(tmp_path / name, **kw)

@@ -1,0 +1,140 @@
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from jsa_retrieval.clips import Clip
+from jsa_retrieval.config import get_config
+from jsa_retrieval.dataset import ClipDataset, FailureLog, collate_skipping_failures, load_pair
+from jsa_retrieval.decode import DecodeError, load_audio, load_image
+from jsa_retrieval.transforms import crop_or_tile, log_spectrogram
+
+from conftest import write_image, write_tone
+
+
+def write_mp4(path, seconds=2.0, fps=10, size=32, rate=16000):
+    """A tiny video whose frame k is filled with grey level 10*k, plus a 440 Hz tone."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mpeg4", rate=fps)
+        video.width = video.height = size
+        video.pix_fmt = "yuv420p"
+        audio = container.add_stream("aac", rate=rate)
+        for k in range(int(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), 10 * k, np.uint8), format="rgb24")
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        t = np.arange(int(seconds * rate)) / rate
+        samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+        for start in range(0, samples.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(samples[:, start:start + 1024], format="fltp", layout="mono")
+            frame.sample_rate = rate
+            for packet in audio.encode(frame):
+                container.mux(packet)
+        for packet in audio.encode():
+            container.mux(packet)
+    return path
+
+
+def test_paper_spectrogram_is_257_by_501_and_matches_numpy(tmp_path):
+    config = get_config("paper").data
+    assert config.spectrogram_shape == (257, 501)
+    rng = np.random.default_rng(0)
+    samples = rng.standard_normal(config.num_samples).astype(np.float32) * 0.1
+    spec = log_spectrogram(samples, config)
+    assert spec.shape == (1, 257, 501)
+    # direct numpy computation: reflect-pad n_fft/2, periodic Hann, frame every hop, |rfft|^2
+    padded = np.pad(samples.astype(np.float64), config.n_fft // 2, mode="reflect")
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(config.n_fft) / config.n_fft)
+    for frame in (0, 250, 500):
+        chunk = padded[frame * config.hop_length: frame * config.hop_length + config.n_fft] * window
+        power = np.abs(np.fft.rfft(chunk)) ** 2
+        expected = np.log(power + 1e-7) / 12
+        np.testing.assert_allclose(spec[0, :, frame].numpy(), expected, atol=2e-4)
+
+
+def test_silent_and_constant_audio_give_finite_spectrograms():
+    config = get_config("cpu").data
+    for samples in (np.zeros(config.num_samples, np.float32), np.full(config.num_samples, 0.5, np.float32)):
+        spec = log_spectrogram(samples, config)
+        assert spec.shape == (1, *config.spectrogram_shape)
+        assert torch.isfinite(spec).all()
+    silent = log_spectrogram(np.zeros(config.num_samples, np.float32), config)
+    assert torch.allclose(silent, torch.full_like(silent, np.log(1e-7) / 12))
+
+
+def test_crop_is_centred_and_short_audio_is_tiled():
+    samples = np.arange(10, dtype=np.float32)
+    np.testing.assert_array_equal(crop_or_tile(samples, 4), [3, 4, 5, 6])
+    # tiled to 9 samples, then the centred 7
+    np.testing.assert_array_equal(crop_or_tile(np.arange(3, dtype=np.float32), 7), [1, 2, 0, 1, 2, 0, 1])
+    np.testing.assert_array_equal(crop_or_tile(samples, 4, offset=100), [6, 7, 8, 9])
+    assert crop_or_tile(np.zeros(0, np.float32), 5).tolist() == [0.0] * 5
+
+
+def test_stereo_44k_wav_is_mixed_to_mono_and_resampled(tmp_path):
+    path = write_tone(tmp_path / "stereo.wav", seconds=1.0, rate=44100, channels=2, freq=1000)
+    samples = load_audio(path, 16000)
+    assert samples.dtype == np.float32 and abs(samples.size - 16000) <= 1
+    spectrum = np.abs(np.fft.rfft(samples))
+    assert abs(np.argmax(spectrum) * 16000 / samples.size - 1000) < 5
+    # channels are 0.5 and 1.0 times the tone: the mono mix has amplitude 0.75 * 0.3
+    assert np.abs(samples).max() == pytest.approx(0.225, abs=0.01)
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "L", "P", "RGBA", "LA"])
+def test_any_image_mode_becomes_rgb(tmp_path, mode):
+    suffix = ".jpg" if mode in ("CMYK", "L") else ".png"
+    path = write_image(tmp_path / f"img{suffix}", mode=mode)
+    image = load_image(path)
+    assert image.mode == "RGB" and image.size == (64, 64)
+
+
+def test_video_gives_middle_frame_and_audio(tmp_path):
+    path = write_mp4(tmp_path / "clip.mp4")
+    frame = np.asarray(load_image(path))
+    assert frame.shape == (32, 32, 3)
+    assert 80 <= frame.mean() <= 120  # frames are grey 0..190; the middle one (k=10) is 100
+    samples = load_audio(path, 16000)
+    assert abs(samples.size - 32000) < 3000
+    assert np.abs(samples).max() > 0.1
+
+
+def test_corrupt_files_raise_decode_error(tmp_path):
+    bad_wav = tmp_path / "bad.wav"
+    bad_wav.write_bytes(b"RIFF\x00\x00not really a wav")
+    bad_jpg = tmp_path / "bad.jpg"
+    bad_jpg.write_bytes(b"\xff\xd8garbage")
+    with pytest.raises(DecodeError, match="bad.wav"):
+        load_audio(bad_wav, 16000)
+    with pytest.raises(DecodeError, match="bad.jpg"):
+        load_image(bad_jpg)
+
+
+def test_dataset_skips_and_counts_broken_clips(tmp_path):
+    config = get_config("cpu").data
+    good = Clip("good", write_image(tmp_path / "g.jpg"), write_tone(tmp_path / "g.wav", seconds=1.0))
+    short = Clip("short", write_image(tmp_path / "s.jpg"), write_tone(tmp_path / "s.wav", seconds=0.2))
+    (tmp_path / "b.wav").write_bytes(b"broken")
+    broken = Clip("broken", write_image(tmp_path / "b.jpg"), tmp_path / "b.wav")
+    dataset = ClipDataset([good, broken, short], config)
+    batch = collate_skipping_failures([dataset[i] for i in range(3)])
+    assert batch["image"].shape == (2, 3, config.image_size, config.image_size)
+    assert batch["audio"].shape == (2, 1, *config.spectrogram_shape)
+    assert batch["index"].tolist() == [0, 2]
+    log = FailureLog()
+    log.add(batch)
+    assert len(log) == 1 and log.failures[0][0] == "broken"
+    assert "1 clip(s) skipped" in log.summary()
+
+
+def test_train_views_are_augmented_independently(tmp_path):
+    config = get_config("cpu").data
+    clip = Clip("c", write_image(tmp_path / "c.jpg", size=160), write_tone(tmp_path / "c.wav", seconds=4.0))
+    item = ClipDataset([clip], config, train=True, views=2)[0]
+    assert item["image"].shape == item["image_1"].shape == (3, config.image_size, config.image_size)
+    image, audio = load_pair(clip, config, train=False)
+    image_again, audio_again = load_pair(clip, config, train=False)
+    assert torch.equal(image, image_again) and torch.equal(audio, audio_again)
