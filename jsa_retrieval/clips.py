@@ -100,7 +100,7 @@ def _resolve_split(root: Path, split: str | Path | None) -> list[str] | None:
 def clip_box(box: list[float]) -> np.ndarray:
     """Clip a normalised box to [0, 1]; corrupt values such as -2.88e16 or NaN become edge values."""
     values = np.nan_to_num(np.asarray(box, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
-    return np.clip(values, 0.0, 1.0).astype(np.float32)
+    return np.clip(values, 0.0, 1.0)  # float64: float32 can move int(b * 224) by a pixel
 
 
 def read_vggss_annotations(path: Path) -> dict[str, tuple[str | None, np.ndarray]]:
@@ -110,7 +110,7 @@ def read_vggss_annotations(path: Path) -> dict[str, tuple[str | None, np.ndarray
     annotations: dict[str, tuple[str | None, np.ndarray]] = {}
     for record in records:
         boxes = [clip_box(b) for b in record.get("bbox", []) if len(b) == 4]
-        array = np.stack(boxes) if boxes else np.zeros((0, 4), np.float32)
+        array = np.stack(boxes) if boxes else np.zeros((0, 4))
         annotations[str(record["file"])] = (record.get("class"), array)
     return annotations
 

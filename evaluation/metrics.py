@@ -1,0 +1,363 @@
+"""Localization and retrieval metrics, numpy in, numbers out (DESIGN §4).
+
+Every function here reproduces the number the field's own evaluation code gives on the same maps:
+
+- cIoU, AP50, AUC and the median threshold follow the ``Evaluator`` in EZ-VSL's ``utils.py`` / ``test.py``
+  (stoneMo/EZ-VSL; the same class is copied into FNAC and SLAVC);
+- the fixed threshold 0.6 on the min-max normalised map follows the JSA release (``test_model.py``);
+- ground-truth maps follow EZ-VSL's ``datasets.py`` (``load_all_bboxes`` + ``bbox2gtmap``), which keeps the
+  Flickr consensus rule of LVS (Chen et al., CVPR 2021);
+- mIoU and the F-score follow AVSBench's ``utility.py`` (``mask_iou``, ``_eval_pr``, ``Eval_Fmeasure``);
+- Recall@K is the class-level retrieval protocol of Senocak et al. (ICCV 2023).
+
+Where the field's code divides by zero or leaves a case undefined, the choice made here is stated in the
+function's docstring. Nothing in this module reads files or runs a model.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+FLICKR_FRAME = 256
+"""Flickr-SoundNet annotations are pixel boxes in a 256 x 256 frame."""
+
+AUC_THRESHOLDS = 0.05 * np.arange(21)
+"""The cIoU thresholds of the success curve, computed as EZ-VSL does (``0.05 * i``, i = 0..20).
+
+Computed by multiplication, not ``np.linspace``, so that e.g. 0.05 * 6 = 0.30000000000000004 exactly as in the
+field's code: a sample whose cIoU is exactly 0.3 is not counted at that threshold there, and not here either.
+"""
+
+THRESHOLD_MODES = ("median", "fixed", "adaptive")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Ground-truth maps
+# --------------------------------------------------------------------------------------------------------------
+
+def _box_array(boxes: Any) -> np.ndarray:
+    """Boxes as a float64 (n, 4) array with NaN read as 0 (corrupt annotation values)."""
+    array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.nan_to_num(array, nan=0.0)
+
+
+def _paint(gt_map: np.ndarray, box: np.ndarray) -> None:
+    """Add 1 inside ``[ymin:ymax, xmin:xmax]``; inverted or zero-area boxes add nothing."""
+    xmin, ymin, xmax, ymax = (int(v) for v in box)
+    gt_map[ymin:ymax, xmin:xmax] += 1.0
+
+
+def vggss_gt_map(boxes: Any, size: int = 224) -> np.ndarray:
+    """VGG-SS ground truth: the union of the annotated boxes, (size, size) float64 of 0/1.
+
+    ``boxes`` is (n, 4) ``[xmin, ymin, xmax, ymax]`` normalised to [0, 1]. As in EZ-VSL's ``load_all_bboxes``
+    (format 'vggss') each coordinate becomes ``int(clip(b, 0, 1) * size)`` (truncation) and ``bbox2gtmap`` sets
+    ``[ymin:ymax, xmin:xmax]`` to 1. Corrupt values such as -2.88e16 are clipped, NaN is read as 0, and a
+    zero-area box contributes nothing. No boxes gives an all-zero map.
+    """
+    gt_map = np.zeros((size, size), dtype=np.float64)
+    pixels = (np.clip(_box_array(boxes), 0.0, 1.0) * size).astype(np.int64)
+    for box in pixels:
+        _paint(gt_map, box)
+    return np.minimum(gt_map, 1.0)
+
+
+def flickr_gt_map(annotator_boxes: Sequence[Any], size: int = 224) -> np.ndarray:
+    """Flickr-SoundNet consensus ground truth, (size, size) float64 with values in {0, 0.5, 1}.
+
+    ``annotator_boxes`` holds one (n_i, 4) array of ``[xmin, ymin, xmax, ymax]`` pixel boxes per annotator, in
+    the 256 x 256 annotation frame. Following LVS / EZ-VSL (``load_all_bboxes`` format 'flickr' and
+    ``bbox2gtmap``): each coordinate becomes ``int(size * v / 256)``, the indicator maps of all boxes of all
+    annotators are summed, the sum is divided by 2 and clipped at 1, so a pixel inside two or more boxes counts
+    1 and a pixel inside one box counts 0.5. Coordinates are also clipped to [0, size] (the field does not; real
+    annotations never leave the frame, and a negative slice index would wrap around).
+    """
+    gt_map = np.zeros((size, size), dtype=np.float64)
+    for boxes in annotator_boxes:
+        scaled = (size * _box_array(boxes) / FLICKR_FRAME).astype(np.int64)
+        for box in np.clip(scaled, 0, size):
+            _paint(gt_map, box)
+    return np.minimum(gt_map / 2.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Localization: thresholding, cIoU, pointing game, summaries
+# --------------------------------------------------------------------------------------------------------------
+
+def threshold_map(pred: np.ndarray, mode: str = "median", gt: np.ndarray | None = None,
+                  fixed: float = 0.6) -> np.ndarray:
+    """Binarise a min-max normalised map (H, W) into a bool mask (H, W).
+
+    - ``median`` (EZ-VSL / FNAC / SLAVC ``test.py``): pixels ``>= np.sort(pred.flatten())[int(pred.size * 0.5)]``;
+      with ties at that value more than half the pixels are kept, as there.
+    - ``fixed`` (JSA release ``test_model.py``): pixels ``>= fixed`` (0.6).
+    - ``adaptive`` (ours): exactly as many pixels as the ground truth covers (``gt > 0``), the largest values
+      first; ties go to the lower row-major index (stable sort), so the count is exact.
+
+    The comparison is done in the map's own dtype, as the field's ``infer >= thres`` is on float32 maps.
+    """
+    pred = np.asarray(pred)
+    if mode == "median":
+        return pred >= np.sort(pred.flatten())[int(pred.size * 0.5)]
+    if mode == "fixed":
+        return pred >= fixed
+    if mode == "adaptive":
+        if gt is None:
+            raise ValueError("threshold mode 'adaptive' needs the ground-truth map (gt=...)")
+        gt = np.asarray(gt)
+        if gt.shape != pred.shape:
+            raise ValueError(f"gt shape {gt.shape} differs from the map's {pred.shape}")
+        count = int(np.count_nonzero(gt > 0))
+        order = np.argsort(-pred.ravel(), kind="stable")
+        mask = np.zeros(pred.size, dtype=bool)
+        mask[order[:count]] = True
+        return mask.reshape(pred.shape)
+    raise ValueError(f"unknown threshold mode {mode!r}; choose one of {THRESHOLD_MODES}")
+
+
+def ciou(pred_binary: np.ndarray, gt: np.ndarray) -> float:
+    """Consensus IoU of one sample: Σ(pred·gt) / (Σgt + Σ(pred·[gt = 0])).
+
+    ``pred_binary`` (H, W) is the thresholded map, ``gt`` (H, W) the ground truth, soft (0 / 0.5 / 1) for Flickr.
+    Formula of EZ-VSL's ``Evaluator.cal_CIOU``. When the denominator is 0 (empty ground truth and empty
+    prediction) the field's code yields NaN (0/0), which already fails every ``>= t`` test of AP50 and AUC but
+    turns the mean cIoU into NaN; here it is 0.0, which leaves AP50 and AUC unchanged and keeps the mean finite.
+    An empty ground truth with a non-empty prediction gives 0.0 in both.
+    """
+    pred = np.asarray(pred_binary, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    intersection = np.sum(pred * gt)
+    denominator = np.sum(gt) + np.sum(pred * (gt == 0))
+    if denominator == 0:
+        return 0.0
+    return float(intersection / denominator)
+
+
+def pointing_hit(pred: np.ndarray, gt: np.ndarray) -> bool:
+    """Pointing game: is the map's peak (first maximum in row-major order, ``np.argmax``) inside ``gt > 0``?"""
+    pred = np.asarray(pred)
+    gt = np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"map shape {pred.shape} differs from ground truth {gt.shape}")
+    return bool(gt.ravel()[int(np.argmax(pred))] > 0)
+
+
+def _ciou_array(cious: Sequence[float] | np.ndarray) -> np.ndarray:
+    values = np.asarray(cious, dtype=np.float64).ravel()
+    if values.size == 0:
+        raise ValueError("no cIoU values to summarise")
+    return values
+
+
+def ap50(cious: Sequence[float] | np.ndarray) -> float:
+    """Fraction of samples with cIoU >= 0.5: what papers report as "cIoU" (EZ-VSL ``finalize_AP50``)."""
+    return float(np.mean(_ciou_array(cious) >= 0.5))
+
+
+def mean_ciou(cious: Sequence[float] | np.ndarray) -> float:
+    """Mean per-sample cIoU (EZ-VSL ``finalize_cIoU``)."""
+    return float(np.mean(_ciou_array(cious)))
+
+
+def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    """Trapezoid rule, the same arithmetic as ``np.trapz`` / ``sklearn.metrics.auc`` for increasing x."""
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
+
+
+def auc(cious: Sequence[float] | np.ndarray) -> float:
+    """Area under the success curve (t, fraction of samples with cIoU >= t), t = 0.05·i for i = 0..20.
+
+    EZ-VSL ``finalize_AUC``: ``cious = [np.sum(c >= 0.05*i) / len(c) for i in range(21)]`` then
+    ``sklearn.metrics.auc([0.05*i ...], cious)``, i.e. the trapezoid rule over these 21 points.
+    """
+    values = _ciou_array(cious)
+    success = np.array([np.sum(values >= t) / values.size for t in AUC_THRESHOLDS])
+    return _trapezoid(success, AUC_THRESHOLDS)
+
+
+@dataclass(frozen=True)
+class LocalizationScores:
+    """Summary of a localization run; ``n`` is the number of samples the numbers are over."""
+
+    n: int
+    ap50: float
+    mean_ciou: float
+    auc: float
+    pointing_game: float | None = None
+
+
+def summarise_localization(cious: Sequence[float] | np.ndarray,
+                           pointing_hits: Sequence[bool] | np.ndarray | None = None) -> LocalizationScores:
+    """AP50, mean cIoU, AUC and (when given one hit per sample) the pointing-game accuracy."""
+    values = _ciou_array(cious)
+    pointing = None
+    if pointing_hits is not None:
+        hits = np.asarray(pointing_hits, dtype=bool).ravel()
+        if hits.size != values.size:
+            raise ValueError(f"{hits.size} pointing hits for {values.size} cIoU values")
+        pointing = float(np.mean(hits))
+    return LocalizationScores(n=int(values.size), ap50=ap50(values), mean_ciou=mean_ciou(values),
+                              auc=auc(values), pointing_game=pointing)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# AVSBench: mIoU and F-score
+# --------------------------------------------------------------------------------------------------------------
+
+def _binary(mask: np.ndarray) -> np.ndarray:
+    return np.asarray(mask) > 0
+
+
+def _frames(masks: Any) -> np.ndarray:
+    """Masks as (N, H, W); a single (H, W) map is one frame."""
+    array = np.asarray(masks)
+    return array[None] if array.ndim == 2 else array
+
+
+def mask_iou(pred_binary: np.ndarray, gt_binary: np.ndarray) -> float:
+    """IoU of one binary mask (H, W) with its binary ground truth (H, W) (AVSBench ``mask_iou``).
+
+    AVSBench's rule for a frame whose ground truth is empty: the score is the fraction of pixels correctly left
+    empty, Σ((1-gt)(1-pred)) / (H·W). So empty ground truth with an empty prediction scores 1.0, and predicting
+    m pixels there scores (H·W - m) / (H·W). AVSBench adds eps = 1e-7 to the denominator; it is left out here
+    (the difference is below 1e-7).
+    """
+    pred = _binary(pred_binary)
+    gt = _binary(gt_binary)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    if not gt.any():
+        return float(np.count_nonzero(~pred) / pred.size)
+    return float(np.count_nonzero(pred & gt) / np.count_nonzero(pred | gt))
+
+
+def miou(preds_binary: Any, gts_binary: Any) -> float:
+    """Mean of ``mask_iou`` over frames; inputs (N, H, W) or sequences of (H, W) masks.
+
+    AVSBench averages per batch and then over batches, which equals the mean over frames when batches are of
+    equal size; the mean over frames is what is computed here.
+    """
+    preds = _frames(preds_binary)
+    gts = _frames(gts_binary)
+    if len(preds) != len(gts) or len(preds) == 0:
+        raise ValueError(f"need equal, non-zero numbers of predictions and ground truths: {len(preds)} vs {len(gts)}")
+    return float(np.mean([mask_iou(p, g) for p, g in zip(preds, gts)]))
+
+
+def _f_measure(tp: np.ndarray, predicted: np.ndarray, positives: float, beta2: float) -> np.ndarray:
+    """F_beta from counts, with AVSBench's guards: 1e-20 in both denominators and NaN (0/0) read as 0."""
+    precision = tp / (predicted + 1e-20)
+    recall = tp / (positives + 1e-20)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f = (1.0 + beta2) * precision * recall / (beta2 * precision + recall)
+    return np.nan_to_num(f, nan=0.0)
+
+
+def f_score_binary(pred_binary: np.ndarray, gt_binary: np.ndarray, beta2: float = 0.3) -> float:
+    """F-measure (β² = 0.3) of one binary mask (H, W) against its binary ground truth (H, W).
+
+    Precision tp/Σpred and recall tp/Σgt with AVSBench's guards (``_eval_pr`` / ``Eval_Fmeasure``): whenever
+    nothing is correctly predicted — including an empty ground truth or an empty prediction — the score is 0.0.
+    """
+    pred = _binary(pred_binary)
+    gt = _binary(gt_binary)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    tp = np.array([np.count_nonzero(pred & gt)], dtype=np.float64)
+    predicted = np.array([np.count_nonzero(pred)], dtype=np.float64)
+    return float(_f_measure(tp, predicted, float(np.count_nonzero(gt)), beta2)[0])
+
+
+def f_score_curve(pred_prob: Any, gt: Any, beta2: float = 0.3, num_thresholds: int = 255) -> float:
+    """AVSBench F-score: the mean over frames of F at each threshold, then the maximum over thresholds.
+
+    ``pred_prob`` (N, H, W) or (H, W): probabilities in [0, 1] (AVSBench applies the sigmoid to its logits first;
+    pass already-normalised maps here). ``gt`` (N, H, W): binary masks. Thresholds are
+    ``linspace(0, 1 - 1e-10, num_thresholds)`` and a pixel is predicted when ``prob >= threshold``, as in
+    ``_eval_pr``. Frames whose ground truth is empty are left out, as in ``Eval_Fmeasure``; with none left the
+    score is 0.0. AVSBench's test script takes this max per batch and averages the batch maxima, which makes the
+    number depend on the batch size; here the curve is averaged over all frames first (one batch holding the
+    whole set). Thresholds are float64 here (float32 in AVSBench's torch code); only pixels lying exactly
+    between the two roundings of a threshold could be counted differently.
+    """
+    preds = _frames(pred_prob).astype(np.float64)
+    gts = _frames(gt)
+    if preds.shape != gts.shape:
+        raise ValueError(f"prediction shape {preds.shape} differs from ground truth {gts.shape}")
+    thresholds = np.linspace(0.0, 1.0 - 1e-10, num_thresholds)
+    curves = []
+    for frame, mask in zip(preds, gts):
+        positive = _binary(mask).ravel()
+        if not positive.any():
+            continue
+        order = np.argsort(frame.ravel(), kind="stable")
+        values = frame.ravel()[order]
+        positives_below = np.concatenate([[0], np.cumsum(positive[order])])
+        first_kept = np.searchsorted(values, thresholds, side="left")
+        predicted = (values.size - first_kept).astype(np.float64)
+        tp = (positives_below[-1] - positives_below[first_kept]).astype(np.float64)
+        curves.append(_f_measure(tp, predicted, float(positives_below[-1]), beta2))
+    if not curves:
+        return 0.0
+    return float(np.max(np.mean(curves, axis=0)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Retrieval: ranking and class-level Recall@K
+# --------------------------------------------------------------------------------------------------------------
+
+def rank_by_similarity(similarity: np.ndarray, k: int) -> np.ndarray:
+    """Indices (Q, min(k, G)) of each query's top-k gallery items, most similar first.
+
+    ``similarity`` is (Q, G). Ties go to the lower gallery index (``np.argsort(-sim, kind='stable')``), so a
+    ranking is reproducible and independent of the index backend.
+    """
+    similarity = np.asarray(similarity)
+    if similarity.ndim != 2:
+        raise ValueError(f"similarity must be (Q, G), got shape {similarity.shape}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    # float64 negation is exact for float32 scores and safe for integer ones, so ties stay ties.
+    return np.argsort(-similarity.astype(np.float64), axis=1, kind="stable")[:, :k]
+
+
+def _hits(ranked_labels: Any, query_labels: Any, ks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    ranked = np.asarray(ranked_labels)
+    queries = np.asarray(query_labels)
+    if ranked.ndim != 2 or queries.shape != (ranked.shape[0],):
+        raise ValueError(f"ranked labels must be (Q, K) and query labels (Q,), got {ranked.shape} and {queries.shape}")
+    if ranked.shape[0] == 0:
+        raise ValueError("no queries to evaluate")
+    if len(ks) == 0 or min(ks) < 1:
+        raise ValueError(f"ks must be positive cut-offs, got {tuple(ks)}")
+    if max(ks) > ranked.shape[1]:
+        raise ValueError(f"Recall@{max(ks)} needs at least {max(ks)} ranked items per query, got {ranked.shape[1]}")
+    return ranked == queries[:, None], queries
+
+
+def recall_at_k(ranked_labels: Any, query_labels: Any, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
+    """Class-level Recall@K: the fraction of queries with at least one of their top K items of their own class.
+
+    ``ranked_labels`` (Q, K') holds the class labels of each query's gallery items in ranked order (K' >= max
+    ks), ``query_labels`` (Q,) the queries' classes (Senocak et al., ICCV 2023 retrieval protocol). Queries
+    without a known class should be left out by the caller: equal placeholder labels would count as hits.
+    """
+    hits, _ = _hits(ranked_labels, query_labels, ks)
+    return {int(k): float(np.mean(hits[:, :k].any(axis=1))) for k in ks}
+
+
+def recall_by_category(ranked_labels: Any, query_labels: Any,
+                       ks: Sequence[int] = (1, 5, 10)) -> dict[Any, dict[int, float]]:
+    """``recall_at_k`` within each query class: {label: {k: recall}}, labels in sorted order."""
+    hits, queries = _hits(ranked_labels, query_labels, ks)
+    result: dict[Any, dict[int, float]] = {}
+    for label in np.unique(queries):
+        rows = hits[queries == label]
+        key = label.item() if isinstance(label, np.generic) else label
+        result[key] = {int(k): float(np.mean(rows[:, :k].any(axis=1))) for k in ks}
+    return result

@@ -1,0 +1,330 @@
+"""Metrics against hand computations and against the field's evaluation arithmetic (DESIGN §4)."""
+import numpy as np
+import pytest
+
+from evaluation.metrics import (
+    LocalizationScores,
+    ap50,
+    auc,
+    ciou,
+    f_score_binary,
+    f_score_curve,
+    flickr_gt_map,
+    mask_iou,
+    mean_ciou,
+    miou,
+    pointing_hit,
+    rank_by_similarity,
+    recall_at_k,
+    recall_by_category,
+    summarise_localization,
+    threshold_map,
+    vggss_gt_map,
+)
+
+
+# ---------------------------------------------------------------------------------------------------- GT maps
+
+def test_vggss_gt_map_is_union_of_truncated_boxes():
+    gt = vggss_gt_map([[0.0, 0.0, 0.5, 0.5], [0.25, 0.25, 0.75, 0.75]], size=8)
+    assert set(np.unique(gt)) == {0.0, 1.0}
+    assert gt.sum() == 16 + 16 - 4
+    assert gt[0, 0] == 1 and gt[5, 5] == 1 and gt[6, 6] == 0 and gt[0, 5] == 0
+    # 0.999 * 8 = 7.992 truncates to 7: the last row/column stays empty.
+    edge = vggss_gt_map([[0.0, 0.0, 0.999, 0.999]], size=8)
+    assert edge.sum() == 49 and edge[7].sum() == 0
+
+
+def test_vggss_corrupt_record_is_clipped_and_zero_area_box_adds_nothing():
+    gt = vggss_gt_map([[-2.88e16, 0.1, 0.5, 0.6], [0.3, 0.3, 0.3, 0.3]])
+    # x: clip(-2.88e16) -> 0 .. int(0.5*224) = 112; y: int(22.4) = 22 .. int(134.4) = 134.
+    assert gt.shape == (224, 224)
+    assert gt.sum() == 112 * 112
+    rows, cols = np.nonzero(gt)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (22, 133, 0, 111)
+    assert vggss_gt_map([[0.3, 0.3, 0.3, 0.3]]).sum() == 0
+
+
+def test_vggss_nan_reads_as_zero_and_overflow_clips_to_frame():
+    gt = vggss_gt_map([[np.nan, 0.5, 0.25, 1.7]], size=8)
+    assert gt.sum() == 2 * 4
+    assert gt[4:, :2].all()
+    assert vggss_gt_map(np.zeros((0, 4)), size=8).sum() == 0
+
+
+def test_flickr_consensus_map_from_three_annotators():
+    annotators = [
+        np.array([[0, 0, 128, 128]]),                          # -> [0, 0, 4, 4] at size 8
+        np.array([[64, 64, 192, 192]]),                        # -> [2, 2, 6, 6]
+        np.array([[224, 224, 256, 256], [96, 96, 128, 128]]),  # -> [7, 7, 8, 8] and [3, 3, 4, 4]
+    ]
+    gt = flickr_gt_map(annotators, size=8)
+    assert gt[0, 0] == 0.5          # one box
+    assert gt[2, 2] == 1.0          # two boxes agree
+    assert gt[3, 3] == 1.0          # three boxes: 3 / 2 clipped at 1
+    assert gt[5, 5] == 0.5 and gt[7, 7] == 0.5
+    assert gt[0, 7] == 0.0
+    assert set(np.unique(gt)) == {0.0, 0.5, 1.0}
+    assert gt.sum() == pytest.approx(4 * 1.0 + 25 * 0.5)
+
+
+def test_flickr_boxes_scale_from_256_frame_with_truncation():
+    gt = flickr_gt_map([np.array([[10, 20, 100, 120]])])
+    # int(224*10/256) = 8, int(17.5) = 17, int(87.5) = 87, int(105.0) = 105; one annotator alone -> 0.5.
+    rows, cols = np.nonzero(gt)
+    assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (17, 105, 8, 87)
+    assert gt.sum() == pytest.approx(88 * 79 * 0.5)
+
+
+def test_flickr_matches_ezvsl_bbox2gtmap_on_random_annotations():
+    """Reference: EZ-VSL load_all_bboxes('flickr') + bbox2gtmap, restated."""
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        annotators = [np.sort(rng.integers(0, 257, (rng.integers(1, 3), 2, 2)), axis=1).reshape(-1, 4)
+                      for _ in range(3)]
+        ref = np.zeros((224, 224))
+        for boxes in annotators:
+            for xmin, ymin, xmax, ymax in [[int(224 * int(v) / 256) for v in box] for box in boxes]:
+                ref[ymin:ymax, xmin:xmax] += 1
+        ref = ref / 2
+        ref[ref > 1] = 1
+        np.testing.assert_array_equal(flickr_gt_map(annotators), ref)
+
+
+# ---------------------------------------------------------------------------------------------------- thresholds
+
+def test_median_threshold_keeps_values_at_or_above_index_half_of_sorted_map():
+    pred = (np.arange(16) / 16).reshape(4, 4)
+    mask = threshold_map(pred, "median")
+    assert mask.dtype == bool
+    assert mask.sum() == 8 and mask.ravel()[8:].all() and not mask.ravel()[:8].any()
+    odd = (np.arange(9) / 9).reshape(3, 3)
+    assert threshold_map(odd, "median").sum() == 5     # sorted[int(4.5)] = sorted[4] -> 5 pixels
+
+
+def test_median_threshold_with_ties_keeps_every_tied_pixel():
+    pred = np.zeros((4, 4))
+    pred[0, :3] = 1.0
+    assert threshold_map(pred, "median").sum() == 16   # sorted[8] = 0 and every pixel is >= 0
+
+
+def test_fixed_threshold_is_inclusive_at_0_6():
+    pred = (np.arange(16) / 16).reshape(4, 4)
+    assert threshold_map(pred, "fixed").sum() == 6       # k/16 >= 0.6 for k = 10..15
+    assert threshold_map(np.full((2, 2), 0.6, np.float32), "fixed").all()
+    assert threshold_map(pred, "fixed", fixed=0.5).sum() == 8
+
+
+def test_adaptive_threshold_takes_as_many_pixels_as_gt_with_stable_ties():
+    pred = np.zeros((4, 4))
+    pred.ravel()[[1, 3, 5, 7, 9, 11]] = 1.0
+    pred.ravel()[15] = 2.0
+    gt = np.zeros((4, 4))
+    gt[3, :] = 0.5                                      # soft gt: 4 pixels > 0
+    mask = threshold_map(pred, "adaptive", gt=gt)
+    assert sorted(np.flatnonzero(mask)) == [1, 3, 5, 15]
+    assert threshold_map(pred, "adaptive", gt=np.zeros((4, 4))).sum() == 0
+    with pytest.raises(ValueError):
+        threshold_map(pred, "adaptive")
+    with pytest.raises(ValueError):
+        threshold_map(pred, "otsu")
+
+
+# ---------------------------------------------------------------------------------------------------- cIoU
+
+def test_ciou_binary_gt():
+    gt = np.zeros((4, 4))
+    gt[:2, :2] = 1
+    pred = np.zeros((4, 4), bool)
+    pred[:2, :] = True
+    assert ciou(pred, gt) == pytest.approx(4 / (4 + 4))
+
+
+def test_ciou_soft_gt_and_whole_image_prediction():
+    gt = np.zeros((4, 4))
+    gt[0] = [1, 1, 0.5, 0.5]
+    gt[1, :2] = 0.5
+    pred = np.zeros((4, 4), bool)
+    pred[0] = True
+    pred[1, 2] = True
+    # intersection 1 + 1 + 0.5 + 0.5 = 3; sum gt = 4; one predicted pixel on gt == 0.
+    assert ciou(pred, gt) == pytest.approx(3 / (4 + 1))
+    # whole image: sum gt / (sum gt + number of gt == 0 pixels) = 4 / (4 + 10)
+    assert ciou(np.ones((4, 4)), gt) == pytest.approx(4 / 14)
+
+
+def test_ciou_empty_cases_are_zero():
+    empty = np.zeros((4, 4))
+    assert ciou(empty, empty) == 0.0
+    assert ciou(np.ones((4, 4)), empty) == 0.0
+    gt = np.zeros((4, 4))
+    gt[0, 0] = 1
+    assert ciou(empty, gt) == 0.0
+    with pytest.raises(ValueError):
+        ciou(np.ones((4, 4)), np.ones((3, 3)))
+
+
+# ---------------------------------------------------------------------------------------------------- summaries
+
+def test_ap50_mean_and_auc_by_hand():
+    cious = [0.0, 0.5, 1.0]
+    assert ap50(cious) == pytest.approx(2 / 3)
+    assert mean_ciou(cious) == pytest.approx(0.5)
+    # success curve: 1 at t=0, 2/3 on t=0.05..0.5, 1/3 on t=0.55..1.0
+    expected = (1 + 2 / 3) / 2 * 0.05 + 0.45 * 2 / 3 + (2 / 3 + 1 / 3) / 2 * 0.05 + 0.45 / 3
+    assert expected == pytest.approx(31 / 60)
+    assert auc(cious) == pytest.approx(31 / 60)
+
+
+def test_auc_uses_the_fields_floating_thresholds():
+    # 0.05 * 6 = 0.30000000000000004, so a cIoU of exactly 0.3 drops out at i = 6, as in EZ-VSL:
+    # success 1 for i = 0..5, 0 from i = 6: 5 full intervals + one half interval.
+    assert auc([0.3]) == pytest.approx(0.25 + 0.025)
+    assert auc([1.0]) == pytest.approx(1.0)
+    assert auc([0.0]) == pytest.approx(0.025)
+
+
+def test_summarise_localization_with_pointing_game():
+    scores = summarise_localization([0.0, 0.5, 1.0], pointing_hits=[True, False, True])
+    assert scores == LocalizationScores(n=3, ap50=pytest.approx(2 / 3), mean_ciou=pytest.approx(0.5),
+                                        auc=pytest.approx(31 / 60), pointing_game=pytest.approx(2 / 3))
+    assert summarise_localization([0.7]).pointing_game is None
+    with pytest.raises(ValueError):
+        summarise_localization([])
+    with pytest.raises(ValueError):
+        summarise_localization([0.1, 0.2], pointing_hits=[True])
+
+
+def test_pointing_hit_uses_first_peak_in_row_major_order():
+    gt = np.zeros((4, 4))
+    gt[1:3, 1:3] = 1
+    pred = np.zeros((4, 4))
+    pred[1, 2] = 1.0
+    assert pointing_hit(pred, gt) is True
+    pred[0, 3] = 1.0                                    # tied peak earlier in row-major order, outside gt
+    assert pointing_hit(pred, gt) is False
+
+
+def test_matches_ezvsl_evaluator_arithmetic_on_random_maps():
+    """Reference: EZ-VSL test.py (median thr, cal_CIOU, finalize_*) with datasets.py's gt maps, restated here."""
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    field, ours = [], []
+    for _ in range(12):
+        boxes = np.sort(rng.uniform(-0.2, 1.2, (rng.integers(1, 4), 2, 2)), axis=1).reshape(-1, 4)
+        ref_gt = np.zeros((224, 224))
+        for xmin, ymin, xmax, ymax in (np.clip(boxes, 0, 1) * 224).astype(int):
+            ref_gt[ymin:ymax, xmin:xmax] += 1
+        ref_gt[ref_gt > 0] = 1
+        pred = (ref_gt * rng.uniform(0, 2) + rng.random((224, 224))).astype(np.float32)
+        thr = np.sort(pred.flatten())[int(pred.shape[0] * pred.shape[1] * 0.5)]
+        infer_map = np.zeros((224, 224))
+        infer_map[pred >= thr] = 1
+        field.append(np.sum(infer_map * ref_gt) / (np.sum(ref_gt) + np.sum(infer_map * (ref_gt == 0))))
+        gt = vggss_gt_map(boxes)
+        np.testing.assert_array_equal(gt, ref_gt)
+        ours.append(ciou(threshold_map(pred, "median"), gt))
+    np.testing.assert_allclose(ours, field, rtol=0, atol=1e-12)
+    curve = [np.sum(np.array(field) >= 0.05 * i) / len(field) for i in range(21)]
+    assert auc(ours) == pytest.approx(sklearn_metrics.auc([0.05 * i for i in range(21)], curve), abs=1e-12)
+    assert ap50(ours) == np.mean(np.array(field) >= 0.5)
+
+
+# ---------------------------------------------------------------------------------------------------- AVSBench
+
+def test_mask_iou_and_miou_by_hand():
+    pred = np.zeros((4, 4), bool)
+    pred[:2] = True
+    gt = np.zeros((4, 4), bool)
+    gt[:, :2] = True
+    assert mask_iou(pred, gt) == pytest.approx(4 / 12)
+    empty = np.zeros((4, 4), bool)
+    assert mask_iou(empty, empty) == 1.0                # AVSBench: true negatives over all pixels
+    some = np.zeros((4, 4), bool)
+    some[0] = True
+    assert mask_iou(some, empty) == pytest.approx(12 / 16)
+    assert miou([pred, empty, some], [gt, empty, empty]) == pytest.approx((1 / 3 + 1 + 0.75) / 3)
+
+
+def test_f_score_binary_by_hand():
+    gt = np.zeros((4, 4), np.uint8)
+    gt[:, :2] = 255                                     # 8 positives, stored as a 0/255 png would be
+    pred = np.zeros((4, 4), bool)
+    pred[0, :2] = True                                  # 2 predicted, both right: P = 1, R = 0.25
+    assert f_score_binary(pred, gt) == pytest.approx(1.3 * 0.25 / (0.3 * 1 + 0.25))
+    assert f_score_binary(np.zeros((4, 4)), gt) == 0.0
+    assert f_score_binary(pred, np.zeros((4, 4))) == 0.0
+
+
+def test_f_score_curve_averages_frames_before_the_max_and_skips_empty_gt():
+    probs = np.array([[[0.9, 0.6], [0.3, 0.1]],
+                      [[0.2, 0.5], [0.45, 0.4]],
+                      [[0.9, 0.9], [0.9, 0.9]]])
+    gts = np.array([[[1, 0], [1, 0]],
+                    [[0, 1], [0, 0]],
+                    [[0, 0], [0, 0]]])
+    # frame 1 alone peaks at F = 1.3*1*0.5/(0.3+0.5) = 0.8125 (t in (0.6, 0.9]);
+    assert f_score_curve(probs[0], gts[0]) == pytest.approx(0.8125)
+    # frame 2 alone peaks at 1.0 (t in (0.45, 0.5]); there frame 1 has P = R = 0.5, F = 0.5.
+    # mean-then-max = (0.5 + 1.0) / 2 = 0.75, not the mean of the maxima 0.90625; frame 3 (empty gt) is skipped.
+    assert f_score_curve(probs, gts) == pytest.approx(0.75)
+    assert f_score_curve(probs[2:], gts[2:]) == 0.0
+
+
+def test_f_score_curve_matches_avsbench_threshold_loop():
+    """Reference: AVSBench _eval_pr / Eval_Fmeasure (255 thresholds, >=, 1e-20 guards, NaN -> 0), restated."""
+    rng = np.random.default_rng(1)
+    probs = rng.random((4, 16, 16))
+    gts = rng.random((4, 16, 16)) > 0.7
+    thresholds = np.linspace(0, 1 - 1e-10, 255)
+    curves = []
+    for pred, gt in zip(probs, gts):
+        prec = np.array([((pred >= t) & gt).sum() / ((pred >= t).sum() + 1e-20) for t in thresholds])
+        rec = np.array([((pred >= t) & gt).sum() / (gt.sum() + 1e-20) for t in thresholds])
+        with np.errstate(invalid="ignore"):
+            f = 1.3 * prec * rec / (0.3 * prec + rec)
+        f[f != f] = 0
+        curves.append(f)
+    assert f_score_curve(probs, gts) == pytest.approx(np.max(np.mean(curves, axis=0)), abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------- retrieval
+
+GALLERY_LABELS = np.array(["dog", "cat", "dog", "bird", "cat"])
+QUERY_LABELS = np.array(["cat", "dog", "bird", "cat"])
+SIMILARITY = np.array([
+    [0.9, 0.9, 0.1, 0.2, 0.3],    # tie between gallery 0 (dog) and 1 (cat): the lower index wins
+    [0.1, 0.5, 0.2, 0.8, 0.5],
+    [0.3, 0.3, 0.3, 0.7, 0.1],
+    [0.0, 0.0, 0.0, 0.0, 1.0],
+])
+
+
+def test_rank_by_similarity_breaks_ties_towards_lower_gallery_index():
+    ranks = rank_by_similarity(SIMILARITY, 5)
+    np.testing.assert_array_equal(ranks, [[0, 1, 4, 3, 2], [3, 1, 4, 2, 0], [3, 0, 1, 2, 4], [4, 0, 1, 2, 3]])
+    assert rank_by_similarity(SIMILARITY, 2).shape == (4, 2)
+    assert rank_by_similarity(SIMILARITY, 50).shape == (4, 5)
+
+
+def test_recall_at_k_on_hand_made_similarity_with_ties():
+    ranked = GALLERY_LABELS[rank_by_similarity(SIMILARITY, 5)]
+    # query 0: dog, cat, cat -> miss@1, hit@3; query 1: bird, cat, cat, dog -> hit only @5;
+    # query 2: bird first; query 3: cat first.
+    assert recall_at_k(ranked, QUERY_LABELS, ks=(1, 3, 5)) == pytest.approx({1: 0.5, 3: 0.75, 5: 1.0})
+    # Same scores with gallery items 0 and 1 swapped: the tie now goes to the cat, and R@1 changes.
+    swap = [1, 0, 2, 3, 4]
+    ranked_swapped = GALLERY_LABELS[swap][rank_by_similarity(SIMILARITY[:, swap], 5)]
+    assert recall_at_k(ranked_swapped, QUERY_LABELS, ks=(1,)) == pytest.approx({1: 0.75})
+    with pytest.raises(ValueError):
+        recall_at_k(ranked[:, :3], QUERY_LABELS, ks=(1, 5))
+
+
+def test_recall_by_category():
+    ranked = GALLERY_LABELS[rank_by_similarity(SIMILARITY, 5)]
+    per_class = recall_by_category(ranked, QUERY_LABELS, ks=(1, 3, 5))
+    assert list(per_class) == ["bird", "cat", "dog"]
+    assert all(type(label) is str for label in per_class)
+    assert per_class["cat"] == pytest.approx({1: 0.5, 3: 1.0, 5: 1.0})
+    assert per_class["dog"] == pytest.approx({1: 0.0, 3: 0.0, 5: 1.0})
+    assert per_class["bird"] == pytest.approx({1: 1.0, 3: 1.0, 5: 1.0})
