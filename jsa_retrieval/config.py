@@ -47,6 +47,7 @@ class ModelConfig:
     iterations: int = 5  # N
     mask_ratio: float = 0.1  # fraction of input tokens replaced by the learnable mask token in training
     share_initial_slots: bool = True  # Table 6 ablation when False
+    share_modality_weights: bool = False  # separate k/v/q/GRU/MLP per modality: 6.84 M JSA parameters (App. A)
     decoder_hidden: int = 1024  # reconstruction decoders g_v, g_a (training only)
     iqr_alpha: float = 0.6  # Eq. 14
     projection_dim: int = 128  # alignment baseline projection heads p_v, p_a

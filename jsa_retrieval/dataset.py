@@ -21,28 +21,41 @@ from .decode import DecodeError, load_audio, load_image
 from .transforms import crop_or_tile, image_transform, log_spectrogram
 
 
-def load_pair(clip: Clip, config: DataConfig, train: bool = False,
-              rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(3, S, S) image tensor and (1, F, T) spectrogram of one clip; raises DecodeError on a broken file.
+def load_image_tensor(path: Path, config: DataConfig, train: bool = False) -> torch.Tensor:
+    """(3, S, S) normalised image tensor; raises DecodeError on a broken file."""
+    return image_transform(config, train)(load_image(path))
 
-    In training the audio window is taken at a random offset (a time-shift augmentation); otherwise centred.
-    """
-    image = image_transform(config, train)(load_image(clip.image))
-    samples = load_audio(clip.audio, config.sample_rate)
+
+def load_spectrogram(path: Path, config: DataConfig, train: bool = False,
+                     rng: random.Random | None = None) -> torch.Tensor:
+    """(1, F, T) log spectrogram; in training the window is taken at a random offset (a time shift)."""
+    samples = load_audio(path, config.sample_rate)
     offset = None
     if train and samples.size > config.num_samples:
         offset = (rng or random).randint(0, samples.size - config.num_samples)
-    return image, log_spectrogram(crop_or_tile(samples, config.num_samples, offset), config)
+    return log_spectrogram(crop_or_tile(samples, config.num_samples, offset), config)
+
+
+def load_pair(clip: Clip, config: DataConfig, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image tensor and spectrogram of one clip; raises DecodeError on a broken file."""
+    return load_image_tensor(clip.image, config, train), load_spectrogram(clip.audio, config, train)
 
 
 class ClipDataset(Dataset):
-    """Decoded (image, spectrogram) pairs; `views` > 1 returns that many independently augmented copies."""
+    """Decoded (image, spectrogram) pairs.
 
-    def __init__(self, clips: Sequence[Clip], config: DataConfig, train: bool = False, views: int = 1):
+    `views` > 1 adds independently augmented copies as `image_1`, `audio_1`, ... . `partners` (N, 2) adds one
+    more view whose image comes from clip partners[i, 0] and whose audio from clip partners[i, 1]: the
+    conceptually similar positives of the alignment baseline.
+    """
+
+    def __init__(self, clips: Sequence[Clip], config: DataConfig, train: bool = False, views: int = 1,
+                 partners: np.ndarray | None = None):
         self.clips = list(clips)
         self.config = config
         self.train = train
         self.views = views
+        self.partners = partners
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -51,6 +64,10 @@ class ClipDataset(Dataset):
         clip = self.clips[index]
         try:
             pairs = [load_pair(clip, self.config, self.train) for _ in range(self.views)]
+            if self.partners is not None:
+                image_partner, audio_partner = (self.clips[int(j)] for j in self.partners[index])
+                pairs.append((load_image_tensor(image_partner.image, self.config, self.train),
+                              load_spectrogram(audio_partner.audio, self.config, self.train)))
         except DecodeError as error:
             return {"failed": (clip.id, str(error)), "index": index}
         item: dict[str, Any] = {"index": index, "image": pairs[0][0], "audio": pairs[0][1]}

@@ -1,0 +1,322 @@
+"""The JSA model (paper Sec. 3) and the two baselines retrieval is compared with (EZ-VSL, Alignment).
+
+Every model answers the same questions (INTERFACES.md): `encode_image` -> ImageSide, `encode_audio` -> AudioSide
+(each with an L2-normalised retrieval vector), `cross_map` / `refined_map` -> (B, h, w) localization maps from
+one side of each, and `forward` -> the training outputs its objective needs. Encoding the two sides separately
+is what lets retrieval store vectors once and compute a map for any (query, hit) pair later.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import JSARConfig
+from .encoders import AudioEncoder, ImageEncoder
+from .slot_attention import JointSlotAttention, SlotAttentionOutput, slot_attention_weights
+
+MODEL_NAMES = ("jsa", "ezvsl", "alignment")
+CHECKPOINT_KEYS = ("model_name", "config", "model")
+
+
+@dataclass
+class ImageSide:
+    """vector (B, d) L2-normalised retrieval embedding; keys (B, hw, d) per-location keys/features for maps;
+    intra_map (B, hw) JSA's ia^{v,v} (None for baselines); grid (h, w) of the keys."""
+
+    vector: torch.Tensor
+    keys: torch.Tensor
+    intra_map: torch.Tensor | None
+    grid: tuple[int, int]
+
+
+@dataclass
+class AudioSide:
+    """vector (B, d) L2-normalised retrieval embedding; queries (B, S, d) (JSA: Q^a; baselines: (B, 1, d) global
+    audio vector); time_attention (B, t) attention over audio tokens summing to one (JSA: ia^{a,a})."""
+
+    vector: torch.Tensor
+    queries: torch.Tensor
+    time_attention: torch.Tensor | None
+
+
+@dataclass
+class JSAForward:
+    """Training outputs of JSAModel (shapes in INTERFACES.md); ia/ca are target columns of Â (Eq. 3-4)."""
+
+    image_slots: torch.Tensor  # (B, S, d)
+    audio_slots: torch.Tensor  # (B, S, d)
+    image_queries: torch.Tensor  # (B, S, d)
+    audio_queries: torch.Tensor  # (B, S, d)
+    image_keys: torch.Tensor  # (B, hw, d)
+    audio_keys: torch.Tensor  # (B, t, d)
+    image_features: torch.Tensor  # (B, hw, c) encoder output v, JSA input
+    audio_features: torch.Tensor  # (B, t, c) encoder output a
+    image_reconstruction: torch.Tensor  # (B, hw, c) g_v(slots)
+    audio_reconstruction: torch.Tensor  # (B, t, c) g_a(slots)
+    ia_vv: torch.Tensor  # (B, hw)
+    ia_aa: torch.Tensor  # (B, t)
+    ca_av: torch.Tensor  # (B, hw)
+    ca_va: torch.Tensor  # (B, t)
+    image_target: torch.Tensor  # (B, d) p^v
+    audio_target: torch.Tensor  # (B, d) p^a
+    image_off_target: torch.Tensor  # (B, d) r^v
+    audio_off_target: torch.Tensor  # (B, d) r^a
+
+
+@dataclass
+class EZVSLForward:
+    image_features: torch.Tensor  # (B, hw, d) L2-normalised per location
+    audio_vector: torch.Tensor  # (B, d) L2-normalised
+
+
+@dataclass
+class AlignmentForward:
+    image_features: torch.Tensor  # (B, hw, d) L2-normalised per location (s_L)
+    audio_vector: torch.Tensor  # (B, d) L2-normalised (s_L)
+    image_projection: torch.Tensor  # (B, p) L2-normalised p_v(avg(v)) (s_A)
+    audio_projection: torch.Tensor  # (B, p) L2-normalised p_a(a) (s_A)
+
+
+def target_column(attention: torch.Tensor, num_target: int) -> torch.Tensor:
+    """Target column(s) of Â (B, n, S) -> (B, n); the mean when there are several target slots."""
+    return attention[..., :num_target].mean(dim=-1)
+
+
+class SlotDecoder(nn.Module):
+    """g_v / g_a (Eq. 10), training only: spatial-broadcast MLP decoder, slots (B, S, d) -> tokens (B, n, c).
+
+    Each slot plus a learned per-token position goes through the MLP to c features and one alpha logit; alpha is
+    softmaxed over slots and weights the sum, so reconstruction succeeds only if the slots split the input.
+    """
+
+    def __init__(self, num_tokens: int, slot_dim: int, feature_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.position = nn.Parameter(0.02 * torch.randn(num_tokens, slot_dim))
+        self.mlp = nn.Sequential(nn.Linear(slot_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, feature_dim + 1))
+
+    def forward(self, slots: torch.Tensor) -> torch.Tensor:
+        decoded = self.mlp(slots.unsqueeze(2) + self.position)  # (B, S, n, c + 1)
+        features, alpha = decoded[..., :-1], decoded[..., -1].softmax(dim=1)  # alpha over slots (B, S, n)
+        return (alpha.unsqueeze(-1) * features).sum(dim=1)  # (B, n, c)
+
+
+class JSAModel(nn.Module):
+    """Encoders f_v, f_a -> JointSlotAttention -> target slots for retrieval, ca^{a,v} for localization.
+
+    One JointSlotAttention serves both modalities with shared weights (see slot_attention.py for the
+    per-modality alternative). The decoders g_v, g_a are sized for config.data's image and spectrogram shapes.
+    """
+
+    model_name = "jsa"
+
+    def __init__(self, config: JSARConfig, image_weights: str | None = None) -> None:
+        super().__init__()
+        settings = config.model
+        if settings.num_target_slots < 1 or settings.num_off_target_slots < 1:
+            raise ValueError("JSA needs at least one target and one off-target slot")
+        self.config = config
+        self.num_target = settings.num_target_slots
+        self.image_encoder = ImageEncoder(settings.embed_dim, settings.encoder_width, settings.image_layer4_stride,
+                                          image_weights or settings.image_weights)
+        self.audio_encoder = AudioEncoder(settings.embed_dim, settings.encoder_width)
+        self.slot_attention = JointSlotAttention(settings.embed_dim, settings.num_slots, settings.iterations,
+                                                 settings.mask_ratio, settings.share_initial_slots,
+                                                 share_modality_weights=settings.share_modality_weights)
+        height, width = self.image_encoder.grid(config.data.image_size)
+        time = self.audio_encoder.num_tokens(config.data.spectrogram_shape)
+        dim, hidden = settings.embed_dim, settings.decoder_hidden
+        self.image_decoder = SlotDecoder(height * width, dim, dim, hidden)  # g_v
+        self.audio_decoder = SlotDecoder(time, dim, dim, hidden)  # g_a
+
+    def encode_image(self, images: torch.Tensor) -> ImageSide:
+        """images (B, 3, S, S) -> target image slot p^v as vector, K^v as keys, ia^{v,v} as intra_map."""
+        features, grid = self.image_encoder(images)
+        decomposition = self.slot_attention(features, "image")
+        return ImageSide(vector=F.normalize(self._target(decomposition), dim=-1), keys=decomposition.keys,
+                         intra_map=target_column(decomposition.attention, self.num_target), grid=grid)
+
+    def encode_audio(self, spectrograms: torch.Tensor) -> AudioSide:
+        """spectrograms (B, 1, F, T) -> target audio slot p^a as vector, Q^a as queries, ia^{a,a} over time."""
+        decomposition = self.slot_attention(self.audio_encoder(spectrograms), "audio")
+        return AudioSide(vector=F.normalize(self._target(decomposition), dim=-1), queries=decomposition.queries,
+                         time_attention=target_column(decomposition.attention, self.num_target))
+
+    def cross_map(self, audio: AudioSide, image: ImageSide) -> torch.Tensor:
+        """ca^{a,v} (Sec. 3.5): audio target query vs image keys, Eq. 3-4 -> (B, h, w); batch 1 broadcasts."""
+        attention = slot_attention_weights(audio.queries, image.keys, self.slot_attention.eps)  # Â^{a,v}
+        return target_column(attention, self.num_target).reshape(-1, *image.grid)
+
+    def refined_map(self, audio: AudioSide, image: ImageSide, alpha: float | None = None) -> torch.Tensor:
+        """Eq. 14 (IQR): alpha * ca^{a,v} + (1 - alpha) * ia^{v,v} -> (B, h, w); alpha defaults to the config's."""
+        alpha = self.config.model.iqr_alpha if alpha is None else alpha
+        intra = image.intra_map.reshape(-1, *image.grid)
+        return alpha * self.cross_map(audio, image) + (1 - alpha) * intra
+
+    def forward(self, images: torch.Tensor, spectrograms: torch.Tensor) -> JSAForward:
+        image_features, _ = self.image_encoder(images)
+        audio_features = self.audio_encoder(spectrograms)
+        image = self.slot_attention(image_features, "image")
+        audio = self.slot_attention(audio_features, "audio")
+        eps = self.slot_attention.eps
+        cross_av = slot_attention_weights(audio.queries, image.keys, eps)  # Â^{a,v} (B, hw, S)
+        cross_va = slot_attention_weights(image.queries, audio.keys, eps)  # Â^{v,a} (B, t, S)
+        return JSAForward(
+            image_slots=image.slots, audio_slots=audio.slots, image_queries=image.queries,
+            audio_queries=audio.queries, image_keys=image.keys, audio_keys=audio.keys,
+            image_features=image_features, audio_features=audio_features,
+            image_reconstruction=self.image_decoder(image.slots), audio_reconstruction=self.audio_decoder(audio.slots),
+            ia_vv=target_column(image.attention, self.num_target),  # ia^{v,v}
+            ia_aa=target_column(audio.attention, self.num_target),  # ia^{a,a}
+            ca_av=target_column(cross_av, self.num_target),  # ca^{a,v}
+            ca_va=target_column(cross_va, self.num_target),  # ca^{v,a}
+            image_target=self._target(image), audio_target=self._target(audio),
+            image_off_target=image.slots[:, self.num_target:].mean(dim=1),
+            audio_off_target=audio.slots[:, self.num_target:].mean(dim=1),
+        )
+
+    def _target(self, decomposition: SlotAttentionOutput) -> torch.Tensor:
+        """Mean of the target slots (B, d)."""
+        return decomposition.slots[:, :self.num_target].mean(dim=1)
+
+
+class _CosineMapModel(nn.Module):
+    """Baseline core: per-location image features vs one global audio vector; the map is their cosine."""
+
+    def __init__(self, config: JSARConfig, image_weights: str | None = None) -> None:
+        super().__init__()
+        settings = config.model
+        self.config = config
+        self.image_encoder = ImageEncoder(settings.embed_dim, settings.encoder_width, settings.image_layer4_stride,
+                                          image_weights or settings.image_weights)
+        self.audio_encoder = AudioEncoder(settings.embed_dim, settings.encoder_width)
+
+    def _image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Raw image features v (B, hw, c) and their grid."""
+        return self.image_encoder(images)
+
+    def _audio_features(self, spectrograms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw audio tokens (B, t, c) and the global audio vector a (B, c), max-pooled over time as in EZ-VSL."""
+        tokens = self.audio_encoder(spectrograms)
+        return tokens, tokens.amax(dim=1)
+
+    @staticmethod
+    def _time_attention(tokens: torch.Tensor, audio_vector: torch.Tensor) -> torch.Tensor:
+        """Non-negative cosine of each audio token with the global vector, normalised to sum to one: (B, t)."""
+        similarity = (F.normalize(tokens, dim=-1) @ F.normalize(audio_vector, dim=-1).unsqueeze(-1)).squeeze(-1)
+        weights = similarity.clamp_min(0) + 1e-8
+        return weights / weights.sum(dim=-1, keepdim=True)
+
+    def cross_map(self, audio: AudioSide, image: ImageSide) -> torch.Tensor:
+        """Cosine of the global audio vector with every image location -> (B, h, w); batch 1 broadcasts."""
+        return (image.keys @ audio.queries.transpose(-1, -2))[..., 0].reshape(-1, *image.grid)
+
+    def refined_map(self, audio: AudioSide, image: ImageSide, alpha: float | None = None) -> torch.Tensor:
+        """Baselines have no image query: the refined map is the cross map."""
+        return self.cross_map(audio, image)
+
+
+class EZVSLModel(_CosineMapModel):
+    """EZ-VSL: map = cos(v^{xy}, a); retrieval vector = L2-normalised mean of the normalised location features."""
+
+    model_name = "ezvsl"
+
+    def encode_image(self, images: torch.Tensor) -> ImageSide:
+        features, grid = self._image_features(images)
+        keys = F.normalize(features, dim=-1)
+        return ImageSide(vector=F.normalize(keys.mean(dim=1), dim=-1), keys=keys, intra_map=None, grid=grid)
+
+    def encode_audio(self, spectrograms: torch.Tensor) -> AudioSide:
+        tokens, audio_vector = self._audio_features(spectrograms)
+        vector = F.normalize(audio_vector, dim=-1)
+        return AudioSide(vector=vector, queries=vector.unsqueeze(1),
+                         time_attention=self._time_attention(tokens, audio_vector))
+
+    def forward(self, images: torch.Tensor, spectrograms: torch.Tensor) -> EZVSLForward:
+        features, _ = self._image_features(images)
+        _, audio_vector = self._audio_features(spectrograms)
+        return EZVSLForward(image_features=F.normalize(features, dim=-1),
+                            audio_vector=F.normalize(audio_vector, dim=-1))
+
+
+def _projection_head(dim: int, out_dim: int) -> nn.Sequential:
+    """2-layer MLP p_v / p_a of the alignment paper (s_A lives in its own projection space)."""
+    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, out_dim))
+
+
+class AlignmentModel(_CosineMapModel):
+    """Senocak et al. ICCV 2023: s_L cosine map for localization, s_A = cos(p_v(avg(v)), p_a(a)) for retrieval."""
+
+    model_name = "alignment"
+
+    def __init__(self, config: JSARConfig, image_weights: str | None = None) -> None:
+        super().__init__(config, image_weights)
+        dim, out_dim = config.model.embed_dim, config.model.projection_dim
+        self.image_projection = _projection_head(dim, out_dim)  # p_v
+        self.audio_projection = _projection_head(dim, out_dim)  # p_a
+
+    def encode_image(self, images: torch.Tensor) -> ImageSide:
+        features, grid = self._image_features(images)
+        vector = F.normalize(self.image_projection(features.mean(dim=1)), dim=-1)  # p_v(avg(v))
+        return ImageSide(vector=vector, keys=F.normalize(features, dim=-1), intra_map=None, grid=grid)
+
+    def encode_audio(self, spectrograms: torch.Tensor) -> AudioSide:
+        tokens, audio_vector = self._audio_features(spectrograms)
+        return AudioSide(vector=F.normalize(self.audio_projection(audio_vector), dim=-1),  # p_a(a)
+                         queries=F.normalize(audio_vector, dim=-1).unsqueeze(1),
+                         time_attention=self._time_attention(tokens, audio_vector))
+
+    def forward(self, images: torch.Tensor, spectrograms: torch.Tensor) -> AlignmentForward:
+        features, _ = self._image_features(images)
+        _, audio_vector = self._audio_features(spectrograms)
+        return AlignmentForward(
+            image_features=F.normalize(features, dim=-1), audio_vector=F.normalize(audio_vector, dim=-1),
+            image_projection=F.normalize(self.image_projection(features.mean(dim=1)), dim=-1),
+            audio_projection=F.normalize(self.audio_projection(audio_vector), dim=-1),
+        )
+
+
+_MODELS = {"jsa": JSAModel, "ezvsl": EZVSLModel, "alignment": AlignmentModel}
+
+
+def create_model(config: JSARConfig, model_name: str = "jsa", image_weights: str | None = None) -> nn.Module:
+    """Build `model_name` for `config`; `image_weights` overrides config.model.image_weights for this build only
+    (load_model passes 'none' because the checkpoint supplies every weight)."""
+    if model_name not in _MODELS:
+        raise ValueError(f"unknown model {model_name!r}; choose one of {MODEL_NAMES}")
+    return _MODELS[model_name](config, image_weights)
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, JSARConfig, dict]:
+    """Rebuild a model from a jsar checkpoint dict; returns (model in eval mode on map_location, config, meta).
+
+    Checkpoints are pickles (they may hold optimizer and RNG state): load only files you trust.
+    """
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # torch raises several types for a file that is not a torch pickle
+        raise ValueError(f"{path} is not a jsar checkpoint: torch.load failed ({error})") from error
+    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in CHECKPOINT_KEYS):
+        raise ValueError(f"{path} is not a jsar checkpoint: expected a dict with keys {CHECKPOINT_KEYS}")
+    config = JSARConfig.from_dict(checkpoint["config"])
+    model = create_model(config, checkpoint["model_name"], image_weights="none")
+    model.load_state_dict(checkpoint["model"])
+    meta = dict(checkpoint.get("meta") or {})
+    meta.setdefault("epoch", checkpoint.get("epoch"))
+    return model.to(map_location).eval(), config, meta
+
+
+def checkpoint_fingerprint(path: str | Path) -> str:
+    """First 16 hex characters of the sha256 of the checkpoint file, tying stores and reports to a model."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]

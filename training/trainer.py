@@ -1,0 +1,230 @@
+"""The training loop: JSA and the two baselines through one plain loop.
+
+Seeded per epoch (so `--resume` continues the same run), AdamW, gradient clipping, mixed precision on CUDA,
+DistributedDataParallel under torchrun (InfoNCE and false-negative mining see the global batch through
+`gather_with_grad` inside the objectives), per-epoch validation on a held-out split, atomic checkpoints.
+"""
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from jsa_retrieval import __version__
+from jsa_retrieval.clips import Clip, read_dataset
+from jsa_retrieval.config import JSARConfig
+from jsa_retrieval.dataset import ClipDataset, FailureLog, make_loader
+from jsa_retrieval.models import create_model
+
+from .checkpoint import load_training_state, save_checkpoint
+from .distributed import cleanup_distributed, is_distributed, rank, setup_distributed, world_size
+from .objectives import alignment_objective, ezvsl_objective, jsa_objective
+from .validation import selection_score, validate
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_path: Path
+    last_path: Path
+    history: list[dict] = field(default_factory=list)
+    skipped: int = 0
+
+
+def split_train_val(data_dir: Path, val_fraction: float = 0.1) -> tuple[list[Clip], list[Clip]]:
+    """The `train` and `val` split lists when the dataset has them; otherwise every clip, with a stable
+    hash of the id holding out `val_fraction` for validation."""
+    try:
+        return read_dataset(data_dir, split="train").clips, read_dataset(data_dir, split="val").clips
+    except ValueError:
+        clips = read_dataset(data_dir).clips
+        held_out = [zlib.crc32(c.id.encode()) % 1000 < val_fraction * 1000 for c in clips]
+        train = [c for c, out in zip(clips, held_out) if not out]
+        val = [c for c, out in zip(clips, held_out) if out]
+        return train, val or train[: max(1, len(train) // 10)]
+
+
+def _forward_terms(model: nn.Module, batch: dict, model_name: str, config: JSARConfig,
+                   device: torch.device) -> tuple[dict[str, torch.Tensor], object]:
+    """Loss terms and the model output for one batch. All views go through the model in one forward pass
+    (one DDP forward per backward), then are split back into views."""
+    views = 1 + sum(1 for key in batch if key.startswith("image_"))
+    images = torch.cat([batch["image"]] + [batch[f"image_{v}"] for v in range(1, views)]).to(device)
+    audio = torch.cat([batch["audio"]] + [batch[f"audio_{v}"] for v in range(1, views)]).to(device)
+    output = model(images, audio)
+    if model_name == "jsa":
+        return jsa_objective(output, config.train), output
+    if model_name == "ezvsl":
+        return ezvsl_objective(output, config.train), output
+    split = _split_views(output, views)
+    return alignment_objective(split, config.train), split[0]
+
+
+def _split_views(output, views: int) -> list:
+    """Split a batch-first output dataclass of `views` stacked views into one per view."""
+    fields = {name: value.chunk(views) for name, value in vars(output).items() if isinstance(value, torch.Tensor)}
+    return [type(output)(**{name: chunks[v] for name, chunks in fields.items()}) for v in range(views)]
+
+
+def _conceptual_partners(image_bank: torch.Tensor, audio_bank: torch.Tensor, top_k: int,
+                         generator: torch.Generator) -> np.ndarray:
+    """(N, 2): for each clip, a random one of its top-k image neighbours and of its top-k audio neighbours
+    (the alignment baseline's conceptually similar positives, from the previous epoch's embeddings)."""
+    partners = []
+    for bank in (image_bank, audio_bank):
+        bank = F.normalize(bank, dim=1)
+        chosen = torch.empty(len(bank), dtype=torch.long)
+        for start in range(0, len(bank), 4096):
+            similarity = bank[start:start + 4096] @ bank.T
+            similarity[torch.arange(similarity.shape[0]), torch.arange(start, start + similarity.shape[0])] = -2
+            neighbours = similarity.topk(min(top_k, len(bank) - 1), dim=1).indices
+            pick = torch.randint(0, neighbours.shape[1], (len(neighbours),), generator=generator)
+            chosen[start:start + len(neighbours)] = neighbours[torch.arange(len(neighbours)), pick]
+        partners.append(chosen)
+    return torch.stack(partners, dim=1).numpy()
+
+
+def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: Path = Path("runs/jsa"),
+          resume: bool = False, epochs: int | None = None, max_minutes: float | None = None,
+          device: str | None = None, progress: bool = True,
+          log: Callable[[str], None] = print) -> TrainResult:
+    """Train `model_name` on the clips of `data_dir`; write last.pt every epoch and best.pt on the best
+    validation score. Returns the run's paths and per-epoch history."""
+    out_dir = Path(out_dir)
+    device_ = setup_distributed(device)
+    is_main = rank() == 0
+    train_cfg = config.train
+    epochs = epochs if epochs is not None else train_cfg.epochs
+    train_clips, val_clips = split_train_val(data_dir)
+    torch.manual_seed(train_cfg.seed)
+    model = create_model(config, model_name).to(device_)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    use_amp = train_cfg.amp and device_.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    history: list[dict] = []
+    start_epoch, best_score = 0, -math.inf
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if resume and last_path.is_file():
+        state = load_training_state(last_path)
+        if state["model_name"] != model_name:
+            raise ValueError(f"{last_path} was trained as {state['model_name']!r}, not {model_name!r}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state.get("scaler", {}))
+        history = state["meta"]["history"]
+        start_epoch, best_score = state["epoch"] + 1, state["meta"]["best_score"]
+        if is_main:
+            log(f"resuming {last_path} at epoch {start_epoch + 1}")
+    trained = DistributedDataParallel(model) if is_distributed() else model
+    banks = {"image": None, "audio": None}
+    failures = FailureLog()
+    started = time.monotonic()
+    for epoch in range(start_epoch, epochs):
+        epoch_seed = train_cfg.seed * 1000 + epoch
+        torch.manual_seed(epoch_seed)
+        partners = None
+        if model_name == "alignment" and banks["image"] is not None:
+            partners = _conceptual_partners(banks["image"], banks["audio"], train_cfg.alignment_neighbors,
+                                            torch.Generator().manual_seed(epoch_seed))
+        views = 2 if model_name == "alignment" else 1
+        dataset = ClipDataset(train_clips, config.data, train=True, views=views, partners=partners)
+        sampler = DistributedSampler(dataset, seed=train_cfg.seed, drop_last=True) if is_distributed() else None
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        per_rank_batch = max(2, train_cfg.batch_size // world_size())
+        loader = make_loader(dataset, min(per_rank_batch, len(dataset) // world_size()), shuffle=True,
+                             num_workers=train_cfg.num_workers, drop_last=True, sampler=sampler,
+                             seed=epoch_seed, device=device_)
+        if model_name == "alignment":
+            dim = config.model.projection_dim
+            banks = {"image": torch.zeros(len(dataset), dim), "audio": torch.zeros(len(dataset), dim)}
+        trained.train()
+        sums: dict[str, float] = {}
+        steps = 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and is_main), leave=False)
+        for batch in bar:
+            failures.add(batch)
+            if "image" not in batch or len(batch["image"]) < 2:
+                continue
+            with torch.autocast(device_type=device_.type, enabled=use_amp):
+                terms, output = _forward_terms(trained, batch, model_name, config, device_)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(terms["total"]).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            if model_name == "alignment":
+                banks["image"][batch["index"]] = output.image_projection.detach().float().cpu()
+                banks["audio"][batch["index"]] = output.audio_projection.detach().float().cpu()
+            steps += 1
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            bar.set_postfix({k: f"{v / steps:.3f}" for k, v in sums.items() if k != "false_negatives"})
+        if model_name == "alignment" and is_distributed():
+            for bank in banks.values():
+                torch.distributed.all_reduce(bank)
+        record = {"epoch": epoch + 1, "steps": steps, **{f"loss_{k}": v / max(steps, 1) for k, v in sums.items()},
+                  "seconds": round(time.monotonic() - started, 1)}
+        if is_distributed():
+            record["ddp_parameter_spread"] = _parameter_spread(model)
+        if is_main:
+            scores = validate(model, val_clips, config, device_, batch_size=min(64, train_cfg.batch_size),
+                              num_workers=min(2, train_cfg.num_workers))
+            record.update({f"val_{k}": v for k, v in scores.items()})
+            score = selection_score(scores)
+            history.append(record)
+            improved = score > best_score
+            best_score = max(best_score, score)
+            state = {
+                "model_name": model_name, "config": config.to_dict(), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                "meta": {"history": history, "best_score": best_score, "version": __version__,
+                         "data_dir": str(data_dir), "train_clips": len(train_clips), "val_clips": len(val_clips),
+                         "world_size": world_size()},
+            }
+            save_checkpoint(last_path, state)
+            if improved:
+                save_checkpoint(best_path, state)
+            log(_format_record(record, improved))
+        else:
+            history.append(record)
+        if is_distributed():
+            torch.distributed.barrier()
+        if max_minutes is not None and (time.monotonic() - started) / 60 > max_minutes:
+            if is_main:
+                log(f"stopping after epoch {epoch + 1}: time budget of {max_minutes} min reached")
+            break
+    if is_main and len(failures):
+        log(failures.summary())
+    cleanup_distributed()
+    return TrainResult(out_dir, best_path, last_path, history, len(failures))
+
+
+def _parameter_spread(model: nn.Module) -> float:
+    """Max over ranks minus min over ranks of a parameter checksum: 0 when DDP replicas are in sync."""
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    high, low = checksum.clone(), checksum.clone()
+    torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+    return float(high - low)
+
+
+def _format_record(record: dict, improved: bool) -> str:
+    parts = [f"epoch {record['epoch']}", f"loss {record.get('loss_total', float('nan')):.4f}"]
+    for key in ("val_r1_a2i", "val_r1_i2a", "val_ap50", "val_auc"):
+        if key in record:
+            parts.append(f"{key[4:]} {record[key]:.3f}")
+    parts.append(f"{record['seconds']:.0f}s")
+    return " | ".join(parts) + ("  (best)" if improved else "")

@@ -1,0 +1,59 @@
+"""Per-epoch validation on a held-out split: retrieval R@1 both ways and, where boxes exist, AP50 / AUC.
+
+Checkpoints are selected on this split, never on the test set.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from evaluation.metrics import ap50, auc, ciou, rank_by_similarity, recall_at_k, threshold_map, vggss_gt_map
+from jsa_retrieval.clips import Clip
+from jsa_retrieval.config import JSARConfig
+from jsa_retrieval.dataset import ClipDataset, make_loader
+from jsa_retrieval.inference import iter_embeddings
+from jsa_retrieval.localize import upsample_and_normalise
+
+
+@torch.no_grad()
+def validate(model: nn.Module, clips: Sequence[Clip], config: JSARConfig, device: torch.device,
+             batch_size: int = 64, num_workers: int = 0) -> dict[str, float]:
+    """Scores of `model` on `clips`: r1_a2i, r1_i2a (class labels when known, else the clip's own pair),
+    and ap50 / auc / mean_ciou over clips with VGG-SS-style boxes (fixed 0.6 threshold,
+    as the JSA release evaluates; a median threshold cannot reach cIoU 0.5 on objects under a quarter of the frame)."""
+    loader = make_loader(ClipDataset(clips, config.data), batch_size, num_workers=num_workers, device=device)
+    image_vectors, audio_vectors, positions, cious = [], [], [], []
+    size = config.data.image_size
+    for batch in iter_embeddings(model, loader, device):
+        if batch.image is None:
+            continue
+        image_vectors.append(batch.image.vector)
+        audio_vectors.append(batch.audio.vector)
+        positions.extend(batch.indices.tolist())
+        maps = upsample_and_normalise(model.cross_map(batch.audio, batch.image), size, "bicubic").numpy()
+        for position, predicted in zip(batch.indices.tolist(), maps):
+            boxes = clips[position].boxes
+            if boxes is not None and len(boxes):
+                gt = vggss_gt_map(boxes, size)
+                cious.append(ciou(threshold_map(predicted, "fixed"), gt))
+    if not positions:
+        return {}
+    image = torch.cat(image_vectors).numpy()
+    audio = torch.cat(audio_vectors).numpy()
+    labels = np.array([clips[p].label if clips[p].label else f"#{p}" for p in positions])
+    scores = {
+        "r1_a2i": recall_at_k(labels[rank_by_similarity(audio @ image.T, 1)], labels, (1,))[1],
+        "r1_i2a": recall_at_k(labels[rank_by_similarity(image @ audio.T, 1)], labels, (1,))[1],
+        "items": float(len(positions)),
+    }
+    if cious:
+        scores.update(ap50=ap50(cious), auc=auc(cious), mean_ciou=float(np.mean(cious)))
+    return scores
+
+
+def selection_score(scores: dict[str, float]) -> float:
+    """One number to pick the best checkpoint: mean R@1 of both directions plus AP50 when available."""
+    return (scores.get("r1_a2i", 0.0) + scores.get("r1_i2a", 0.0)) / 2 + scores.get("ap50", 0.0)
