@@ -1,0 +1,265 @@
+"""FAISS indexes over the embedding store: build (train on a seeded sample, fill by streaming), save, load,
+place on GPUs and search.
+
+Two indexes per store: INDEX_DIR/image.faiss holds the image vectors and answers audio queries,
+INDEX_DIR/audio.faiss holds the audio vectors and answers image queries. Index ids are store row numbers
+(vectors are added in row order), so a hit maps straight to `EmbeddingStore.record(row)`.
+INDEX_DIR/index.json records the choice, its search parameters, the sizes and the store's fingerprint
+and id digest, so indexes are never used with vectors of another model or a store that has changed.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from indexing.index_choice import QUANTIZER_TRAIN_SIZE, IndexChoice, choose_index
+from indexing.store import (VECTOR_FIELDS, EmbeddingStore, FingerprintMismatch, l2_normalise,
+                            replace_atomically)
+
+INDEX_JSON = "index.json"
+INDEX_FILES = {"image": ("image_vectors", "image.faiss"), "audio": ("audio_vectors", "audio.faiss")}
+BLAS_THRESHOLD = 16  # FAISS default 20: batches of 16-19 queries otherwise take the slow scalar path (5.7-8x)
+INDEX_FORMAT_VERSION = 1
+
+
+@functools.cache
+def configure_faiss() -> int:
+    """Once per process: BLAS for small query batches and one OpenMP thread per usable core. Returns threads."""
+    faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    faiss.omp_set_num_threads(threads)
+    return threads
+
+
+def num_gpus() -> int:
+    """GPUs FAISS can use: 0 with faiss-cpu, and 0 with faiss-gpu on a machine without a GPU."""
+    get_num_gpus = getattr(faiss, "get_num_gpus", None)
+    return int(get_num_gpus()) if get_num_gpus is not None else 0
+
+
+def sample_rows(store: EmbeddingStore, field: str, size: int, seed: int = 0) -> np.ndarray:
+    """(size, d) float32 rows drawn without replacement (seeded), read chunk by chunk in row order."""
+    size = min(int(size), len(store))
+    rows = np.sort(np.random.default_rng(seed).choice(len(store), size=size, replace=False))
+    return store.read_rows(field, rows)
+
+
+def build_index(store: EmbeddingStore, field: str = "image_vectors", choice: IndexChoice | None = None,
+                chunk_rows: int = 65536, seed: int = 0) -> faiss.Index:
+    """Train `choice.factory` on a seeded sample of `field` and add every row, `chunk_rows` at a time.
+
+    Ids are row numbers because rows are added in order. Memory: the index, the training sample and one chunk.
+    """
+    configure_faiss()
+    if field not in VECTOR_FIELDS:
+        raise ValueError(f"field must be one of {VECTOR_FIELDS}, got {field!r}")
+    choice = choice or choose_index(len(store), store.dim)
+    index = faiss.index_factory(store.dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
+    _prepare_for_training(index, choice.build_params)
+    if not index.is_trained:
+        if len(store) == 0:
+            raise ValueError(f"{choice.factory} needs training vectors but the store is empty")
+        sample = sample_rows(store, field, choice.train_size or QUANTIZER_TRAIN_SIZE, seed)
+        _train(index, sample)
+        del sample
+    for _, block in store.iter_chunks(field, chunk_rows):
+        index.add(np.ascontiguousarray(block))
+    apply_search_params(index, choice.search_params)
+    return index
+
+
+def _prepare_for_training(index: faiss.Index, build_params: dict[str, int]) -> None:
+    """Switch off polysemous training (Hamming filtering we never use; minutes of annealing) and set efConstruction."""
+    for part in _nested_indexes(index):
+        if hasattr(part, "do_polysemous_training"):
+            part.do_polysemous_training = False
+        if hasattr(part, "hnsw") and "efConstruction" in build_params:
+            part.hnsw.efConstruction = int(build_params["efConstruction"])
+
+
+def _nested_indexes(index: faiss.Index) -> list[Any]:
+    """The index and the indexes wrapped inside it (pre-transform, refine, IVF quantizer), downcast."""
+    found, pending = [], [index]
+    while pending:
+        part = faiss.downcast_index(pending.pop())
+        found.append(part)
+        for attribute in ("index", "base_index", "quantizer"):
+            inner = getattr(part, attribute, None)
+            if isinstance(inner, faiss.Index):
+                pending.append(inner)
+    return found
+
+
+def _train(index: faiss.Index, sample: np.ndarray) -> None:
+    """Train; with GPUs present the IVF k-means assignment runs on them (the slow part for large nlist)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None or num_gpus() == 0:
+        index.train(sample)
+        return
+    clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlat(ivf.d, ivf.metric_type))
+    ivf.clustering_index = clustering_index
+    try:
+        index.train(sample)
+    finally:
+        ivf.clustering_index = None  # the GPU index is freed with this Python object: drop the raw pointer
+
+
+def apply_search_params(index: faiss.Index, search_params: dict[str, int] | None) -> faiss.Index:
+    """Set nprobe / efSearch / k_factor_rf / quantizer_efSearch explicitly (files and GPU clones may not keep them)."""
+    if search_params:
+        space = faiss.GpuParameterSpace() if num_gpus() > 0 else faiss.ParameterSpace()
+        for name, value in search_params.items():
+            space.set_index_parameter(index, name, float(value))
+    return index
+
+
+def to_cpu(index: faiss.Index) -> faiss.Index:
+    """A CPU copy of a GPU index (what write_index needs); CPU indexes are returned unchanged."""
+    if num_gpus() > 0 and _is_gpu_index(index):
+        return faiss.index_gpu_to_cpu(index)
+    return index
+
+
+def _is_gpu_index(index: faiss.Index) -> bool:
+    names = ("GpuIndex", "IndexShards", "IndexReplicas")  # multi-GPU clones are shards or replicas of GpuIndex
+    gpu_types = tuple(getattr(faiss, name) for name in names if hasattr(faiss, name))
+    return isinstance(faiss.downcast_index(index), gpu_types) if gpu_types else False
+
+
+def to_gpu(index: faiss.Index, shard: bool = False, search_params: dict[str, int] | None = None,
+           use_float16: bool = False) -> faiss.Index:
+    """Place an index on all GPUs (replicated, or sharded with `shard`); without GPUs return it unchanged.
+
+    A faiss-gpu build on a machine without GPUs would otherwise return an empty index that fails on
+    search. Index types FAISS cannot clone to GPUs (HNSW, for one) stay on the CPU, with a warning.
+    GPU search takes k <= 2048.
+    """
+    if num_gpus() == 0:
+        return index
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard = shard
+    options.useFloat16 = use_float16
+    try:
+        placed = faiss.index_cpu_to_all_gpus(index, co=options)
+    except RuntimeError as error:
+        warnings.warn(f"this index type cannot run on GPU ({str(error).splitlines()[0]}); searching on CPU")
+        return index
+    return apply_search_params(placed, search_params)
+
+
+def save_index(index: faiss.Index, path: str | Path) -> Path:
+    """Write atomically (temp file in the same folder, fsync, rename), copying a GPU index to the CPU first."""
+    path = Path(path)
+    temp = path.with_name(f".tmp-{path.name}")
+    faiss.write_index(to_cpu(index), str(temp))
+    replace_atomically(temp, path)
+    return path
+
+
+def load_index(path: str | Path, search_params: dict[str, int] | None = None) -> faiss.Index:
+    """Read an index and re-apply its search parameters explicitly rather than trusting what the file kept."""
+    configure_faiss()
+    return apply_search_params(faiss.read_index(str(path)), search_params)
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by inner product of L2-normalised queries (cosine). queries (Q, d) or (d,) -> scores, ids (Q, k').
+
+    k' = min(k, ntotal), minus trailing columns where no query found anything (IVF lists can hold fewer
+    than k vectors); any remaining gap is id -1 with score -inf. ids are store row numbers.
+    """
+    configure_faiss()
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    matrix = np.asarray(queries, dtype=np.float32)
+    matrix = matrix[None, :] if matrix.ndim == 1 else matrix
+    if matrix.ndim != 2 or matrix.shape[1] != index.d:
+        raise ValueError(f"queries must be (Q, {index.d}), got {np.shape(queries)}")
+    depth = min(int(k), int(index.ntotal))
+    if depth == 0 or matrix.shape[0] == 0:
+        return np.zeros((matrix.shape[0], 0), np.float32), np.zeros((matrix.shape[0], 0), np.int64)
+    scores, ids = index.search(l2_normalise(matrix), depth)
+    found = np.flatnonzero((ids >= 0).any(axis=0))
+    width = int(found[-1]) + 1 if found.size else 0
+    scores, ids = scores[:, :width].copy(), ids[:, :width].copy()
+    scores[ids < 0] = -np.inf
+    return scores, ids
+
+
+@dataclass
+class RetrievalIndexes:
+    """Both directions over one store: `image` answers audio queries, `audio` answers image queries."""
+
+    image: faiss.Index
+    audio: faiss.Index
+    info: dict[str, Any]
+    store: EmbeddingStore
+
+    def audio_to_image(self, audio_queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, d) audio vectors -> scores, store rows (Q, k') of the best-matching images."""
+        return search(self.image, audio_queries, k)
+
+    def image_to_audio(self, image_queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, d) image vectors -> scores, store rows (Q, k') of the best-matching audio."""
+        return search(self.audio, image_queries, k)
+
+
+def build_indexes(index_dir: str | Path, factory: str | None = None, memory_budget: int | None = None,
+                  chunk_rows: int = 65536, seed: int = 0, gpu: bool | None = None) -> dict[str, Any]:
+    """Build image.faiss and audio.faiss over INDEX_DIR/store.h5 and write index.json; returns its content.
+
+    memory_budget (bytes) is for both indexes together, so each gets half. `gpu` (default: GPUs present)
+    only steers the choice towards GPU-capable types; files are always written as CPU indexes.
+    """
+    index_dir = Path(index_dir)
+    with EmbeddingStore.open(index_dir) as store:
+        use_gpu = num_gpus() > 0 if gpu is None else gpu
+        budget = None if memory_budget is None else memory_budget // 2
+        choice = choose_index(len(store), store.dim, budget, gpu=use_gpu, factory=factory)
+        entries = {}
+        for name, (field, file_name) in INDEX_FILES.items():
+            index = build_index(store, field, choice, chunk_rows, seed)
+            save_index(index, index_dir / file_name)
+            entries[name] = {"file": file_name, "field": field, "ntotal": int(index.ntotal),
+                             "answers": "audio queries" if name == "image" else "image queries"}
+            del index
+        info = {"format_version": INDEX_FORMAT_VERSION, "fingerprint": store.meta.fingerprint,
+                "model_name": store.meta.model_name, "store_rows": len(store), "store_ids_sha256": store.ids_sha256,
+                "dim": store.dim, "metric": "inner_product", "choice": choice.to_dict(), "indexes": entries,
+                "seed": seed, "memory_budget_bytes": memory_budget, "faiss_version": faiss.__version__}
+    temp = index_dir / f".tmp-{INDEX_JSON}"
+    temp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    replace_atomically(temp, index_dir / INDEX_JSON)
+    return info
+
+
+def open_indexes(index_dir: str | Path, gpu: bool | None = None, shard: bool = False) -> RetrievalIndexes:
+    """Load both indexes (on GPUs when present, unless gpu=False), refusing ones built on another store state."""
+    index_dir = Path(index_dir)
+    info_path = index_dir / INDEX_JSON
+    if not info_path.exists():
+        raise FileNotFoundError(f"no {INDEX_JSON} in {index_dir}; build the indexes first")
+    info = json.loads(info_path.read_text())
+    store = EmbeddingStore.open(index_dir)
+    if info["fingerprint"] != store.meta.fingerprint:
+        raise FingerprintMismatch(
+            f"indexes in {index_dir} were built from model fingerprint {info['fingerprint'][:12]} but the store "
+            f"holds {store.meta.fingerprint[:12]}: rebuild the indexes")
+    if info["store_rows"] != len(store) or info["store_ids_sha256"] != store.ids_sha256:
+        raise FingerprintMismatch(
+            f"indexes in {index_dir} cover {info['store_rows']} rows but the store now has {len(store)} "
+            "(or other clips): rebuild the indexes")
+    params = info["choice"]["search_params"]
+    loaded = {name: load_index(index_dir / info["indexes"][name]["file"], params) for name in INDEX_FILES}
+    use_gpu = num_gpus() > 0 if gpu is None else gpu
+    if use_gpu:
+        loaded = {name: to_gpu(index, shard=shard, search_params=params) for name, index in loaded.items()}
+    return RetrievalIndexes(image=loaded["image"], audio=loaded["audio"], info=info, store=store)

@@ -1,0 +1,246 @@
+"""Index choice, FAISS build/search against brute force, recall of approximate types, save/load, index.json."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from indexing.faiss_index import (INDEX_JSON, build_index, build_indexes, load_index, num_gpus, open_indexes,
+                                  save_index, search, to_gpu)
+from indexing.index_choice import choose_index, ivf_nlist
+from indexing.store import EmbeddingStore, FingerprintMismatch, StoreMeta, StoreRecords, StoreWriter, l2_normalise
+
+NUM = 3000
+DIM = 64
+
+
+def clustered_pairs(num: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Image vectors from a 30-component Gaussian mixture; audio vectors = noisy copies (cross-modal-like pairs)."""
+    rng = np.random.default_rng(seed)
+    centres = l2_normalise(rng.normal(size=(30, dim)))
+    image = l2_normalise(centres[rng.integers(0, 30, num)] + 0.35 * rng.normal(size=(num, dim)) / np.sqrt(dim))
+    audio = l2_normalise(image + 0.1 * rng.normal(size=(num, dim)) / np.sqrt(dim))
+    return image, audio
+
+
+def write_store(index_dir: Path, image: np.ndarray, audio: np.ndarray, fingerprint: str = "fp-test") -> None:
+    num, dim = image.shape
+    meta = StoreMeta(fingerprint=fingerprint, model_name="jsa", config={"dim": dim}, checkpoint="none", dim=dim)
+    writer = StoreWriter(index_dir, meta, chunk_rows=1024)
+    records = StoreRecords(ids=[f"c{i}" for i in range(num)], labels=[f"k{i % 9}" for i in range(num)],
+                           image_paths=[f"i{i}.jpg" for i in range(num)], audio_paths=[f"a{i}.wav" for i in range(num)],
+                           image_vectors=image, audio_vectors=audio)
+    writer.write(records, positions=np.arange(num))
+    writer.finalize()
+
+
+@pytest.fixture(scope="module")
+def pairs() -> tuple[np.ndarray, np.ndarray]:
+    return clustered_pairs(NUM, DIM)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, pairs: tuple[np.ndarray, np.ndarray]) -> EmbeddingStore:
+    index_dir = tmp_path_factory.mktemp("store")
+    write_store(index_dir, *pairs)
+    opened = EmbeddingStore.open(index_dir)
+    yield opened
+    opened.close()
+
+
+def exact_top_k(gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    scores = queries.astype(np.float64) @ gallery.astype(np.float64).T
+    ids = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, ids, axis=1), ids
+
+
+def recall_at_10(found: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found[:, :10], exact[:, :10])]))
+
+
+def test_choose_index_by_size() -> None:
+    assert choose_index(50_000, 512).factory == "Flat"
+    assert choose_index(50_000, 512).train_size == 0
+    hnsw = choose_index(500_000, 512)
+    assert hnsw.factory == "HNSW32" and hnsw.search_params == {"efSearch": 128}
+    assert hnsw.build_params == {"efConstruction": 80}
+    ivf = choose_index(4_000_000, 512)
+    assert ivf.factory == "IVF8000,Flat" and ivf_nlist(1_000_000) == 4000
+    assert ivf.search_params == {"nprobe": 500} and ivf.train_size == 64 * 8000
+    assert choose_index(500_000, 512, gpu=True).factory == "Flat"
+    assert choose_index(3_000_000, 512, gpu=True).factory.endswith(",Flat")
+    assert "HNSW" not in choose_index(3_000_000, 512, gpu=True).factory
+
+
+def test_choose_index_by_memory_budget() -> None:
+    gib = 1 << 30
+    assert choose_index(4_000_000, 512, memory_budget_bytes=16 * gib).factory == "IVF8000,Flat"
+    assert choose_index(4_000_000, 512, memory_budget_bytes=3 * gib).factory == "IVF8000,SQ8"
+    assert choose_index(4_000_000, 512, memory_budget_bytes=gib).factory == "OPQ64,IVF8000,PQ64"
+    small = choose_index(4_000_000, 512, memory_budget_bytes=200 << 20)
+    assert small.factory == "OPQ32,IVF8000,PQ32" and small.estimated_bytes <= 200 << 20
+    assert small.train_size == 64 * 8000
+    assert choose_index(4_000_000, 512, memory_budget_bytes=200 << 20, gpu=True).factory == "IVF8000,PQ32"
+    assert choose_index(50_000, 512, memory_budget_bytes=40 << 20).factory.startswith("IVF")
+    with pytest.raises(ValueError, match="budget"):
+        choose_index(4_000_000, 512, memory_budget_bytes=10 << 20)
+
+
+def test_user_factory_overrides_the_rule() -> None:
+    choice = choose_index(3000, 64, memory_budget_bytes=1, factory="IVF256,PQ16,RFlat")
+    assert choice.factory == "IVF256,PQ16,RFlat"
+    assert choice.search_params == {"nprobe": 16, "k_factor_rf": 16} and choice.train_size == 3000
+
+
+def test_exact_choice_matches_brute_force(store: EmbeddingStore, pairs: tuple[np.ndarray, np.ndarray]) -> None:
+    image, audio = pairs
+    choice = choose_index(len(store), store.dim)
+    assert choice.factory == "Flat"
+    index = build_index(store, "image_vectors", choice)
+    assert index.ntotal == NUM
+    queries = audio[:200]
+    expected_scores, expected_ids = exact_top_k(image, queries, 11)
+    tie_free = np.min(np.diff(-expected_scores, axis=1), axis=1) > 1e-5  # order decided by more than rounding
+    assert tie_free.sum() >= 150
+    scores, ids = search(index, queries, 10)
+    assert np.array_equal(ids[tie_free], expected_ids[tie_free, :10])
+    np.testing.assert_allclose(scores, expected_scores[:, :10], rtol=0, atol=2e-6)
+    one_by_one = np.concatenate([search(index, q, 10)[1] for q in queries[:5]])  # below/above BLAS threshold
+    assert np.array_equal(one_by_one, ids[:5])
+    assert faiss.cvar.distance_compute_blas_threshold == 16
+
+
+@pytest.mark.parametrize("factory", ["IVF64,Flat", "HNSW32", "OPQ16,IVF64,PQ16,RFlat"])
+def test_approximate_indexes_reach_recall_095(store: EmbeddingStore, pairs: tuple[np.ndarray, np.ndarray],
+                                               factory: str) -> None:
+    image, audio = pairs
+    queries = audio[::10]
+    _, exact = exact_top_k(image, queries, 10)
+    index = build_index(store, "image_vectors", choose_index(NUM, DIM, factory=factory))
+    _, ids = search(index, queries, 10)
+    assert recall_at_10(ids, exact) >= 0.95
+
+
+@pytest.mark.parametrize("budget", [500_000, 200_000])
+def test_budget_constrained_choices_keep_the_true_neighbour(store: EmbeddingStore,
+                                                            pairs: tuple[np.ndarray, np.ndarray], budget: int) -> None:
+    """SQ8 keeps recall@10 >= 0.95; PQ (no refine under a budget) keeps the exact top-1 within its top 10."""
+    image, audio = pairs
+    choice = choose_index(NUM, DIM, memory_budget_bytes=budget)
+    assert choice.factory == ("IVF76,SQ8" if budget == 500_000 else "OPQ16,IVF76,PQ16")
+    queries = audio[::10]
+    _, exact = exact_top_k(image, queries, 10)
+    _, ids = search(build_index(store, "image_vectors", choice), queries, 10)
+    if "SQ8" in choice.factory:
+        assert recall_at_10(ids, exact) >= 0.95
+    assert np.mean([exact[i, 0] in ids[i] for i in range(len(ids))]) >= 0.95
+
+
+def test_build_streams_the_store_in_chunks(store: EmbeddingStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    original = EmbeddingStore.iter_chunks
+
+    def recording(self: EmbeddingStore, field: str = "image_vectors", chunk_rows: int = 65536):
+        for start, block in original(self, field, chunk_rows):
+            seen.append(block.shape[0])
+            yield start, block
+
+    monkeypatch.setattr(EmbeddingStore, "iter_chunks", recording)
+    index = build_index(store, "audio_vectors", choose_index(NUM, DIM), chunk_rows=512)
+    assert max(seen) == 512 and sum(seen) == NUM and index.ntotal == NUM
+
+
+def test_k_larger_than_ntotal_returns_every_vector_once() -> None:
+    gallery = l2_normalise(np.random.default_rng(5).normal(size=(7, 16)))
+    index = faiss.IndexFlatIP(16)
+    index.add(gallery)
+    scores, ids = search(index, gallery[:3], 50)
+    assert ids.shape == (3, 7) and (ids >= 0).all()
+    assert all(sorted(row) == list(range(7)) for row in ids.tolist())
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_sparse_ivf_results_drop_empty_columns_and_mark_gaps() -> None:
+    gallery, _ = clustered_pairs(400, 16, seed=2)
+    index = faiss.index_factory(16, "IVF8,Flat", faiss.METRIC_INNER_PRODUCT)
+    index.train(gallery)
+    index.add(gallery)
+    faiss.extract_index_ivf(index).nprobe = 1
+    scores, ids = search(index, gallery[:20], 400)
+    assert ids.shape[1] < 400 and (ids >= 0).any(axis=0).all()
+    assert np.array_equal(ids < 0, np.isneginf(scores))
+
+
+def test_save_and_load_keep_search_params_and_results(store: EmbeddingStore, tmp_path: Path,
+                                                       pairs: tuple[np.ndarray, np.ndarray]) -> None:
+    queries = pairs[1][:50]
+    for factory, read_param in [("IVF64,Flat", lambda ix: faiss.extract_index_ivf(ix).nprobe),
+                                ("HNSW32", lambda ix: faiss.downcast_index(ix).hnsw.efSearch)]:
+        choice = choose_index(NUM, DIM, factory=factory)
+        index = build_index(store, "image_vectors", choice)
+        before = search(index, queries, 10)
+        path = save_index(index, tmp_path / "image.faiss")
+        assert not list(tmp_path.glob(".tmp-*"))
+        loaded = load_index(path, choice.search_params)
+        assert read_param(loaded) == next(iter(choice.search_params.values()))
+        after = search(loaded, queries, 10)
+        assert np.array_equal(before[1], after[1]) and np.array_equal(before[0], after[0])
+
+
+def test_build_and_open_indexes_answer_both_directions(tmp_path: Path) -> None:
+    image, audio = clustered_pairs(600, 32, seed=4)
+    write_store(tmp_path, image, audio)
+    info = build_indexes(tmp_path)
+    written = json.loads((tmp_path / INDEX_JSON).read_text())
+    assert written == info and info["fingerprint"] == "fp-test" and info["choice"]["factory"] == "Flat"
+    assert info["indexes"]["image"]["ntotal"] == 600 and info["dim"] == 32
+    opened = open_indexes(tmp_path, gpu=False)
+    _, image_rows = opened.audio_to_image(audio[:100], 1)
+    _, audio_rows = opened.image_to_audio(image[:100], 1)
+    assert np.mean(image_rows[:, 0] == np.arange(100)) >= 0.9
+    assert np.mean(audio_rows[:, 0] == np.arange(100)) >= 0.9
+    assert opened.store.record(int(image_rows[0, 0])).id == f"c{image_rows[0, 0]}"
+    opened.store.close()
+
+
+def test_open_indexes_refuses_another_fingerprint_or_a_changed_store(tmp_path: Path) -> None:
+    image, audio = clustered_pairs(300, 16, seed=6)
+    write_store(tmp_path, image, audio)
+    build_indexes(tmp_path, factory="IVF8,Flat")
+    info_path = tmp_path / INDEX_JSON
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps(dict(info, fingerprint="another-model")))
+    with pytest.raises(FingerprintMismatch, match="fingerprint"):
+        open_indexes(tmp_path, gpu=False)
+    info_path.write_text(json.dumps(info))
+    extra_image, extra_audio = clustered_pairs(10, 16, seed=7)
+    meta = EmbeddingStore.open(tmp_path).meta
+    writer = StoreWriter(tmp_path, meta)
+    writer.write(StoreRecords(ids=[f"new{i}" for i in range(10)], labels=[None] * 10, image_paths=["x"] * 10,
+                              audio_paths=["y"] * 10, image_vectors=extra_image, audio_vectors=extra_audio),
+                 positions=range(10))
+    writer.finalize()
+    with pytest.raises(FingerprintMismatch, match="rebuild"):
+        open_indexes(tmp_path, gpu=False)
+
+
+def test_to_gpu_without_gpus_returns_the_cpu_index() -> None:
+    if num_gpus() > 0:
+        pytest.skip("this machine has GPUs")
+    index = faiss.IndexFlatIP(8)
+    assert to_gpu(index) is index
+
+
+@pytest.mark.skipif(num_gpus() == 0, reason="needs faiss-gpu and a GPU")
+def test_gpu_search_matches_cpu(store: EmbeddingStore, pairs: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    choice = choose_index(NUM, DIM, factory="IVF64,Flat")
+    index = build_index(store, "image_vectors", choice)
+    cpu_ids = search(index, pairs[1][:50], 10)[1]
+    for shard in (False, True):
+        placed = to_gpu(index, shard=shard, search_params=choice.search_params)
+        assert recall_at_10(search(placed, pairs[1][:50], 10)[1], cpu_ids) >= 0.99
+    reloaded = load_index(save_index(to_gpu(index), tmp_path / "gpu.faiss"), choice.search_params)
+    assert np.array_equal(search(reloaded, pairs[1][:50], 10)[1], cpu_ids)
