@@ -1,0 +1,113 @@
+"""PNG figures for reports: example localizations and Recall@K curves.
+
+Figures are drawn on `matplotlib.figure.Figure` objects with the Agg canvas directly, never through pyplot,
+so importing this module changes no global matplotlib state and needs no display.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+if TYPE_CHECKING:  # only for type hints: heatmap_overlay users need not import the evaluators
+    from .localization import LocalizationExample
+
+DIRECTION_NAMES = {"audio_to_image": "audio → image", "image_to_audio": "image → audio"}
+
+
+def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """Blend a colour-mapped heat map over an image: (H, W, 3) uint8 and (H, W) in [0, 1] -> (H, W, 3) uint8.
+
+    `alpha` is the heat map's weight (0 returns the image unchanged, 1 the coloured map only); values
+    outside [0, 1] are clipped and NaN reads as 0, so a raw map never raises. `cmap` is any matplotlib
+    colormap name ('jet' as in the field's figures, 'inferno' for a perceptually uniform one).
+    """
+    image = np.asarray(image)
+    values = np.asarray(heatmap, dtype=np.float64)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3), got {image.shape}")
+    if values.shape != image.shape[:2]:
+        raise ValueError(f"heat map {values.shape} does not match the image's {image.shape[:2]}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    values = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0)
+    coloured = colormaps[cmap](values)[..., :3] * 255.0  # (H, W, 3) float in [0, 255]
+    blended = (1.0 - alpha) * image.astype(np.float64) + alpha * coloured
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def _save(figure: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(figure)
+    figure.savefig(path, format="png")
+    return path
+
+
+def localization_grid(examples: Sequence["LocalizationExample"], path: str | Path,
+                      columns: Sequence[str] | None = None, alpha: float = 0.5, cmap: str = "jet",
+                      panel_inches: float = 2.2) -> Path:
+    """One row per example: the frame with its ground truth outlined, then each column's heat-map overlay.
+
+    Boxes and masks are outlined where the ground truth is > 0 (Flickr's 0.5 consensus pixels included) and
+    the peak of each map is marked with a cross. Returns the PNG path.
+    """
+    if not examples:
+        raise ValueError("no examples to draw")
+    columns = list(columns or examples[0].maps)
+    figure = Figure(figsize=(panel_inches * (1 + len(columns)), panel_inches * len(examples)), dpi=100)
+    axes = np.asarray(figure.subplots(len(examples), 1 + len(columns), squeeze=False))
+    for row, example in enumerate(examples):
+        axis = axes[row, 0]
+        axis.imshow(example.image)
+        _outline(axis, example.gt_map)
+        axis.set_title(f"{example.clip_id} (GT)", fontsize=7)
+        for offset, column in enumerate(columns, start=1):
+            axis = axes[row, offset]
+            heatmap = example.maps[column]
+            axis.imshow(heatmap_overlay(example.image, heatmap, alpha, cmap))
+            _outline(axis, example.gt_map)
+            peak_y, peak_x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+            axis.plot([peak_x], [peak_y], marker="x", color="white", markersize=6, mew=2)
+            axis.set_title(column, fontsize=7)
+    for axis in axes.ravel():
+        axis.set_axis_off()
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def _outline(axis: Any, gt_map: np.ndarray) -> None:
+    foreground = (np.asarray(gt_map) > 0).astype(np.float64)
+    if 0 < foreground.sum() < foreground.size:
+        axis.contour(foreground, levels=[0.5], colors="lime", linewidths=1.2)
+
+
+def recall_curve(curves: Mapping[str, Mapping[int, float]], path: str | Path, title: str = "Recall@K") -> Path:
+    """Recall@K against K, one line per direction (`curves` = {'audio_to_image': {1: r1, 2: r2, ...}, ...}).
+
+    Keys may be ints or strings (as read back from report.json). Returns the PNG path.
+    """
+    if not curves:
+        raise ValueError("no recall curves to draw")
+    figure = Figure(figsize=(5.0, 3.6), dpi=100)
+    axis = figure.subplots()
+    largest = 1
+    for name, curve in curves.items():
+        ks = sorted(int(k) for k in curve)
+        values = [float(curve[k] if k in curve else curve[str(k)]) for k in ks]
+        axis.plot(ks, values, marker="o" if len(ks) <= 12 else None, markersize=3,
+                  label=DIRECTION_NAMES.get(name, name))
+        largest = max(largest, ks[-1])
+    axis.set_xlim(1, largest)
+    axis.set_ylim(0.0, 1.0)
+    axis.set_xlabel("K")
+    axis.set_ylabel("Recall@K (same class in top K)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    return _save(figure, path)
