@@ -228,7 +228,7 @@ def collect_outputs(model: nn.Module, clips: Sequence[Clip], data_config: DataCo
     positions, image_vectors, audio_vectors, plain, refined, objects = [], [], [], [], [], []
     with_iqr = has_iqr(model) and iqr_alpha is not None
     for batch in iter_embeddings(model, loader, device, keep_images=object_prior is not None):
-        failures.add({"failed": batch.failed})
+        failures.extend(batch.failed)
         if batch.image is None:
             continue
         positions.append(batch.indices.numpy())

@@ -76,7 +76,7 @@ def index_dataset(data_dir: Path, checkpoint: Path, index_dir: Path, split: str 
     embedded = 0
     with tqdm(total=len(todo), desc="embedding", unit="clip", disable=not progress or rank != 0) as bar:
         for batch in iter_embeddings(model, loader, device_):
-            failures.add(batch)
+            failures.extend(batch.failed)
             bar.update(len(batch.indices) + len(batch.failed))
             if batch.image is None:
                 continue

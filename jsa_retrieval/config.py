@@ -7,7 +7,9 @@ store as a plain dict (`to_dict` / `from_dict`).
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -75,6 +77,7 @@ class TrainConfig:
     batch_size: int = 256
     epochs: int = 20
     grad_clip: float = 1.0
+    warmup_steps: int = 0  # linear learning-rate warm-up; the paper states none
     seed: int = 0
     num_workers: int = 4
     amp: bool = True  # only takes effect on CUDA
@@ -124,7 +127,8 @@ def cpu_config() -> JSARConfig:
             image_weights="none", encoder_width=16, image_layer4_stride=1, embed_dim=128, decoder_hidden=256,
             projection_dim=64,
         ),
-        train=TrainConfig(lr=1e-3, batch_size=64, epochs=12, num_workers=2),
+        # k scaled with the batch (paper: k 20 of 256); warm-up keeps slot attention from collapsing early
+        train=TrainConfig(lr=5e-4, batch_size=64, epochs=12, num_workers=2, reciprocal_k=5, warmup_steps=60),
     )
 
 
@@ -132,6 +136,10 @@ PRESETS = {"paper": paper_config, "cpu": cpu_config}
 
 
 def get_config(name: str) -> JSARConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown configuration {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]()
+    """A preset by name (`paper`, `cpu`), or a JSON file written by `JSARConfig.to_dict`."""
+    if name in PRESETS:
+        return PRESETS[name]()
+    path = Path(name)
+    if path.suffix == ".json" and path.is_file():
+        return JSARConfig.from_dict(json.loads(path.read_text()))
+    raise ValueError(f"unknown configuration {name!r}; choose one of {sorted(PRESETS)} or a .json config file")

@@ -94,7 +94,11 @@ class FailureLog:
     failures: list[tuple[str, str]] = field(default_factory=list)
 
     def add(self, batch: dict[str, Any]) -> None:
-        self.failures.extend(batch.get("failed", []))
+        """Record the failures listed in a collated batch."""
+        self.extend(batch.get("failed", []))
+
+    def extend(self, failed: list[tuple[str, str]]) -> None:
+        self.failures.extend(failed)
 
     def __len__(self) -> int:
         return len(self.failures)

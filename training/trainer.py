@@ -7,6 +7,7 @@ DistributedDataParallel under torchrun (InfoNCE and false-negative mining see th
 from __future__ import annotations
 
 import math
+import random
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -110,6 +111,8 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
     torch.manual_seed(train_cfg.seed)
     model = create_model(config, model_name).to(device_)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    warmup = max(1, train_cfg.warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     use_amp = train_cfg.amp and device_.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     history: list[dict] = []
@@ -122,17 +125,22 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state.get("scaler", {}))
+        scheduler.load_state_dict(state["scheduler"])
         history = state["meta"]["history"]
         start_epoch, best_score = state["epoch"] + 1, state["meta"]["best_score"]
         if is_main:
             log(f"resuming {last_path} at epoch {start_epoch + 1}")
-    trained = DistributedDataParallel(model) if is_distributed() else model
+    # find_unused_parameters: with few tokens the mask ratio can round to zero masked tokens, leaving the
+    # mask token without a gradient in that step.
+    trained = DistributedDataParallel(model, find_unused_parameters=True) if is_distributed() else model
     banks = {"image": None, "audio": None}
     failures = FailureLog()
     started = time.monotonic()
     for epoch in range(start_epoch, epochs):
         epoch_seed = train_cfg.seed * 1000 + epoch
         torch.manual_seed(epoch_seed)
+        random.seed(epoch_seed)
+        np.random.seed(epoch_seed)
         partners = None
         if model_name == "alignment" and banks["image"] is not None:
             partners = _conceptual_partners(banks["image"], banks["audio"], train_cfg.alignment_neighbors,
@@ -165,6 +173,7 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            scheduler.step()
             if model_name == "alignment":
                 banks["image"][batch["index"]] = output.image_projection.detach().float().cpu()
                 banks["audio"][batch["index"]] = output.audio_projection.detach().float().cpu()
@@ -189,7 +198,8 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
             best_score = max(best_score, score)
             state = {
                 "model_name": model_name, "config": config.to_dict(), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch,
                 "meta": {"history": history, "best_score": best_score, "version": __version__,
                          "data_dir": str(data_dir), "train_clips": len(train_clips), "val_clips": len(val_clips),
                          "world_size": world_size()},

@@ -1,0 +1,222 @@
+"""Search by sound or by picture: the Python API behind `jsar query` and `jsar localize`.
+
+    engine = Engine.open("index_dir")
+    result = engine.search_audio("dog.wav", k=10)
+    engine.write_outputs(result, "out/")      # overlays, contact sheet, results.json
+
+An audio query's hits are images; for each hit the localization map is computed on demand, the query's audio
+target query against the hit image's keys (Sec. 3.5), exactly what `localize()` gives for that pair. An image
+query's hits are sounds, drawn as spectrogram thumbnails with the audio target slot's attention over time.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from evaluation.figures import heatmap_overlay
+from jsa_retrieval.clips import VIDEO_SUFFIXES
+from jsa_retrieval.dataset import load_image_tensor, load_spectrogram
+from jsa_retrieval.decode import load_image
+from jsa_retrieval.inference import pick_device
+from jsa_retrieval.localize import upsample_and_normalise
+from jsa_retrieval.models import load_model
+
+from .embed import store_meta_for
+from .faiss_index import RetrievalIndexes, open_indexes
+from .store import FingerprintMismatch
+
+
+@dataclass
+class Hit:
+    rank: int
+    row: int
+    id: str
+    label: str | None
+    score: float
+    image_path: str
+    audio_path: str
+    picture: str | None = None  # overlay (audio query) or spectrogram thumbnail (image query), once written
+
+
+@dataclass
+class QueryResult:
+    query: str
+    kind: str  # 'audio' | 'image' | 'video'
+    k: int
+    hits: list[Hit] = field(default_factory=list)
+    contact_sheet: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Engine:
+    """A store's model and indexes, opened once and queried many times."""
+
+    def __init__(self, index_dir: Path, model: torch.nn.Module, config, indexes: RetrievalIndexes,
+                 device: torch.device):
+        self.index_dir = Path(index_dir)
+        self.model = model
+        self.config = config
+        self.indexes = indexes
+        self.device = device
+
+    @classmethod
+    def open(cls, index_dir: Path, checkpoint: Path | None = None, device: str | None = None,
+             gpu: bool | None = None) -> "Engine":
+        """Load the indexes and the model that built the store; refuse a checkpoint with another fingerprint."""
+        indexes = open_indexes(index_dir, gpu=gpu)
+        meta = indexes.store.meta
+        checkpoint = Path(checkpoint or meta.checkpoint)
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"the store in {index_dir} was built with {checkpoint}, which is missing; "
+                                    "pass --checkpoint with that model")
+        device_ = pick_device(device)
+        model, config, _ = load_model(checkpoint, map_location=device_)
+        fingerprint = store_meta_for(checkpoint, config, model.model_name, config.model.embed_dim).fingerprint
+        if fingerprint != meta.fingerprint:
+            raise FingerprintMismatch(f"{checkpoint} is not the model that built {index_dir} (fingerprint "
+                                      f"{fingerprint[:12]} vs {meta.fingerprint[:12]}); re-run `jsar index`")
+        return cls(Path(index_dir), model, config, indexes, device_)
+
+    @torch.no_grad()
+    def embed_audio(self, path: Path):
+        """AudioSide of one sound file (or a video's audio track), batch of one."""
+        spectrogram = load_spectrogram(Path(path), self.config.data).unsqueeze(0).to(self.device)
+        return self.model.encode_audio(spectrogram)
+
+    @torch.no_grad()
+    def embed_image(self, path: Path):
+        """ImageSide of one image file (or a video's middle frame), batch of one."""
+        image = load_image_tensor(Path(path), self.config.data).unsqueeze(0).to(self.device)
+        return self.model.encode_image(image)
+
+    def search_audio(self, path: Path, k: int = 10) -> QueryResult:
+        """Images whose sound source matches the sound in `path`."""
+        scores, rows = self.indexes.audio_to_image(self.embed_audio(path).vector.cpu().numpy(), k)
+        return QueryResult(str(path), "audio", k, self._hits(scores[0], rows[0]))
+
+    def search_image(self, path: Path, k: int = 10) -> QueryResult:
+        """Sounds that belong to the picture in `path`."""
+        scores, rows = self.indexes.image_to_audio(self.embed_image(path).vector.cpu().numpy(), k)
+        return QueryResult(str(path), "image", k, self._hits(scores[0], rows[0]))
+
+    def search_video(self, path: Path, k: int = 10) -> QueryResult:
+        """Images matching a video's sound track (the video's own frame is not used)."""
+        if Path(path).suffix.lower() not in VIDEO_SUFFIXES:
+            raise ValueError(f"{path} is not a video file ({', '.join(VIDEO_SUFFIXES)})")
+        result = self.search_audio(path, k)
+        result.kind = "video"
+        return result
+
+    def _hits(self, scores: np.ndarray, rows: np.ndarray) -> list[Hit]:
+        hits = []
+        for rank, (score, row) in enumerate(zip(scores, rows), start=1):
+            if row < 0:
+                continue
+            record = self.indexes.store.record(int(row))
+            hits.append(Hit(rank, int(row), record.id, record.label, float(score), record.image_path,
+                            record.audio_path))
+        return hits
+
+    @torch.no_grad()
+    def hit_map(self, audio_side, image_path: Path, iqr: bool = False) -> np.ndarray:
+        """(S, S) localization map of `audio_side`'s sound in the image at `image_path`, computed on demand:
+        the same computation as `localize()` on that pair."""
+        image_side = self.embed_image(image_path)
+        coarse = self.model.refined_map(audio_side, image_side) if iqr else self.model.cross_map(audio_side, image_side)
+        return upsample_and_normalise(coarse, self.config.data.image_size).squeeze(0).cpu().numpy()
+
+    def write_outputs(self, result: QueryResult, out_dir: Path, iqr: bool = False) -> Path:
+        """Write one picture per hit, a contact sheet of all hits, and results.json; returns the JSON path."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        pictures = []
+        if result.kind in ("audio", "video"):
+            audio_side = self.embed_audio(Path(result.query))
+            for hit in result.hits:
+                picture = overlay_picture(load_image(Path(hit.image_path)), self.hit_map(audio_side, Path(hit.image_path), iqr))
+                pictures.append(self._save_hit(picture, hit, out_dir))
+        else:
+            for hit in result.hits:
+                spectrogram = load_spectrogram(Path(hit.audio_path), self.config.data)
+                with torch.no_grad():
+                    side = self.model.encode_audio(spectrogram.unsqueeze(0).to(self.device))
+                attention = None if side.time_attention is None else side.time_attention[0].cpu().numpy()
+                pictures.append(self._save_hit(spectrogram_picture(spectrogram[0].numpy(), attention), hit, out_dir))
+        if pictures:
+            sheet = contact_sheet(pictures, [f"#{h.rank} {h.label or h.id} {h.score:.3f}" for h in result.hits])
+            sheet_path = out_dir / "contact_sheet.png"
+            sheet.save(sheet_path)
+            result.contact_sheet = str(sheet_path)
+        json_path = out_dir / "results.json"
+        json_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        return json_path
+
+    @staticmethod
+    def _save_hit(picture: Image.Image, hit: Hit, out_dir: Path) -> Image.Image:
+        safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in hit.id)
+        path = out_dir / f"hit_{hit.rank:02d}_{safe_id}.png"
+        picture.save(path)
+        hit.picture = str(path)
+        return picture
+
+
+def overlay_picture(image: Image.Image, heatmap: np.ndarray) -> Image.Image:
+    """The heat map drawn over the image at the image's own size."""
+    pixels = np.asarray(image.convert("RGB"))
+    map_full = upsample_and_normalise(torch.from_numpy(heatmap)[None], pixels.shape[:2]).squeeze(0).numpy()
+    return Image.fromarray(heatmap_overlay(pixels, map_full, alpha=0.5))
+
+
+def spectrogram_picture(spectrogram: np.ndarray, attention: np.ndarray | None, height: int = 160) -> Image.Image:
+    """(F, T) log spectrogram as an image (low frequencies at the bottom) with the attention over time drawn
+    as a bar strip beneath it."""
+    low, high = float(spectrogram.min()), float(spectrogram.max())
+    grey = ((spectrogram - low) / (high - low + 1e-12) * 255).astype(np.uint8)[::-1]
+    picture = Image.fromarray(grey).convert("RGB").resize((spectrogram.shape[1], height), Image.BILINEAR)
+    strip = Image.new("RGB", (picture.width, 32), (255, 255, 255))
+    if attention is not None and attention.size:
+        weights = attention / (attention.max() + 1e-12)
+        draw = ImageDraw.Draw(strip)
+        step = picture.width / len(weights)
+        for i, weight in enumerate(weights):
+            draw.rectangle([i * step, 32 - 30 * weight, (i + 1) * step - 1, 31], fill=(220, 60, 30))
+    canvas = Image.new("RGB", (picture.width, height + 32))
+    canvas.paste(picture, (0, 0))
+    canvas.paste(strip, (0, height))
+    return canvas
+
+
+def contact_sheet(pictures: list[Image.Image], captions: list[str], tile: int = 192, columns: int = 5) -> Image.Image:
+    """All hits in a grid of `tile`-wide thumbnails with a caption under each."""
+    rows = (len(pictures) + columns - 1) // columns
+    tile_height = max(int(tile * p.height / p.width) for p in pictures)
+    sheet = Image.new("RGB", (columns * tile, rows * (tile_height + 18)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i, (picture, caption) in enumerate(zip(pictures, captions)):
+        x, y = (i % columns) * tile, (i // columns) * (tile_height + 18)
+        sheet.paste(picture.resize((tile, int(tile * picture.height / picture.width))), (x, y))
+        draw.text((x + 3, y + tile_height + 3), caption[:32], fill=(0, 0, 0))
+    return sheet
+
+
+def localize_pair(image_path: Path, audio_path: Path, checkpoint: Path, out_path: Path, iqr: bool = False,
+                  device: str | None = None) -> Path:
+    """Overlay PNG of where the sound of `audio_path` is in `image_path` (no index needed)."""
+    device_ = pick_device(device)
+    model, config, _ = load_model(checkpoint, map_location=device_)
+    with torch.no_grad():
+        image = load_image_tensor(Path(image_path), config.data).unsqueeze(0).to(device_)
+        spectrogram = load_spectrogram(Path(audio_path), config.data).unsqueeze(0).to(device_)
+        audio_side, image_side = model.encode_audio(spectrogram), model.encode_image(image)
+        coarse = model.refined_map(audio_side, image_side) if iqr else model.cross_map(audio_side, image_side)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    overlay_picture(load_image(Path(image_path)), coarse[0].cpu().numpy()).save(out_path)
+    return out_path

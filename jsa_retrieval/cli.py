@@ -1,0 +1,209 @@
+"""The `jsar` command line. Each command parses its arguments, calls one library function, and prints.
+
+Errors a user can cause (bad paths, unreadable files, wrong checkpoints) end with one line on stderr and a
+non-zero exit code, never a traceback.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .config import PRESETS, get_config
+
+EXAMPLE = "\n\n\b\nExample:\n  "
+
+
+def _config(name: str, overrides: dict) -> "object":
+    config = get_config(name)
+    for section, key, value in (
+        ("train", "epochs", overrides.get("epochs")), ("train", "batch_size", overrides.get("batch_size")),
+        ("train", "lr", overrides.get("lr")), ("train", "seed", overrides.get("seed")),
+        ("train", "num_workers", overrides.get("workers")),
+        ("model", "image_weights", overrides.get("image_weights")),
+    ):
+        if value is not None:
+            setattr(getattr(config, section), key, value)
+    return config
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="jsar")
+def cli() -> None:
+    """jsar: find where a sound comes from, search images by sound and sounds by image.
+
+    Joint Slot Attention (CVPR 2025) for self-supervised sound source localization, with an HDF5 embedding
+    store and FAISS indexes for cross-modal retrieval.
+    """
+
+
+@cli.command(help="Write the procedural audio-visual benchmark (VGG-SS layout) to OUT_DIR."
+             + EXAMPLE + "jsar synth data/synth --n 2000 --seed 0")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--n", "n_clips", default=2000, show_default=True, help="Number of clips.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--image-size", default=160, show_default=True, help="Frame size in pixels.")
+@click.option("--seconds", default=3.0, show_default=True, help="Audio length in seconds.")
+@click.option("--classes", "num_classes", default=10, show_default=True, help="Number of classes.")
+def synth(out_dir: Path, n_clips: int, seed: int, image_size: int, seconds: float, num_classes: int) -> None:
+    from .synth import SynthConfig, generate
+
+    summary = generate(out_dir, SynthConfig(n_clips=n_clips, seed=seed, image_size=image_size, seconds=seconds,
+                                            num_classes=num_classes))
+    click.echo(f"wrote {summary}")
+
+
+@cli.command(help="Train JSA (or a baseline) on the image-audio pairs of DATA_DIR."
+             + EXAMPLE + "jsar train data/synth --config cpu --out runs/jsa")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--config", "config_name", default="cpu", show_default=True,
+              help=f"A preset ({', '.join(sorted(PRESETS))}) or a JSON config file.")
+@click.option("--model", "model_name", type=click.Choice(["jsa", "ezvsl", "alignment"]), default="jsa",
+              show_default=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/jsa"), show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--epochs", type=int, help="Override the configuration's number of epochs.")
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--seed", type=int)
+@click.option("--workers", type=int, help="DataLoader worker processes.")
+@click.option("--max-minutes", type=float, help="Stop after the epoch that passes this wall-clock budget.")
+@click.option("--image-weights", help="'imagenet', 'none', or a local .pth state dict for the image ResNet-18.")
+@click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+@click.option("--no-match", is_flag=True, help="Ablation: drop the attention matching loss (Eq. 8).")
+@click.option("--no-div", is_flag=True, help="Ablation: drop the slot divergence loss (Eq. 9).")
+@click.option("--no-recon", is_flag=True, help="Ablation: drop the slot reconstruction loss (Eq. 10).")
+@click.option("--no-false-negatives", is_flag=True, help="Ablation: no k-reciprocal false-negative mitigation.")
+@click.option("--unshared-slots", is_flag=True, help="Ablation (Table 6): separate initial slots per modality.")
+def train(data_dir: Path, config_name: str, model_name: str, out_dir: Path, resume: bool, max_minutes: float | None,
+          device: str | None, no_match: bool, no_div: bool, no_recon: bool, no_false_negatives: bool,
+          unshared_slots: bool, **overrides) -> None:
+    from training.trainer import train as run_training
+
+    config = _config(config_name, overrides)
+    config.train.use_match &= not no_match
+    config.train.use_div &= not no_div
+    config.train.use_recon &= not no_recon
+    config.train.use_false_negatives &= not no_false_negatives
+    config.model.share_initial_slots &= not unshared_slots
+    result = run_training(data_dir, config, model_name, out_dir, resume=resume, max_minutes=max_minutes,
+                          device=device)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"best checkpoint: {result.best_path}")
+
+
+@cli.command(help="Localize the sound of AUDIO in IMAGE with a trained checkpoint; writes an overlay PNG."
+             + EXAMPLE + "jsar localize --image frame.jpg --audio dog.wav --checkpoint runs/jsa/best.pt")
+@click.option("--image", "image_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--audio", "audio_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--iqr/--no-iqr", default=False, show_default=True, help="Image-query refinement (Eq. 14).")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("localization.png"),
+              show_default=True)
+def localize(image_path: Path, audio_path: Path, checkpoint: Path, iqr: bool, out_path: Path) -> None:
+    from indexing.engine import localize_pair
+
+    written = localize_pair(image_path, audio_path, checkpoint, out_path, iqr=iqr)
+    click.echo(f"wrote {written}")
+
+
+@cli.command(help="Embed every clip of DATA_DIR into an HDF5 store and build FAISS indexes in OUT."
+             + EXAMPLE + "jsar index data/synth --checkpoint runs/jsa/best.pt --out index/synth")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--split", help="A split name (train/val/test) or a file of ids; default: every clip.")
+@click.option("--annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--workers", default=2, show_default=True, help="Decoding worker processes.")
+@click.option("--factory", help="FAISS factory string overriding the automatic choice, e.g. 'HNSW32'.")
+@click.option("--memory-budget-gb", type=float, help="Memory for both indexes; picks compressed types above it.")
+@click.option("--device", help="cpu, cuda, ... (default: cuda when available).")
+def index(data_dir: Path, checkpoint: Path, out_dir: Path, split: str | None, annotations: Path | None,
+          batch_size: int, workers: int, factory: str | None, memory_budget_gb: float | None,
+          device: str | None) -> None:
+    from indexing.embed import index_dataset
+
+    budget = None if memory_budget_gb is None else int(memory_budget_gb * 2**30)
+    summary = index_dataset(data_dir, checkpoint, out_dir, split=split, annotations=annotations,
+                            batch_size=batch_size, num_workers=workers, device=device, factory=factory,
+                            memory_budget=budget)
+    if summary.rows:
+        choice = summary.index_info["choice"]
+        click.echo(f"{summary.rows} clips in {out_dir} ({summary.embedded} embedded now at "
+                   f"{summary.clips_per_second:.1f} clips/s, {summary.already_done} already there, "
+                   f"{summary.skipped} skipped: see {out_dir}/skipped.tsv); index {choice['factory']}")
+
+
+@cli.command(help="Search an index by sound (--audio, --video) or by picture (--image)."
+             + EXAMPLE + "jsar query --index index/synth --audio dog.wav -k 10 --out hits/")
+@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--audio", "audio_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--image", "image_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--video", "video_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-k", "k", default=10, show_default=True, help="Number of hits.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write overlays / thumbnails, a contact sheet and results.json here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
+@click.option("--iqr/--no-iqr", default=False, show_default=True, help="Refine hit maps with IQR (Eq. 14).")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The store's model, when it moved since indexing.")
+@click.option("--device", help="cpu, cuda, ... (default: cuda when available).")
+def query(index_dir: Path, audio_path: Path | None, image_path: Path | None, video_path: Path | None, k: int,
+          out_dir: Path | None, as_json: bool, iqr: bool, checkpoint: Path | None, device: str | None) -> None:
+    from indexing.engine import Engine
+
+    given = [p for p in (audio_path, image_path, video_path) if p is not None]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --audio, --image, --video")
+    if k < 1:
+        raise click.BadParameter("k must be at least 1", param_hint="-k")
+    engine = Engine.open(index_dir, checkpoint=checkpoint, device=device)
+    if audio_path:
+        result = engine.search_audio(audio_path, k)
+    elif image_path:
+        result = engine.search_image(image_path, k)
+    else:
+        result = engine.search_video(video_path, k)
+    if out_dir:
+        engine.write_outputs(result, out_dir, iqr=iqr)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    click.echo(f"{'rank':>4}  {'score':>7}  {'class':<20} {'id':<24} path")
+    for hit in result.hits:
+        path = hit.image_path if result.kind != "image" else hit.audio_path
+        click.echo(f"{hit.rank:>4}  {hit.score:>7.4f}  {(hit.label or '-'):<20.20} {hit.id:<24.24} {path}")
+    if out_dir:
+        click.echo(f"pictures and results.json in {out_dir}")
+
+
+def main() -> None:
+    """Console entry point: runs the click group, turning expected failures into one-line errors."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except (OSError, ValueError, RuntimeError, KeyError, ImportError) as error:
+        if os.environ.get("JSAR_DEBUG"):
+            raise
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

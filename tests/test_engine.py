@@ -1,0 +1,142 @@
+"""`jsar index` / `jsar query` / `jsar localize` on a tiny synthetic set with a small random model."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from indexing.embed import index_dataset
+from indexing.engine import Engine, localize_pair
+from indexing.store import EmbeddingStore, FingerprintMismatch, StoreWriter
+from jsa_retrieval.cli import cli
+from jsa_retrieval.config import cpu_config
+from jsa_retrieval.dataset import load_image_tensor, load_spectrogram
+from jsa_retrieval.localize import localize
+from jsa_retrieval.models import create_model
+from jsa_retrieval.synth import SynthConfig, generate
+
+
+def tiny_checkpoint(path, seed=0):
+    config = cpu_config()
+    config.data.image_size, config.data.audio_seconds = 64, 1.0
+    config.model.encoder_width, config.model.embed_dim, config.model.decoder_hidden = 8, 32, 32
+    torch.manual_seed(seed)
+    model = create_model(config, "jsa")
+    torch.save({"model_name": "jsa", "config": config.to_dict(), "model": model.state_dict(), "epoch": 0,
+                "optimizer": {}, "meta": {}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine")
+    data = root / "data"
+    generate(data, SynthConfig(n_clips=20, seed=1, image_size=64, seconds=1.0), progress=False)
+    (data / "audio" / "synth_000007.wav").write_bytes(b"RIFF broken")
+    checkpoint = tiny_checkpoint(root / "model.pt")
+    summary = index_dataset(data, checkpoint, root / "index", batch_size=6, num_workers=0, progress=False)
+    return root, data, checkpoint, summary
+
+
+def read_store(index_dir):
+    with h5py.File(index_dir / "store.h5") as handle:
+        return {key: handle[key][()] for key in handle}
+
+
+def test_index_embeds_every_clip_and_reports_the_corrupt_one(setup):
+    root, _, _, summary = setup
+    assert summary.clips_found == 20 and summary.rows == 19 and summary.skipped == 1
+    assert "synth_000007" in (root / "index" / "skipped.tsv").read_text()
+    with EmbeddingStore.open(root / "index") as store:
+        assert len(store) == 19 and "synth_000007" not in store.ids()
+        vectors = store.read_rows("image_vectors", np.arange(19))
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    assert (root / "index" / "image.faiss").is_file() and (root / "index" / "audio.faiss").is_file()
+
+
+def test_index_resumes_after_a_crash_to_the_same_store(setup, monkeypatch):
+    root, data, checkpoint, _ = setup
+    calls = {"n": 0}
+    original = StoreWriter.write
+
+    def crash_on_second_batch(self, records, positions):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            self.flush()
+            raise KeyboardInterrupt("simulated kill")
+        original(self, records, positions)
+
+    monkeypatch.setattr(StoreWriter, "write", crash_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        index_dataset(data, checkpoint, root / "crashed", batch_size=6, num_workers=0, progress=False)
+    monkeypatch.setattr(StoreWriter, "write", original)
+    resumed = index_dataset(data, checkpoint, root / "crashed", batch_size=6, num_workers=0, progress=False)
+    assert resumed.already_done == 6 and resumed.rows == 19
+    clean, again = read_store(root / "index"), read_store(root / "crashed")
+    assert clean.keys() == again.keys()
+    for key in clean:
+        np.testing.assert_array_equal(clean[key], again[key], err_msg=key)
+
+
+def test_audio_query_writes_overlays_sheet_and_json(setup):
+    root, data, _, _ = setup
+    engine = Engine.open(root / "index")
+    result = engine.search_audio(data / "audio" / "synth_000003.wav", k=5)
+    scores = [hit.score for hit in result.hits]
+    assert len(result.hits) == 5 and scores == sorted(scores, reverse=True)
+    json_path = engine.write_outputs(result, root / "hits")
+    saved = json.loads(json_path.read_text())
+    assert [h["id"] for h in saved["hits"]] == [h.id for h in result.hits]
+    for hit in saved["hits"]:
+        assert Image.open(hit["picture"]).size == Image.open(hit["image_path"]).size == (64, 64)
+    assert Image.open(saved["contact_sheet"]).width > 64
+
+
+def test_hit_map_equals_localize_on_the_same_pair(setup):
+    root, data, _, _ = setup
+    engine = Engine.open(root / "index")
+    audio_path = data / "audio" / "synth_000003.wav"
+    hit = engine.search_audio(audio_path, k=3).hits[1]
+    on_demand = engine.hit_map(engine.embed_audio(audio_path), hit.image_path)
+    image = load_image_tensor(hit.image_path, engine.config.data).unsqueeze(0)
+    audio = load_spectrogram(audio_path, engine.config.data).unsqueeze(0)
+    direct = localize(engine.model, image, audio).full[0].numpy()
+    np.testing.assert_allclose(on_demand, direct, atol=1e-5)
+
+
+def test_image_query_returns_sounds_with_thumbnails(setup):
+    root, data, _, _ = setup
+    engine = Engine.open(root / "index")
+    result = engine.search_image(data / "frames" / "synth_000004.jpg", k=3)
+    engine.write_outputs(result, root / "sounds")
+    assert len(result.hits) == 3
+    assert all(Image.open(hit.picture).height == 160 + 32 for hit in result.hits)
+
+
+def test_another_models_checkpoint_is_refused(setup):
+    root, _, _, _ = setup
+    other = tiny_checkpoint(root / "other.pt", seed=1)
+    with pytest.raises(FingerprintMismatch, match="not the model"):
+        Engine.open(root / "index", checkpoint=other)
+
+
+def test_localize_pair_writes_an_overlay_of_the_image_size(setup, tmp_path):
+    _, data, checkpoint, _ = setup
+    out = localize_pair(data / "frames" / "synth_000001.jpg", data / "audio" / "synth_000001.wav", checkpoint,
+                        tmp_path / "o.png", iqr=True)
+    assert Image.open(out).size == (64, 64)
+
+
+def test_cli_query_prints_a_table_and_bad_input_is_one_line(setup, tmp_path):
+    root, data, _, _ = setup
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["query", "--index", str(root / "index"), "--audio",
+                             str(data / "audio" / "synth_000002.wav"), "-k", "4", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert len(json.loads(ok.output)["hits"]) == 4
+    both = runner.invoke(cli, ["query", "--index", str(root / "index"), "--audio", str(data / "audio" / "synth_000002.wav"),
+                               "--image", str(data / "frames" / "synth_000002.jpg")])
+    assert both.exit_code != 0 and "exactly one" in both.output
