@@ -183,6 +183,104 @@ def query(index_dir: Path, audio_path: Path | None, image_path: Path | None, vid
         click.echo(f"pictures and results.json in {out_dir}")
 
 
+@cli.group(help="Evaluation reports: localization (cIoU/AP50, AUC, AVSBench mIoU/F), retrieval (Recall@K), "
+                "and several runs side by side.", name="eval")
+def eval_group() -> None:
+    pass
+
+
+THRESHOLD = click.option("--threshold", type=click.Choice(["median", "fixed", "adaptive"]), default="median",
+                         show_default=True, help="median: EZ-VSL/FNAC/SLAVC; fixed: >= 0.6 (the JSA release); "
+                                                 "adaptive: the ground truth's area.")
+UPSAMPLE = click.option("--upsample", "upsample_mode", type=click.Choice(["bicubic", "bilinear", "nearest"]),
+                        default="bicubic", show_default=True, help="7x7 -> image upsampling, recorded in the report.")
+OGL = click.option("--ogl", type=click.Choice(["resnet18", "efficientnet-lite0"]),
+                   help="Add +OGL columns with this ImageNet object prior (EZ-VSL's object-guided localization).")
+
+
+@eval_group.command("localization", help="Localization scores of a checkpoint on an annotated dataset (plain, +IQR, +OGL)."
+              + EXAMPLE + "jsar eval localization data/synth --checkpoint runs/jsa/best.pt --split test")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--split", help="A split name (train/val/test) or a file of ids.")
+@click.option("--annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@THRESHOLD
+@UPSAMPLE
+@OGL
+@click.option("--ogl-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Local ImageNet ResNet-18 .pth for --ogl resnet18.")
+@click.option("--alpha", "iqr_alpha", type=float, help="IQR weight (Eq. 14); default from the config (0.6).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/localization"),
+              show_default=True)
+@click.option("--workers", default=2, show_default=True)
+def eval_localization(data_dir: Path, checkpoint: Path, split: str | None, annotations: Path | None, threshold: str,
+                      upsample_mode: str, ogl: str | None, ogl_weights: Path | None, iqr_alpha: float | None,
+                      out_dir: Path, workers: int) -> None:
+    from evaluation.localization import evaluate_localization
+    from evaluation.reports import write_report
+
+    report = evaluate_localization(checkpoint, data_dir, split=split, annotations=annotations, threshold=threshold,
+                                   upsample_mode=upsample_mode, ogl=ogl, ogl_weights=ogl_weights,
+                                   iqr_alpha=iqr_alpha, num_workers=workers)
+    click.echo(write_report(report, out_dir, f"Localization: {data_dir}").read_text())
+
+
+@eval_group.command("retrieval", help="Recall@K by category, audio->image and image->audio, through an index's FAISS indexes."
+              + EXAMPLE + "jsar eval retrieval index/synth")
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/retrieval"),
+              show_default=True)
+@click.option("--no-exact-check", is_flag=True, help="Skip the exact-search cross-check.")
+def eval_retrieval(index_dir: Path, out_dir: Path, no_exact_check: bool) -> None:
+    from evaluation.reports import write_report
+    from evaluation.retrieval import evaluate_retrieval
+
+    report = evaluate_retrieval(index_dir, check_exact=not no_exact_check)
+    click.echo(write_report(report, out_dir, f"Retrieval: {index_dir}").read_text())
+
+
+@eval_group.command("compare", help="Several checkpoints side by side on the same clips: one table."
+              + EXAMPLE + "jsar eval compare runs/jsa/best.pt runs/ezvsl/best.pt --data data/synth --split test")
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split")
+@THRESHOLD
+@UPSAMPLE
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/compare"),
+              show_default=True)
+@click.option("--workers", default=2, show_default=True)
+def eval_compare(checkpoints: tuple[Path, ...], data_dir: Path, split: str | None, threshold: str,
+                 upsample_mode: str, out_dir: Path, workers: int) -> None:
+    from evaluation.reports import compare_runs, write_report
+
+    resolved = [c / "best.pt" if c.is_dir() else c for c in checkpoints]
+    report = compare_runs(resolved, data_dir, split=split, threshold=threshold, upsample_mode=upsample_mode,
+                          num_workers=workers)
+    click.echo(write_report(report, out_dir, f"Comparison on {data_dir}").read_text())
+
+
+@cli.command(help="The whole product on the embedded synthetic data: synth, train, index, query, evaluate."
+             + EXAMPLE + "jsar demo --out demo_out")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_out"),
+              show_default=True)
+@click.option("--n", "n_clips", default=2000, show_default=True, help="Synthetic clips to generate.")
+@click.option("--minutes", "train_minutes", default=9.0, show_default=True, help="Training time budget.")
+@click.option("--epochs", type=int, help="Cap on epochs (default: the cpu configuration's).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--workers", default=2, show_default=True)
+def demo(out_dir: Path, n_clips: int, train_minutes: float, epochs: int | None, seed: int, workers: int) -> None:
+    from evaluation.demo import run_demo
+
+    result = run_demo(out_dir, n_clips=n_clips, train_minutes=train_minutes, epochs=epochs, seed=seed,
+                      workers=workers, log=click.echo)
+    click.echo("")
+    for name, path in {**result.reports, **result.pictures}.items():
+        click.echo(f"{name:>24}: {path}")
+    click.echo(f"{'checkpoint':>24}: {result.checkpoint}")
+    click.echo(f"{'index':>24}: {result.index_dir}")
+    click.echo("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()))
+
+
 def main() -> None:
     """Console entry point: runs the click group, turning expected failures into one-line errors."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
