@@ -1,0 +1,57 @@
+"""The command line: help everywhere, and bad input ends in one line on stderr with a non-zero exit."""
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from jsa_retrieval.cli import cli
+
+
+def run_jsar(*args):
+    return subprocess.run([sys.executable, "-m", "jsa_retrieval.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("command", [[], ["synth"], ["train"], ["index"], ["query"], ["localize"], ["demo"],
+                                     ["eval", "localization"], ["eval", "retrieval"], ["eval", "compare"]])
+def test_every_command_has_help_with_an_example(command):
+    result = CliRunner().invoke(cli, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage:" in result.output
+    if command and command != ["eval"]:
+        assert "Example:" in result.output and "jsar " in result.output
+
+
+def test_version():
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and "0.1.0" in result.output
+
+
+def test_unknown_layout_is_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    result = run_jsar("train", tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "no known layout" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path):
+    fake = tmp_path / "model.pt"
+    fake.write_text("not a checkpoint")
+    image = tmp_path / "a.jpg"
+    from PIL import Image
+    Image.new("RGB", (32, 32)).save(image)
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"RIFF")
+    result = run_jsar("localize", "--image", image, "--audio", audio, "--checkpoint", fake, "--out", tmp_path / "o.png")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.strip().count("\n") == 0
+
+
+def test_query_without_an_index_is_one_line(tmp_path):
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"RIFF")
+    result = run_jsar("query", "--index", tmp_path, "--audio", audio)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "index.json" in result.stderr
