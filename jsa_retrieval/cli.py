@@ -222,7 +222,7 @@ def eval_localization(data_dir: Path, checkpoint: Path, split: str | None, annot
     report = evaluate_localization(checkpoint, data_dir, split=split, annotations=annotations, threshold=threshold,
                                    upsample_mode=upsample_mode, ogl=ogl, ogl_weights=ogl_weights,
                                    iqr_alpha=iqr_alpha, num_workers=workers)
-    click.echo(write_report(report, out_dir, f"Localization: {data_dir}").read_text())
+    click.echo((write_report(report, out_dir, f"Localization: {data_dir}") / "report.md").read_text())
 
 
 @eval_group.command("retrieval", help="Recall@K by category, audio->image and image->audio, through an index's FAISS indexes."
@@ -236,7 +236,7 @@ def eval_retrieval(index_dir: Path, out_dir: Path, no_exact_check: bool) -> None
     from evaluation.retrieval import evaluate_retrieval
 
     report = evaluate_retrieval(index_dir, check_exact=not no_exact_check)
-    click.echo(write_report(report, out_dir, f"Retrieval: {index_dir}").read_text())
+    click.echo((write_report(report, out_dir, f"Retrieval: {index_dir}") / "report.md").read_text())
 
 
 @eval_group.command("compare", help="Several checkpoints side by side on the same clips: one table."
@@ -256,7 +256,7 @@ def eval_compare(checkpoints: tuple[Path, ...], data_dir: Path, split: str | Non
     resolved = [c / "best.pt" if c.is_dir() else c for c in checkpoints]
     report = compare_runs(resolved, data_dir, split=split, threshold=threshold, upsample_mode=upsample_mode,
                           num_workers=workers)
-    click.echo(write_report(report, out_dir, f"Comparison on {data_dir}").read_text())
+    click.echo((write_report(report, out_dir, f"Comparison on {data_dir}") / "report.md").read_text())
 
 
 @cli.command(help="The whole product on the embedded synthetic data: synth, train, index, query, evaluate."

@@ -1,0 +1,489 @@
+"""The paper's comparison and ablations in one command: train every method under one budget, score on test.
+
+Runs (`RUNS`): JSA with every loss (the full model), the EZ-VSL and alignment baselines, the loss ablations of
+Table 5 (no L_match, no L_div, no false-negative mitigation) and the unshared initial slots of Table 6. All
+start from the same config, seed and budget (epochs and/or minutes per run), so a difference in the table is
+the method's, not the budget's. The trainer selects each best.pt on the *val* split; this module scores it
+once on the *test* split: localization "cIoU" (AP50), mean cIoU and AUC (plain and, for JSA, +IQR) under two
+threshold conventions (fixed 0.6 = JSA release; median = EZ-VSL / FNAC / SLAVC), and exact class-level
+Recall@1/5/10 in both directions. Output: OUT/experiment.md (+ .csv, .json) in the layout of the paper's
+Tables 1, 4, 5 and 6, with check-marks for L_match, L_div, FN mitigation and shared slots.
+
+Each run trains in OUT/<run>/ and records its budget, config and wall-clock minutes in OUT/<run>/run.json, so
+an interrupted experiment resumes: finished runs are skipped, a run cut short continues from its last.pt with
+what is left of its minutes budget, and a folder trained under another config or budget is refused rather
+than mixed into the table.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import click
+import numpy as np
+import pandas as pd
+import torch
+
+import jsa_retrieval
+from jsa_retrieval.clips import Clip, read_dataset
+from jsa_retrieval.config import JSARConfig, get_config
+from jsa_retrieval.inference import pick_device
+from jsa_retrieval.models import checkpoint_fingerprint, load_model
+from training.trainer import split_train_val, train
+
+from .localization import collect_outputs, has_ground_truth, score_localization
+from .metrics import THRESHOLD_MODES
+from .reports import ARROWS, git_commit, markdown_table
+from .retrieval import recall_from_vectors
+
+KS = (1, 5, 10)
+LOCALIZATION_KEYS = (("ap50", "cIoU (AP50)"), ("auc", "AUC"), ("mean_ciou", "mean cIoU"))
+FLAG_COLUMNS = (("use_match", "L_match"), ("use_div", "L_div"), ("use_false_negatives", "FN mitigation"),
+                ("share_initial_slots", "shared slots"))
+RUN_FILE = "run.json"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What is trained
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One row of the experiment: a model and, for JSA, which parts of the method it keeps (Tables 5-6)."""
+
+    name: str
+    label: str
+    model_name: str
+    use_match: bool = True
+    use_div: bool = True
+    use_false_negatives: bool = True
+    share_initial_slots: bool = True
+
+    def configure(self, base: JSARConfig, seed: int, epochs: int | None) -> JSARConfig:
+        """A copy of `base` with this run's switches, the shared seed and the epoch cap.
+
+        JSA switches are set explicitly (not and-ed with `base`), so "JSA (full)" is the full method whatever
+        the base config says; the baselines ignore them and keep `base` as it is.
+        """
+        config = JSARConfig.from_dict(base.to_dict())
+        config.train.seed = seed
+        if epochs is not None:
+            config.train.epochs = epochs
+        if self.model_name == "jsa":
+            config.train.use_match = self.use_match
+            config.train.use_div = self.use_div
+            config.train.use_false_negatives = self.use_false_negatives
+            config.model.share_initial_slots = self.share_initial_slots
+        return config
+
+
+RUNS: dict[str, RunSpec] = {spec.name: spec for spec in (
+    RunSpec("jsa", "JSA (full)", "jsa"),
+    RunSpec("ezvsl", "EZ-VSL", "ezvsl"),
+    RunSpec("alignment", "Alignment", "alignment"),
+    RunSpec("jsa_no_match", "JSA w/o L_match", "jsa", use_match=False),
+    RunSpec("jsa_no_div", "JSA w/o L_div", "jsa", use_div=False),
+    RunSpec("jsa_no_fn", "JSA w/o FN mitigation", "jsa", use_false_negatives=False),
+    RunSpec("jsa_unshared", "JSA, unshared initial slots", "jsa", share_initial_slots=False),
+)}
+DEFAULT_RUNS: tuple[str, ...] = tuple(RUNS)
+"""JSA first, so that an experiment stopped early has the main method's row."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training stage (resumable)
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainedRun:
+    """A run's checkpoint and how it was obtained: status is 'trained', 'resumed', 'skipped' (finished
+    earlier by run_experiment) or 'existing' (a best.pt from elsewhere; its budget could not be checked)."""
+
+    spec: RunSpec
+    run_dir: Path
+    best_path: Path
+    status: str
+    train_seconds: float | None
+    epochs_trained: int
+
+
+def _canonical(values: Any) -> str:
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    """Atomic write, so a kill mid-write never leaves a run.json that blocks the resume."""
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(state, indent=2, default=str), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _history_of(checkpoint: Path) -> list[dict]:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    return list((state.get("meta") or {}).get("history", []))
+
+
+def train_run(spec: RunSpec, data_dir: Path, run_dir: Path, config: JSARConfig, max_minutes: float | None,
+              device: str | None = None, progress: bool = True,
+              log: Callable[[str], None] = print) -> TrainedRun:
+    """Train one run into `run_dir`, or pick up what an earlier call left there.
+
+    run.json holds the config, the budget and the wall-clock seconds spent so far; the trainer's per-epoch
+    log line updates it right after last.pt is saved, so after a kill the ledger matches last.pt and a resumed
+    run gets only the minutes its budget has left.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path, best_path, last_path = run_dir / RUN_FILE, run_dir / "best.pt", run_dir / "last.pt"
+    budget = {"epochs": config.train.epochs, "max_minutes": max_minutes, "seed": config.train.seed}
+    expected = {"model_name": spec.model_name, "config": config.to_dict(), "budget": budget}
+    state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else None
+    if state is None and best_path.is_file():
+        log(f"{spec.name}: {best_path} exists without {RUN_FILE}; using it as is (budget not verified)")
+        history = _history_of(last_path if last_path.is_file() else best_path)
+        seconds = float(history[-1]["seconds"]) if history and "seconds" in history[-1] else None
+        return TrainedRun(spec, run_dir, best_path, "existing", seconds, len(history))
+    if state is not None and _canonical({key: state.get(key) for key in expected}) != _canonical(expected):
+        raise ValueError(f"{run_dir} holds run {spec.name!r} trained under another config or budget; "
+                         "use a fresh --out folder or delete that run folder")
+    if state is not None and state.get("finished") and best_path.is_file():
+        log(f"{spec.name}: finished earlier, skipping ({best_path})")
+        return TrainedRun(spec, run_dir, best_path, "skipped", state["train_seconds"], state["epochs_trained"])
+
+    spent = float(state["train_seconds"]) if state else 0.0
+    resume = last_path.is_file()
+    state = {**expected, "run": spec.name, "label": spec.label, "train_seconds": spent, "epochs_trained": 0,
+             "finished": False}
+    _write_state(state_path, state)
+    remaining = None if max_minutes is None else max_minutes - spent / 60
+    history: list[dict] = _history_of(last_path) if resume else []
+    if remaining is None or remaining > 0:
+        started = time.monotonic()
+
+        def ledger(message: str) -> None:
+            state["train_seconds"] = round(spent + time.monotonic() - started, 1)
+            _write_state(state_path, state)
+            log(f"{spec.name}: {message}")
+
+        log(f"{spec.name}: {'resuming' if resume else 'training'} {spec.label} in {run_dir}")
+        result = train(data_dir, config, spec.model_name, run_dir, resume=resume, max_minutes=remaining,
+                       device=device, progress=progress, log=ledger)
+        state["train_seconds"] = round(spent + time.monotonic() - started, 1)
+        history = result.history
+    if not best_path.is_file():
+        raise RuntimeError(f"{spec.name}: training wrote no {best_path} (no epoch finished)")
+    state.update(epochs_trained=len(history), finished=True)
+    _write_state(state_path, state)
+    return TrainedRun(spec, run_dir, best_path, "resumed" if resume else "trained", state["train_seconds"],
+                      len(history))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Evaluation stage
+# --------------------------------------------------------------------------------------------------------------
+
+def evaluate_checkpoint(checkpoint: Path, clips: Sequence[Clip], thresholds: Sequence[str],
+                        ks: Sequence[int] = KS, device: str | None = None, batch_size: int = 32,
+                        num_workers: int = 2) -> dict[str, Any]:
+    """Localization under each threshold mode and exact Recall@K, from one model pass over `clips`.
+
+    The same stages as `reports.compare_runs`, which scores one threshold mode per model pass; here both
+    conventions come from one pass. Returns {'config', 'model_name', 'best_epoch', 'localization':
+    {threshold: {column: {ap50, auc, mean_ciou, n}}}, 'retrieval': {direction: {k: recall}} or None,
+    'n_localization', 'n_retrieval', 'n_unreadable'}.
+    """
+    where = pick_device(device)
+    model, config, meta = load_model(checkpoint, map_location=where)
+    alpha = config.model.iqr_alpha if model.model_name == "jsa" else None
+    outputs = collect_outputs(model, clips, config.data, where, batch_size, num_workers, alpha)
+    annotated = np.array([has_ground_truth(clip) for clip in clips], dtype=bool)
+    labels = [clips[int(p)].label for p in outputs.positions]
+    best_epoch = None if meta.get("epoch") is None else int(meta["epoch"]) + 1
+    result: dict[str, Any] = {"model_name": model.model_name, "config": config.to_dict(),
+                              "checkpoint_sha": checkpoint_fingerprint(checkpoint), "best_epoch": best_epoch,
+                              "localization": {}, "retrieval": None, "n_localization": 0, "n_retrieval": 0,
+                              "n_unreadable": len(outputs.failures)}
+    with_gt = np.flatnonzero(annotated[outputs.positions])
+    if with_gt.size:
+        for threshold in thresholds:
+            scored = score_localization(clips, outputs.subset(with_gt), threshold, keep_examples=0)
+            result["localization"][threshold] = {
+                column: {"ap50": s.ap50, "auc": s.auc, "mean_ciou": s.mean_ciou, "n": s.n}
+                for column, s in scored.columns.items()}
+            result["n_localization"] = len(scored.per_clip["ids"])
+    if any(labels):
+        directions = recall_from_vectors(outputs.audio_vectors, outputs.image_vectors, labels, ks)
+        result["retrieval"] = {name: {int(k): float(v) for k, v in d.recall.items()} for name, d in directions.items()}
+        result["n_retrieval"] = sum(1 for label in labels if label)
+    del model
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ExperimentRow:
+    """One method or ablation: its switches (None for the baselines, which have no such parts), budget use,
+    and test scores (fractions in [0, 1])."""
+
+    run: str
+    label: str
+    model_name: str
+    use_match: bool | None
+    use_div: bool | None
+    use_false_negatives: bool | None
+    share_initial_slots: bool | None
+    status: str
+    train_minutes: float | None
+    epochs: int
+    best_epoch: int | None
+    checkpoint: str
+    checkpoint_sha: str | None
+    localization: dict[str, dict[str, dict[str, float]]]
+    retrieval: dict[str, dict[int, float]] | None
+    n_localization: int
+    n_retrieval: int
+
+
+@dataclass
+class ExperimentReport:
+    """Header (machine, date, commit, config, data sizes, budget) and one row per run; `threshold` is the
+    main table's mode, `other_threshold` the second table's."""
+
+    out_dir: Path
+    threshold: str
+    other_threshold: str
+    header: dict[str, Any]
+    rows: list[ExperimentRow] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def row(self, run: str) -> ExperimentRow:
+        return next(row for row in self.rows if row.run == run)
+
+    def table(self, threshold: str | None = None, retrieval: bool = True) -> pd.DataFrame:
+        """The paper-format table with raw fractions (see `experiment_table`)."""
+        return experiment_table(self.rows, threshold or self.threshold, retrieval)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "experiment", "threshold": self.threshold, "other_threshold": self.other_threshold,
+                "header": self.header, "rows": [asdict(row) for row in self.rows],
+                "files": {name: str(path) for name, path in self.files.items()}}
+
+
+def experiment_table(rows: Sequence[ExperimentRow], threshold: str, retrieval: bool = True) -> pd.DataFrame:
+    """Rows = methods; columns = switches, plain and +IQR cIoU (AP50) / AUC / mean cIoU under `threshold`,
+    [A→I and I→A R@1/5/10,] train minutes, epochs. Missing values (no +IQR for baselines) are None."""
+    records = []
+    for row in rows:
+        record: dict[str, Any] = {"method": row.label}
+        for key, heading in FLAG_COLUMNS:
+            record[heading] = getattr(row, key)
+        scores = row.localization.get(threshold, {})
+        for column, prefix in (("plain", ""), ("+IQR", "+IQR ")):
+            for key, heading in LOCALIZATION_KEYS:
+                record[prefix + heading] = scores.get(column, {}).get(key)
+        if retrieval:
+            for direction, arrow in ARROWS.items():
+                for k in KS:
+                    record[f"{arrow} R@{k}"] = (row.retrieval or {}).get(direction, {}).get(k)
+        record["train minutes"] = row.train_minutes
+        record["epochs"] = row.epochs
+        record["best epoch"] = row.best_epoch
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def _display(frame: pd.DataFrame) -> pd.DataFrame:
+    """Check-marks for switches and plain numbers for minutes, so markdown_table prints only scores as %."""
+    shown = frame.astype(object).copy()
+    for _, heading in FLAG_COLUMNS:
+        shown[heading] = [None if value is None or value != value else ("✓" if value else "")
+                          for value in frame[heading]]
+    shown["train minutes"] = [None if value is None or value != value else f"{value:.1f}"
+                              for value in frame["train minutes"]]
+    return shown
+
+
+def _header_lines(report: ExperimentReport) -> list[str]:
+    header = report.header
+    machine, data, budget = header["machine"], header["data"], header["budget"]
+    minutes = budget["max_minutes_per_run"]
+    return [
+        "# JSA: methods and ablations under one budget",
+        "",
+        f"- jsar {header['jsar_version']}, commit {header['git_commit'] or 'unknown'}, {header['date']}",
+        f"- machine: {machine['cpu_count']} cores (os.cpu_count), {machine['usable_cores']} usable, torch threads "
+        f"{machine['torch_threads']}, device {machine['device']}, load average at start {machine['load_average']}, "
+        f"torch {machine['torch_version']}, {machine['platform']}",
+        f"- config: {header['config']['name']} (full JSON in experiment.json); seed {budget['seed']}",
+        f"- budget per run: at most {budget['epochs']} epoch(s)"
+        + (f", at most {minutes} min (checked after each epoch)" if minutes is not None else ", no time limit"),
+        f"- data: {data['data_dir']}: {data['train']} train / {data['val']} val / {data['test']} test clips; "
+        f"test: {data['test_with_ground_truth']} with ground truth, {data['test_labelled']} with a class label",
+        "- best.pt of each run chosen on val by the trainer; every number below is on the test split",
+        "- \"cIoU\" is AP50 (fraction of test clips with cIoU ≥ 0.5) as the papers report it; +IQR is Eq. 14 "
+        "(JSA only); retrieval is exact class-level Recall@K over the test clips, own pair in the gallery; "
+        "scores in %",
+        "- train minutes: wall clock of training including per-epoch validation and checkpoints; ✓ = part kept, "
+        "blank = removed, – = not part of that method",
+    ]
+
+
+def write_experiment(report: ExperimentReport) -> dict[str, Path]:
+    """experiment.md (both tables), experiment.csv (main table, raw fractions), experiment_<other>.csv and
+    experiment.json (header, every row, every threshold) in report.out_dir."""
+    out = report.out_dir
+    main_table = report.table()
+    other_table = report.table(report.other_threshold, retrieval=False)
+    files = {"markdown": out / "experiment.md", "csv": out / "experiment.csv",
+             "other_csv": out / f"experiment_{report.other_threshold}.csv", "json": out / "experiment.json"}
+    runs = [f"- {row.run}: {row.status}, {row.epochs} epoch(s), best epoch {row.best_epoch}, "
+            f"{row.n_localization} clips scored for localization, {row.n_retrieval} retrieval queries, "
+            f"checkpoint {row.checkpoint}" for row in report.rows]
+    lines = _header_lines(report) + [
+        "", f"## Localization and retrieval (threshold: {report.threshold})", "", markdown_table(_display(main_table)),
+        "", f"## Localization with the {report.other_threshold} threshold", "",
+        markdown_table(_display(other_table)), "", "## Runs", "", *runs,
+    ]
+    files["markdown"].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    main_table.to_csv(files["csv"], index=False)
+    other_table.to_csv(files["other_csv"], index=False)
+    report.files = files
+    files["json"].write_text(json.dumps(report.to_dict(), indent=2, default=str, allow_nan=False), encoding="utf-8")
+    return files
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The experiment
+# --------------------------------------------------------------------------------------------------------------
+
+def _machine(device: str | None) -> dict[str, Any]:
+    """What the train minutes depend on: cores, threads, device, and how busy the machine was at the start."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = [round(value, 2) for value in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if chosen.startswith("cuda") and torch.cuda.is_available():
+        chosen = f"{chosen} ({torch.cuda.get_device_name(torch.device(chosen))})"
+    return {"cpu_count": os.cpu_count(), "usable_cores": usable, "torch_threads": torch.get_num_threads(),
+            "device": chosen, "load_average": load, "torch_version": torch.__version__,
+            "platform": platform.platform()}
+
+
+def _flags(model_name: str, config: dict[str, Any]) -> dict[str, bool | None]:
+    """The switches as the checkpoint's own config has them (None for the baselines)."""
+    if model_name != "jsa":
+        return {key: None for key, _ in FLAG_COLUMNS}
+    return {"use_match": config["train"]["use_match"], "use_div": config["train"]["use_div"],
+            "use_false_negatives": config["train"]["use_false_negatives"],
+            "share_initial_slots": config["model"]["share_initial_slots"]}
+
+
+def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str | JSARConfig = "cpu",
+                   epochs: int | None = None, max_minutes_per_run: float | None = None, seed: int = 0,
+                   runs: Sequence[str] = DEFAULT_RUNS, threshold: str = "fixed", progress: bool = True,
+                   device: str | None = None, test_split: str = "test") -> ExperimentReport:
+    """Train every run in `runs` (names from `RUNS`) under one config, seed and budget, then score each best.pt
+    on `test_split` and write OUT/experiment.md, .csv and .json.
+
+    `config_name` is a preset, a .json config, or a JSARConfig; `epochs` defaults to the config's;
+    `max_minutes_per_run` stops a run after the epoch that crosses it. `threshold` is the main table's
+    localization threshold mode; the second table uses the other convention (median, or fixed when the main
+    one is median). Re-running with the same arguments skips finished runs and resumes interrupted ones.
+    """
+    unknown = [name for name in runs if name not in RUNS]
+    if unknown or not runs:
+        raise ValueError(f"unknown or no runs {unknown}; choose from {list(RUNS)}")
+    if threshold not in THRESHOLD_MODES:
+        raise ValueError(f"unknown threshold mode {threshold!r}; choose one of {THRESHOLD_MODES}")
+    if max_minutes_per_run is not None and max_minutes_per_run <= 0:
+        raise ValueError(f"max_minutes_per_run must be positive, got {max_minutes_per_run}")
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log: Callable[[str], None] = print if progress else (lambda _: None)
+    base = get_config(config_name) if isinstance(config_name, str) else JSARConfig.from_dict(config_name.to_dict())
+    base.train.seed = seed
+    if epochs is not None:
+        base.train.epochs = epochs
+
+    train_clips, val_clips = split_train_val(data_dir)
+    test_clips = read_dataset(data_dir, test_split).clips
+    overlap = {clip.id for clip in test_clips} & {clip.id for clip in train_clips + val_clips}
+    if overlap:
+        raise ValueError(f"{len(overlap)} test clip(s) are also in train/val (e.g. {sorted(overlap)[0]})")
+    other = "fixed" if threshold == "median" else "median"
+    header = {
+        "jsar_version": jsa_retrieval.__version__, "git_commit": git_commit(),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"), "machine": _machine(device),
+        "config": base.to_dict(),
+        "budget": {"epochs": base.train.epochs, "max_minutes_per_run": max_minutes_per_run, "seed": seed},
+        "data": {"data_dir": str(data_dir), "train": len(train_clips), "val": len(val_clips),
+                 "test": len(test_clips), "test_split": test_split,
+                 "test_with_ground_truth": sum(has_ground_truth(clip) for clip in test_clips),
+                 "test_labelled": sum(1 for clip in test_clips if clip.label)},
+        "runs": list(runs),
+    }
+    report = ExperimentReport(out_dir, threshold, other, header)
+
+    trained = [train_run(RUNS[name], data_dir, out_dir / name, RUNS[name].configure(base, seed, None),
+                         max_minutes_per_run, device, progress, log) for name in runs]
+    workers = min(2, base.train.num_workers)
+    for run in trained:
+        log(f"{run.spec.name}: scoring {run.best_path} on {len(test_clips)} {test_split} clips")
+        scores = evaluate_checkpoint(run.best_path, test_clips, (threshold, other), device=device,
+                                     batch_size=min(32, base.train.batch_size), num_workers=workers)
+        report.rows.append(ExperimentRow(
+            run=run.spec.name, label=run.spec.label, model_name=scores["model_name"],
+            **_flags(scores["model_name"], scores["config"]), status=run.status,
+            train_minutes=None if run.train_seconds is None else round(run.train_seconds / 60, 2),
+            epochs=run.epochs_trained, best_epoch=scores["best_epoch"], checkpoint=str(run.best_path),
+            checkpoint_sha=scores["checkpoint_sha"], localization=scores["localization"],
+            retrieval=scores["retrieval"], n_localization=scores["n_localization"],
+            n_retrieval=scores["n_retrieval"]))
+    write_experiment(report)
+    log(f"wrote {report.files['markdown']}")
+    return report
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------------
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+               help="Train JSA, the baselines and the ablations under one budget on DATA_DIR and write the "
+                    "paper-format table of their test scores to OUT/experiment.md (.csv, .json).\n\n\b\nExample:\n"
+                    "  python -m evaluation.experiment data/synth --out runs/experiment --epochs 12 "
+                    "--minutes-per-run 20")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Experiment folder (one subfolder per run; re-run to resume).")
+@click.option("--config", "config_name", default="cpu", show_default=True, help="Preset or .json config.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs per run [config's].")
+@click.option("--minutes-per-run", type=float, default=None, help="Stop a run after the epoch crossing this.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--runs", default=",".join(DEFAULT_RUNS), show_default=True,
+              help=f"Comma-separated subset of: {', '.join(RUNS)}.")
+@click.option("--threshold", type=click.Choice(THRESHOLD_MODES), default="fixed", show_default=True,
+              help="Main table's threshold mode (the second table uses the other convention).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 [CUDA when available].")
+@click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+def main(data_dir: Path, out_dir: Path, config_name: str, epochs: int | None, minutes_per_run: float | None,
+         seed: int, runs: str, threshold: str, device: str | None, quiet: bool) -> None:
+    names = [name.strip() for name in runs.split(",") if name.strip()]
+    try:
+        report = run_experiment(data_dir, out_dir, config_name, epochs, minutes_per_run, seed, names, threshold,
+                                progress=not quiet, device=device)
+    except (ValueError, OSError, RuntimeError) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(markdown_table(_display(report.table())))
+    click.echo(f"\n{report.files['markdown']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The experiment runner end to end on a tiny synthetic set: every run trains under one budget, the tables
+carry the right ablation switches and fractions, and a second call resumes instead of retraining."""
+import json
+import math
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from evaluation.experiment import RUNS, main, run_experiment, train_run
+from jsa_retrieval.config import cpu_config
+from jsa_retrieval.models import load_model
+from jsa_retrieval.synth import SynthConfig, generate
+
+RUN_NAMES = ("jsa", "ezvsl", "jsa_no_match")
+
+
+def tiny_config():
+    config = cpu_config()
+    config.name = "tiny"
+    config.data.image_size, config.data.train_resize, config.data.audio_seconds = 64, 72, 1.0
+    config.model.encoder_width, config.model.embed_dim, config.model.decoder_hidden = 8, 32, 32
+    config.model.iterations = 3
+    config.train.batch_size, config.train.num_workers, config.train.reciprocal_k = 16, 0, 3
+    return config
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, SynthConfig(n_clips=40, seed=5, image_size=64, seconds=1.0), progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def experiment(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("experiment")
+    report = run_experiment(tiny_data, out, tiny_config(), epochs=1, runs=RUN_NAMES, progress=False)
+    return out, report
+
+
+def _fractions(row):
+    values = [scores[key] for by_column in row.localization.values() for scores in by_column.values()
+              for key in ("ap50", "auc", "mean_ciou")]
+    values += [value for direction in row.retrieval.values() for value in direction.values()]
+    return values
+
+
+def test_every_run_is_trained_once_and_scored_on_test(experiment):
+    out, report = experiment
+    assert [row.run for row in report.rows] == list(RUN_NAMES)
+    assert report.header["data"]["test"] == 8 and report.header["budget"]["epochs"] == 1
+    assert report.header["machine"]["cpu_count"] >= 1
+    for row in report.rows:
+        assert row.status == "trained" and row.epochs == 1 and row.best_epoch == 1
+        assert (out / row.run / "best.pt").is_file()
+        assert row.n_localization == 8 and row.n_retrieval == 8
+        assert set(row.localization) == {"fixed", "median"}
+        values = _fractions(row)
+        assert len(values) > 6 and all(0.0 <= value <= 1.0 for value in values)
+        assert row.train_minutes > 0
+
+
+def test_rows_carry_the_ablation_switches_of_their_checkpoint(experiment):
+    _, report = experiment
+    jsa, ezvsl, no_match = (report.row(name) for name in RUN_NAMES)
+    assert (jsa.use_match, jsa.use_div, jsa.use_false_negatives, jsa.share_initial_slots) == (True,) * 4
+    assert (no_match.use_match, no_match.use_div, no_match.use_false_negatives) == (False, True, True)
+    assert ezvsl.use_match is None and ezvsl.share_initial_slots is None
+    assert "+IQR" in jsa.localization["fixed"] and "+IQR" not in ezvsl.localization["fixed"]
+    jsa_history = load_model(jsa.checkpoint)[2]["history"]
+    no_match_history = load_model(no_match.checkpoint)[2]["history"]
+    assert jsa_history[0]["loss_match"] > 0 and no_match_history[0]["loss_match"] == 0
+
+
+def test_tables_are_written_in_the_paper_layout(experiment):
+    out, report = experiment
+    table = pd.read_csv(out / "experiment.csv")
+    assert list(table["method"]) == [RUNS[name].label for name in RUN_NAMES]
+    for column in ("cIoU (AP50)", "AUC", "+IQR cIoU (AP50)", "A→I R@1", "I→A R@10", "train minutes", "epochs"):
+        assert column in table.columns
+    scores = table[["cIoU (AP50)", "AUC", "A→I R@1", "A→I R@5", "I→A R@10"]].to_numpy().ravel()
+    assert all(0.0 <= value <= 1.0 for value in scores)
+    assert math.isnan(table.loc[1, "+IQR AUC"])  # EZ-VSL has no image query
+    other = pd.read_csv(out / "experiment_median.csv")
+    assert "A→I R@1" not in other.columns and len(other) == len(RUN_NAMES)
+    markdown = (out / "experiment.md").read_text()
+    assert "threshold: fixed" in markdown and "median threshold" in markdown
+    jsa_line = next(line for line in markdown.splitlines() if line.startswith("| JSA (full) "))
+    no_match_line = next(line for line in markdown.splitlines() if line.startswith("| JSA w/o L_match "))
+    ezvsl_line = next(line for line in markdown.splitlines() if line.startswith("| EZ-VSL "))
+    assert jsa_line.split("|")[2:6] == [" ✓ "] * 4
+    assert no_match_line.split("|")[2:6] == ["  ", " ✓ ", " ✓ ", " ✓ "]
+    assert ezvsl_line.split("|")[2:6] == [" – "] * 4
+    saved = json.loads((out / "experiment.json").read_text())
+    assert saved["header"]["config"]["name"] == "tiny" and len(saved["rows"]) == len(RUN_NAMES)
+
+
+def test_second_call_skips_finished_runs_and_refuses_another_budget(experiment, tiny_data):
+    out, first = experiment
+    stamps = {name: (out / name / "best.pt").stat().st_mtime_ns for name in RUN_NAMES}
+    again = run_experiment(tiny_data, out, tiny_config(), epochs=1, runs=RUN_NAMES, progress=False)
+    assert [row.status for row in again.rows] == ["skipped"] * len(RUN_NAMES)
+    assert {name: (out / name / "best.pt").stat().st_mtime_ns for name in RUN_NAMES} == stamps
+    for before, after in zip(first.rows, again.rows):
+        assert after.localization == before.localization and after.train_minutes == before.train_minutes
+    with pytest.raises(ValueError, match="another config or budget"):
+        run_experiment(tiny_data, out, tiny_config(), epochs=2, runs=("jsa",), progress=False)
+
+
+def test_cli_rejects_an_unknown_run(tiny_data, tmp_path):
+    result = CliRunner().invoke(main, [str(tiny_data), "--out", str(tmp_path), "--runs", "jsa,nope"])
+    assert result.exit_code != 0 and "unknown or no runs" in result.output
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_from_last_checkpoint(tiny_data, tmp_path):
+    config = RUNS["jsa"].configure(tiny_config(), seed=0, epochs=2)
+
+    def stop_after_first_epoch(message):
+        if message.startswith("jsa: epoch 1"):
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train_run(RUNS["jsa"], tiny_data, tmp_path / "jsa", config, None, progress=False, log=stop_after_first_epoch)
+    state = json.loads((tmp_path / "jsa" / "run.json").read_text())
+    assert not state["finished"] and state["train_seconds"] > 0
+    resumed = train_run(RUNS["jsa"], tiny_data, tmp_path / "jsa", config, None, progress=False, log=lambda _: None)
+    assert resumed.status == "resumed" and resumed.epochs_trained == 2
+    assert resumed.train_seconds > state["train_seconds"]
+    assert [record["epoch"] for record in load_model(tmp_path / "jsa" / "last.pt")[2]["history"]] == [1, 2]
