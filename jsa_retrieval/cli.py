@@ -198,6 +198,12 @@ OGL = click.option("--ogl", type=click.Choice(["resnet18", "efficientnet-lite0"]
                    help="Add +OGL columns with this ImageNet object prior (EZ-VSL's object-guided localization).")
 
 
+def _echo_report(out_dir: Path) -> None:
+    """Print a written report's tables (not its configuration block) and where the files are."""
+    text = (out_dir / "report.md").read_text().split("## Configuration")[0].rstrip()
+    click.echo(text + f"\n\nreport files in {out_dir}")
+
+
 @eval_group.command("localization", help="Localization scores of a checkpoint on an annotated dataset (plain, +IQR, +OGL)."
               + EXAMPLE + "jsar eval localization data/synth --checkpoint runs/jsa/best.pt --split test")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -222,7 +228,7 @@ def eval_localization(data_dir: Path, checkpoint: Path, split: str | None, annot
     report = evaluate_localization(checkpoint, data_dir, split=split, annotations=annotations, threshold=threshold,
                                    upsample_mode=upsample_mode, ogl=ogl, ogl_weights=ogl_weights,
                                    iqr_alpha=iqr_alpha, num_workers=workers)
-    click.echo((write_report(report, out_dir, f"Localization: {data_dir}") / "report.md").read_text())
+    _echo_report(write_report(report, out_dir, f"Localization: {data_dir}"))
 
 
 @eval_group.command("retrieval", help="Recall@K by category, audio->image and image->audio, through an index's FAISS indexes."
@@ -236,7 +242,7 @@ def eval_retrieval(index_dir: Path, out_dir: Path, no_exact_check: bool) -> None
     from evaluation.retrieval import evaluate_retrieval
 
     report = evaluate_retrieval(index_dir, check_exact=not no_exact_check)
-    click.echo((write_report(report, out_dir, f"Retrieval: {index_dir}") / "report.md").read_text())
+    _echo_report(write_report(report, out_dir, f"Retrieval: {index_dir}"))
 
 
 @eval_group.command("compare", help="Several checkpoints side by side on the same clips: one table."
@@ -256,7 +262,7 @@ def eval_compare(checkpoints: tuple[Path, ...], data_dir: Path, split: str | Non
     resolved = [c / "best.pt" if c.is_dir() else c for c in checkpoints]
     report = compare_runs(resolved, data_dir, split=split, threshold=threshold, upsample_mode=upsample_mode,
                           num_workers=workers)
-    click.echo((write_report(report, out_dir, f"Comparison on {data_dir}") / "report.md").read_text())
+    _echo_report(write_report(report, out_dir, f"Comparison on {data_dir}"))
 
 
 @cli.command(help="The whole product on the embedded synthetic data: synth, train, index, query, evaluate."
