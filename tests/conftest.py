@@ -39,3 +39,17 @@ def image_file(tmp_path):
 @pytest.fixture
 def tone_file(tmp_path):
     return lambda name, **kw: write_tone(tmp_path / name, **kw)
+
+
+def tiny_config(epochs: int = 2):
+    """The cpu configuration shrunk so a training epoch on a few dozen 64-px, 1-s clips takes seconds."""
+    from jsa_retrieval.config import cpu_config
+
+    config = cpu_config()
+    config.name = "tiny"
+    config.data.image_size, config.data.train_resize, config.data.audio_seconds = 64, 72, 1.0
+    config.model.encoder_width, config.model.embed_dim, config.model.decoder_hidden = 8, 32, 32
+    config.model.iterations = 3
+    config.train.batch_size, config.train.epochs, config.train.num_workers = 16, epochs, 0
+    config.train.reciprocal_k = 3
+    return config

@@ -2,7 +2,6 @@ import av
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from jsa_retrieval.clips import Clip
 from jsa_retrieval.config import get_config

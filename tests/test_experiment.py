@@ -8,21 +8,14 @@ import pytest
 from click.testing import CliRunner
 
 from evaluation.experiment import RUNS, main, run_experiment, train_run
-from jsa_retrieval.config import cpu_config
 from jsa_retrieval.models import load_model
 from jsa_retrieval.synth import SynthConfig, generate
+
+from conftest import tiny_config
 
 RUN_NAMES = ("jsa", "ezvsl", "jsa_no_match")
 
 
-def tiny_config():
-    config = cpu_config()
-    config.name = "tiny"
-    config.data.image_size, config.data.train_resize, config.data.audio_seconds = 64, 72, 1.0
-    config.model.encoder_width, config.model.embed_dim, config.model.decoder_hidden = 8, 32, 32
-    config.model.iterations = 3
-    config.train.batch_size, config.train.num_workers, config.train.reciprocal_k = 16, 0, 3
-    return config
 
 
 @pytest.fixture(scope="module")

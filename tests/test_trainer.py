@@ -8,23 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from jsa_retrieval.config import cpu_config
 from jsa_retrieval.models import load_model
 from jsa_retrieval.synth import SynthConfig, generate
 from training.trainer import train
 
+from conftest import tiny_config
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_config(epochs=2):
-    config = cpu_config()
-    config.name = "tiny"
-    config.data.image_size, config.data.train_resize, config.data.audio_seconds = 64, 72, 1.0
-    config.model.encoder_width, config.model.embed_dim, config.model.decoder_hidden = 8, 32, 32
-    config.model.iterations = 3
-    config.train.batch_size, config.train.epochs, config.train.num_workers = 16, epochs, 0
-    config.train.reciprocal_k = 3
-    return config
 
 
 @pytest.fixture(scope="module")
