@@ -49,13 +49,18 @@ def cli() -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--image-size", default=160, show_default=True, help="Frame size in pixels.")
 @click.option("--seconds", default=3.0, show_default=True, help="Audio length in seconds.")
-@click.option("--classes", "num_classes", default=10, show_default=True, help="Number of classes.")
-def synth(out_dir: Path, n_clips: int, seed: int, image_size: int, seconds: float, num_classes: int) -> None:
+@click.option("--classes", "num_classes", default=10, show_default=True, help="Number of classes (3-12).")
+@click.option("--workers", default=1, show_default=True, help="Processes writing clips (0: all cores).")
+def synth(out_dir: Path, n_clips: int, seed: int, image_size: int, seconds: float, num_classes: int,
+          workers: int) -> None:
     from .synth import SynthConfig, generate
 
     summary = generate(out_dir, SynthConfig(n_clips=n_clips, seed=seed, image_size=image_size, seconds=seconds,
-                                            num_classes=num_classes))
-    click.echo(f"wrote {summary}")
+                                            num_classes=num_classes), workers=workers)
+    splits = ", ".join(f"{name} {count}" for name, count in summary.split_counts.items())
+    click.echo(f"wrote {summary.n_clips} clips to {summary.out_dir} ({splits}; {summary.n_with_distractor} with a "
+               f"silent distractor, {summary.n_with_offscreen} with an off-screen sound) "
+               f"in {summary.seconds_elapsed:.1f}s")
 
 
 @cli.command(help="Train JSA (or a baseline) on the image-audio pairs of DATA_DIR."
@@ -80,9 +85,11 @@ def synth(out_dir: Path, n_clips: int, seed: int, image_size: int, seconds: floa
 @click.option("--no-recon", is_flag=True, help="Ablation: drop the slot reconstruction loss (Eq. 10).")
 @click.option("--no-false-negatives", is_flag=True, help="Ablation: no k-reciprocal false-negative mitigation.")
 @click.option("--unshared-slots", is_flag=True, help="Ablation (Table 6): separate initial slots per modality.")
+@click.option("--target-slots", type=click.IntRange(1), help="Number of target slots (appendix Tables 8, 12).")
+@click.option("--off-target-slots", type=click.IntRange(1), help="Number of off-target slots.")
 def train(data_dir: Path, config_name: str, model_name: str, out_dir: Path, resume: bool, max_minutes: float | None,
           device: str | None, no_match: bool, no_div: bool, no_recon: bool, no_false_negatives: bool,
-          unshared_slots: bool, **overrides) -> None:
+          unshared_slots: bool, target_slots: int | None, off_target_slots: int | None, **overrides) -> None:
     from training.trainer import train as run_training
 
     config = _config(config_name, overrides)
@@ -91,6 +98,8 @@ def train(data_dir: Path, config_name: str, model_name: str, out_dir: Path, resu
     config.train.use_recon &= not no_recon
     config.train.use_false_negatives &= not no_false_negatives
     config.model.share_initial_slots &= not unshared_slots
+    config.model.num_target_slots = target_slots or config.model.num_target_slots
+    config.model.num_off_target_slots = off_target_slots or config.model.num_off_target_slots
     result = run_training(data_dir, config, model_name, out_dir, resume=resume, max_minutes=max_minutes,
                           device=device)
     if int(os.environ.get("RANK", "0")) == 0:
