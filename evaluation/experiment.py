@@ -441,7 +441,7 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
         report.rows.append(ExperimentRow(
             run=run.spec.name, label=run.spec.label, model_name=scores["model_name"],
             **_flags(scores["model_name"], scores["config"]), status=run.status,
-            train_minutes=None if run.train_seconds is None else round(run.train_seconds / 60, 2),
+            train_minutes=None if run.train_seconds is None else run.train_seconds / 60,
             epochs=run.epochs_trained, best_epoch=scores["best_epoch"], checkpoint=str(run.best_path),
             checkpoint_sha=scores["checkpoint_sha"], localization=scores["localization"],
             retrieval=scores["retrieval"], n_localization=scores["n_localization"],

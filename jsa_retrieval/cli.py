@@ -296,6 +296,46 @@ def demo(out_dir: Path, n_clips: int, train_minutes: float, epochs: int | None, 
     click.echo("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()))
 
 
+@cli.command(help="Benchmarks side by side in one run: indexing clips/s against the bare model, and FAISS at "
+             "1,000,000 x 512 (single-query latency, batch throughput, build time, peak memory, recall@10 against "
+             "exact FAISS and numpy search), with cross-modal queries on structured vectors."
+             + EXAMPLE + "jsar bench --quick\n  jsar bench --work-dir /data/bench --json bench.json")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Clips to index [a synthetic set made in the work folder].")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Model checkpoint [a random cpu-config JSA].")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep data and the clip index here [a temporary folder; 1M vectors need ~12 GB free].")
+@click.option("--quick", is_flag=True, help="Smoke run: 100,000 vectors, 256 clips, fewer queries.")
+@click.option("--clips", type=click.IntRange(min=2), help="Synthetic clips to index [512].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="DataLoader workers.")
+@click.option("--vectors", type=click.IntRange(min=1), help="Rows of the FAISS benchmark's store [1,000,000].")
+@click.option("--dim", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--factory", help="FAISS factory string instead of the automatic choice.")
+@click.option("--sigma", type=float, default=0.6, show_default=True, help="Noise of each copy of a base vector.")
+@click.option("--latency-queries", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--batch-queries", type=click.IntRange(min=1), help="Batch size for queries/s [2000].")
+@click.option("--recall-queries", type=click.IntRange(min=1), help="Queries scored against exact search [1000].")
+@click.option("--sweep", help="Comma-separated nprobe/efSearch values to sweep [8..256].")
+@click.option("--only", type=click.Choice(["indexing", "faiss"]), help="Run one of the two benchmarks.")
+@click.option("--device", help="cpu, cuda, ... (default: cuda when available).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the report as JSON.")
+def bench(only: str | None, sweep: str | None, **options) -> None:
+    from evaluation.bench import run_benchmarks
+
+    try:
+        sweep_values = [int(value) for value in sweep.split(",")] if sweep else None
+    except ValueError as error:
+        raise click.BadParameter("takes integers separated by commas", param_hint="--sweep") from error
+    report = run_benchmarks(**options, sweep_values=sweep_values, indexing=only != "faiss",
+                            faiss_scale=only != "indexing", log=lambda message: click.echo(f"[bench] {message}",
+                                                                                           err=True))
+    click.echo(report.table())
+
+
 def main() -> None:
     """Console entry point: runs the click group, turning expected failures into one-line errors."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

@@ -66,10 +66,10 @@ def test_two_process_ddp_stays_in_sync(tiny_data, tmp_path):
     config_path = tmp_path / "tiny.json"
     config_path.write_text(json.dumps(config.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "jsa_retrieval.cli", "train", str(tiny_data), "--config", str(config_path),
                "--out", str(tmp_path / "ddp"), "--device", "cpu"]
-    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert finished.returncode == 0, finished.stderr[-2000:]
     state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
     assert state["meta"]["world_size"] == 2

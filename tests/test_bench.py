@@ -1,0 +1,173 @@
+"""Benchmarks at toy sizes: the numbers they report are sane (positive rates, recall in [0, 1], exact = 1)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from evaluation.bench import (BenchReport, PeakMemory, bench_faiss_scale, exact_neighbours,
+                              make_random_checkpoint, mean_pairwise_cosine, noisy_copies, orthogonal_map,
+                              prepare_bases, recall_at_k, run_benchmarks, write_structured_store)
+from indexing.store import EmbeddingStore, l2_normalise
+from jsa_retrieval.cli import cli
+from jsa_retrieval.config import cpu_config
+from jsa_retrieval.models import load_model
+from jsa_retrieval.synth import SynthConfig, generate
+
+
+def tiny_config_file(path: Path) -> Path:
+    """cpu preset shrunk to 64 px, 1 s of audio and 8-wide encoders: a forward pass takes milliseconds."""
+    config = cpu_config()
+    config.data.image_size, config.data.audio_seconds = 64, 1.0
+    config.model.encoder_width, config.model.embed_dim, config.model.decoder_hidden = 8, 32, 32
+    path.write_text(json.dumps(config.to_dict()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips_and_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("bench")
+    data = root / "data"
+    generate(data, SynthConfig(n_clips=12, seed=3, image_size=64, seconds=1.0), progress=False)
+    checkpoint = make_random_checkpoint(root / "model.pt", config_name=str(tiny_config_file(root / "tiny.json")))
+    return data, checkpoint
+
+
+def spread_bases(count: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    image = l2_normalise(rng.normal(size=(count, dim)))
+    return image, l2_normalise(image + 0.5 * rng.normal(size=(count, dim)) / np.sqrt(dim))
+
+
+def test_random_checkpoint_loads_in_the_trainer_format(clips_and_checkpoint: tuple[Path, Path]) -> None:
+    _, checkpoint = clips_and_checkpoint
+    saved = torch.load(checkpoint, weights_only=False)
+    assert set(saved) == {"model_name", "config", "model", "epoch", "optimizer", "meta"}
+    model, config, _ = load_model(checkpoint)
+    assert model.model_name == "jsa" and config.model.embed_dim == 32 and config.model.image_weights == "none"
+
+
+def test_run_benchmarks_reports_positive_rates_and_exact_recall_of_one(
+        clips_and_checkpoint: tuple[Path, Path], tmp_path: Path) -> None:
+    data, checkpoint = clips_and_checkpoint
+    report = run_benchmarks(data_dir=data, checkpoint=checkpoint, work_dir=tmp_path / "work", batch_size=4,
+                            workers=0, vectors=1500, dim=48, latency_queries=8, batch_queries=40,
+                            recall_queries=30, json_path=tmp_path / "bench.json")
+    indexing = report.indexing
+    assert indexing.clips == 12 and indexing.workers == 0
+    for rate in (indexing.index_rate, indexing.bare_rate, indexing.decode_rate, indexing.decode_ms_per_clip):
+        assert rate > 0
+    assert indexing.ratio == pytest.approx(indexing.index_rate / indexing.bare_rate)
+    assert 0 < indexing.shared_core_ceiling < 1
+    scale = report.faiss_scale
+    assert scale.factory == "Flat" and scale.vectors == 1500 and scale.dim == 48  # 1,500 <= 100k: exact
+    assert scale.bases["model_dim"] == 32 and scale.bases["centred"] == (scale.bases["mean_cosine_model"] > 0.9)
+    assert 0.8 < scale.copy_base_cosine < 0.9  # sigma 0.6 -> 1 / sqrt(1.36) = 0.857
+    assert [d.name for d in scale.directions] == ["audio->image", "image->audio"]
+    for direction in scale.directions:
+        assert direction.recall_vs_flat == 1.0 and direction.flat_vs_numpy == 1.0
+        assert direction.recall_vs_numpy == 1.0
+        assert direction.median_ms > 0 and direction.p95_ms >= direction.median_ms
+        assert direction.batch_qps > 0 and direction.flat_qps > 0 and direction.numpy_qps > 0
+        assert direction.batch_size == 40 and direction.sweep == []
+    assert all(phase["peak"] > 0 for phase in scale.rss.values())
+    assert scale.build_seconds > 0 and scale.index_bytes > 1500 * 48 * 4 * 2
+    assert not (tmp_path / "work" / "scale-index").exists()  # gigabytes at full size: removed after the run
+    table = report.table()
+    assert "ratio index / bare" in table and "audio->image recall@10 vs flat / vs numpy" in table
+    assert "1.000 / 1.000" in table
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["faiss_scale"]["factory"] == "Flat" and saved["indexing"]["clips"] == 12
+
+
+def test_ivf_benchmark_sweeps_nprobe_and_is_exact_when_every_list_is_probed(tmp_path: Path) -> None:
+    image, audio = spread_bases(40, 24)
+    bench = bench_faiss_scale(tmp_path / "scale", image, audio, vectors=4000, dim=64, factory="IVF32,Flat",
+                              latency_queries=5, batch_queries=50, recall_queries=50, sweep_values=[1, 4, 32, 64])
+    assert bench.factory == "IVF32,Flat" and bench.search_params == {"nprobe": 16}
+    assert not bench.bases["centred"]
+    for direction in bench.directions:
+        assert 0.0 <= direction.recall_vs_flat <= 1.0 and direction.flat_vs_numpy == 1.0
+        assert [point.value for point in direction.sweep] == [1, 4, 32]  # 64 > nlist is dropped
+        assert all(0.0 <= point.recall <= 1.0 and point.median_ms > 0 for point in direction.sweep)
+        assert direction.sweep[-1].recall == 1.0  # every list probed = exhaustive search
+        assert direction.sweep[0].recall <= direction.sweep[-1].recall
+    assert "sweep nprobe=1" in BenchReport({"cores": 2, "load_average": 0.0, "torch": "t", "torch_threads": 2,
+                                            "faiss": "f"}, None, bench, 1.0).table()
+
+
+def test_recall_at_k_counts_the_overlap_and_ignores_missing_ids() -> None:
+    truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    found = np.array([[4, 3, 9, -1], [5, 6, 7, 8]])
+    assert recall_at_k(found, truth, k=4) == pytest.approx((2 / 4 + 4 / 4) / 2)
+    assert recall_at_k(truth, truth, k=4) == 1.0
+    assert recall_at_k(np.full((2, 4), -1), truth, k=4) == 0.0
+
+
+def test_orthogonal_map_keeps_inner_products_when_it_widens() -> None:
+    vectors = l2_normalise(np.random.default_rng(1).normal(size=(30, 16)))
+    widened = vectors @ orthogonal_map(16, 512, seed=4)
+    assert widened.shape == (30, 512)
+    np.testing.assert_allclose(widened @ widened.T, vectors @ vectors.T, atol=1e-5)
+    assert orthogonal_map(64, 32).shape == (64, 32) and np.array_equal(orthogonal_map(8, 8), np.eye(8))
+
+
+def test_collapsed_bases_are_centred_and_spread_ones_kept() -> None:
+    rng = np.random.default_rng(2)
+    cone = l2_normalise(np.ones(32) + 0.05 * rng.normal(size=(50, 32)))  # an untrained network's vectors
+    assert mean_pairwise_cosine(cone) > 0.99
+    collapsed = prepare_bases(cone, cone[::-1], dim=64)
+    assert collapsed.centred and abs(collapsed.mean_cosine) < 0.1 and collapsed.image.shape == (50, 64)
+    np.testing.assert_allclose(np.linalg.norm(collapsed.audio, axis=1), 1.0, rtol=1e-5)
+    kept = prepare_bases(*spread_bases(50, 32), dim=64)
+    assert not kept.centred and kept.pair_cosine > 0.8
+
+
+def test_mean_pairwise_cosine_matches_all_pairs() -> None:
+    vectors = l2_normalise(np.random.default_rng(3).normal(size=(20, 8)) + 0.5)
+    gram = vectors @ vectors.T
+    expected = (gram.sum() - np.trace(gram)) / (20 * 19)
+    assert mean_pairwise_cosine(vectors) == pytest.approx(expected, abs=1e-6)
+
+
+def test_noisy_copies_sit_at_the_intended_cosine_to_their_base() -> None:
+    bases = l2_normalise(np.random.default_rng(4).normal(size=(5, 512)))
+    rows = np.repeat(np.arange(5), 200)
+    copies = noisy_copies(bases, rows, sigma=0.6, rng=np.random.default_rng(5))
+    np.testing.assert_allclose(np.linalg.norm(copies, axis=1), 1.0, rtol=1e-5)
+    assert np.mean(np.sum(copies * bases[rows], axis=1)) == pytest.approx(1 / np.sqrt(1.36), abs=0.01)
+
+
+def test_exact_neighbours_agree_with_a_full_sort(tmp_path: Path) -> None:
+    bases = prepare_bases(*spread_bases(10, 16), dim=32)
+    write_structured_store(tmp_path, bases, 700, chunk_rows=128)
+    queries = l2_normalise(np.random.default_rng(6).normal(size=(9, 32)))
+    with EmbeddingStore.open(tmp_path) as store:
+        gallery = store.read_rows("image_vectors", np.arange(len(store)))
+        exact = exact_neighbours(store, "image_vectors", queries, k=5, chunk_rows=100)
+    expected = np.argsort(-(queries @ gallery.T), axis=1, kind="stable")[:, :5]
+    assert np.array_equal(exact.numpy_ids, expected) and np.array_equal(exact.flat_ids, expected)
+    assert exact.flat_index.ntotal == 700
+
+
+def test_peak_memory_sees_an_allocation_made_inside_the_block() -> None:
+    with PeakMemory() as memory:
+        block = np.ones(200 << 17)  # 200 MiB of float64
+        block[::4096] = 2.0
+        del block
+    assert memory.peak - memory.start > 150 << 20
+
+
+def test_jsar_bench_help_lists_the_options() -> None:
+    result = CliRunner().invoke(cli, ["bench", "--help"])
+    assert result.exit_code == 0
+    assert "--quick" in result.output and "--vectors" in result.output and "--factory" in result.output
+
+
+def test_jsar_bench_rejects_a_bad_sweep_in_one_line() -> None:
+    result = CliRunner().invoke(cli, ["bench", "--sweep", "8,x"])
+    assert result.exit_code == 2 and "--sweep" in result.output and "Traceback" not in result.output
