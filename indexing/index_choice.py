@@ -4,23 +4,26 @@ autofaiss-style rule, kept apart from the code that trains and fills indexes so 
 alone. All indexes use inner product on L2-normalised vectors (= cosine similarity).
 
 - Exact `Flat` while a brute-force scan is cheap (<= 100k vectors; <= 1M on a GPU) and fits the budget.
-- Beyond that, `IVF{nlist},Flat` with nlist ~ 2 sqrt(n) on CPU, 4 sqrt(n) on GPU.
+- Beyond that on CPU, `IVF{nlist},PQ{d/2}x4fs,RFlat`: inverted lists of 4-bit fast-scan PQ codes (SIMD
+  look-ups, d/4 bytes per vector) whose top k * 64 candidates are re-ranked exactly against the full vectors
+  (the refine stage keeps them, so it needs the flat vectors' memory). On GPU, `IVF{nlist},Flat`.
+  nlist ~ 2 sqrt(n) on CPU, 4 sqrt(n) on GPU; nprobe = nlist / 20.
 - When the flat vectors exceed the budget: `IVF{nlist},SQ8` (1 byte per dimension, recall close to exact)
   if that fits, else `OPQ{m},IVF{nlist},PQ{m}` (m bytes per vector) with the largest m that fits. A refine
-  stage (`RFlat`) would keep the full vectors in memory, which is exactly what the budget forbids, so it
-  is only used when a user names it in a factory string.
+  stage would keep the full vectors in memory, which is exactly what the budget forbids.
 
 Search parameters are chosen for recall@10 >= 0.95 against exact search on clustered embeddings
 (tests/test_faiss_index.py measures it) and stored with the choice so that they are re-applied on load.
 
-Measured with evaluation/bench.py (cross-modal queries, structured 512-d vectors, 2 shared CPU cores):
-- HNSW32 is not chosen automatically (name it in a factory string to get it). Building it took 19-42 s per
-  100k vectors per modality, i.e. ~4-8 min per modality at 1M; and audio queries against image vectors (and
-  the reverse) lie off the data, where graph search loses its way: recall@10 0.51-0.77 at efSearch 128 on
-  100k, 0.33-0.35 on 250k (0.78 at efSearch 1024), while IVF reached 0.96-0.97 at 1M scanning 1/64 of it.
-- IVF at 1M: nlist 4000 trained in 69 s and filled in 31 s per modality; nlist 2048 in 18 s + 17 s with the
-  same recall per vector scanned (0.973 at nprobe 32 = nlist/64, 3.1 ms per query). Hence 2 sqrt(n) lists on
-  CPU, and nprobe = nlist/64: the old nlist/16 (250 of 4000) gave recall 1.000 at 11 ms, over the 5 ms goal.
+Measured with `jsar bench` (1M x 512, cross-modal queries on noisy copies of a trained cpu-config JSA's
+embeddings of the synthetic set, 2 CPU cores; README "Benchmarks"):
+- IVF2000,Flat: recall@10 0.86 / 0.89 at nprobe 32 (6.8 / 7.1 ms a query), 0.97 only at nprobe 64 (11-12 ms).
+  Audio queries against image vectors lie off the data, so their neighbours spread over many lists.
+- IVF2000,PQ256x4fs,RFlat: recall 0.956 at nprobe 64 (2.2 ms), 0.975 at nprobe 96 (2.7 ms) with k_factor 64;
+  k_factor 4 capped recall at 0.63 (PQ error reorders the shortlist), 16 at 0.87.
+- HNSW32 is not chosen automatically (name it in a factory string): an earlier run on 2 cores took 4-8 min
+  per modality to build at 1M, and cross-modal queries lost their way in the graph (recall 0.33-0.77 at
+  efSearch 128 on 100k-250k vectors).
 """
 from __future__ import annotations
 
@@ -33,11 +36,11 @@ FLAT_MAX_VECTORS = 100_000
 GPU_FLAT_MAX_VECTORS = 1_000_000
 CPU_IVF_LISTS_PER_SQRT = 2  # k-means on 2 cores is the slow part of a CPU build (see the module docstring)
 GPU_IVF_LISTS_PER_SQRT = 4
-IVF_PROBE_FRACTION = 64  # visit 1/64 of the lists: recall@10 0.96-0.975 at nlist 1024, 2048 and 4000 on 1M
+IVF_PROBE_FRACTION = 20  # visit 1/20 of the lists (see the module docstring)
 HNSW_M = 32
 HNSW_EF_SEARCH = 128
 HNSW_EF_CONSTRUCTION = 80
-REFINE_K_FACTOR = 16
+REFINE_K_FACTOR = 64  # shortlist k * 64 for the exact re-ranking of a refine stage
 IVF_TRAIN_PER_LIST = 64  # FAISS wants 39..256 training points per centroid
 QUANTIZER_TRAIN_SIZE = 65_536  # PQ/SQ codebooks: 256 centroids per sub-quantizer need >= 9,984 points
 IVF_ID_BYTES = 8
@@ -74,13 +77,13 @@ def ivf_nlist(num_vectors: int, gpu: bool = False) -> int:
 
 
 def ivf_nprobe(nlist: int) -> int:
-    """Lists visited per query: 1/64 of them but at least 16 (recall@10 >= 0.95 on clustered embeddings,
-    a single query <= 5 ms at 1M x 512 on one CPU core)."""
+    """Lists visited per query: 1/20 of them but at least 16 (recall@10 >= 0.95 for cross-modal queries)."""
     return int(min(nlist, max(16, nlist // IVF_PROBE_FRACTION)))
 
 
 def estimate_bytes(kind: str, num_vectors: int, dim: int, nlist: int = 0, code_bytes: int = 0) -> int:
-    """Resident memory of an index kind ('flat', 'hnsw', 'ivf_flat', 'ivf_sq8', 'ivf_pq'), in bytes."""
+    """Resident memory of an index kind ('flat', 'hnsw', 'ivf_flat', 'ivf_pqfs_refine', 'ivf_sq8', 'ivf_pq'),
+    in bytes."""
     n, d = num_vectors, dim
     centroids = 4 * nlist * d
     if kind == "flat":
@@ -89,6 +92,8 @@ def estimate_bytes(kind: str, num_vectors: int, dim: int, nlist: int = 0, code_b
         return int(n * (4 * d + 2 * HNSW_M * 4 * 1.1 + 16))  # level-0 links (2M) + upper levels + offsets
     if kind == "ivf_flat":
         return n * (4 * d + IVF_ID_BYTES) + centroids
+    if kind == "ivf_pqfs_refine":  # 4-bit codes for d/2 sub-quantizers + ids, and the refine stage's flat copy
+        return n * (d // 4 + IVF_ID_BYTES) + centroids + 4 * n * d
     if kind == "ivf_sq8":
         return n * (d + IVF_ID_BYTES) + centroids
     if kind == "ivf_pq":
@@ -111,6 +116,10 @@ def choose_index(num_vectors: int, dim: int, memory_budget_bytes: int | None = N
     if flat <= budget:
         if n <= flat_limit:
             return _made("Flat", n, f"{n} vectors <= {flat_limit}: exact search is fast enough", flat)
+        fast_scan = estimate_bytes("ivf_pqfs_refine", n, d, nlist)
+        if not gpu and d % 2 == 0 and fast_scan <= budget:
+            return _made(f"IVF{nlist},PQ{d // 2}x4fs,RFlat", n, f"{n} vectors > {flat_limit} on CPU: fast-scan PQ "
+                         "lists, shortlist re-ranked on the full vectors", fast_scan)
         ivf_flat = estimate_bytes("ivf_flat", n, d, nlist)
         if ivf_flat <= budget:
             where = "GPU" if gpu else "CPU"

@@ -64,14 +64,17 @@ def recall_at_10(found: np.ndarray, exact: np.ndarray) -> float:
 def test_choose_index_by_size() -> None:
     assert choose_index(50_000, 512).factory == "Flat"
     assert choose_index(50_000, 512).train_size == 0
-    middle = choose_index(500_000, 512)  # CPU: IVF, not HNSW (build time, cross-modal recall; see index_choice)
-    assert middle.factory == "IVF1414,Flat" and middle.search_params == {"nprobe": 22}
+    middle = choose_index(500_000, 512)  # CPU: fast-scan PQ + exact re-ranking, not HNSW (see index_choice)
+    assert middle.factory == "IVF1414,PQ256x4fs,RFlat"
+    assert middle.search_params == {"nprobe": 70, "k_factor_rf": 64}
     assert middle.train_size == 64 * 1414 and middle.build_params == {}
     million = choose_index(1_000_000, 512)
-    assert million.factory == "IVF2000,Flat" and million.search_params == {"nprobe": 31}
+    assert million.factory == "IVF2000,PQ256x4fs,RFlat" and million.search_params["nprobe"] == 100
     ivf = choose_index(4_000_000, 512)
-    assert ivf.factory == "IVF4000,Flat" and ivf_nlist(1_000_000) == 2000 and ivf_nlist(1_000_000, gpu=True) == 4000
-    assert ivf.search_params == {"nprobe": 62} and ivf.train_size == 64 * 4000
+    assert ivf.factory == "IVF4000,PQ256x4fs,RFlat" and ivf_nlist(1_000_000) == 2000
+    assert ivf_nlist(1_000_000, gpu=True) == 4000
+    assert ivf.search_params == {"nprobe": 200, "k_factor_rf": 64} and ivf.train_size == 64 * 4000
+    assert choose_index(1_000_000, 129).factory == "IVF2000,Flat"  # fast-scan PQ needs an even dimension
     assert choose_index(500_000, 512, gpu=True).factory == "Flat"
     assert choose_index(3_000_000, 512, gpu=True).factory == "IVF6928,Flat"
     hnsw = choose_index(500_000, 512, factory="HNSW32")  # still available by name
@@ -80,7 +83,9 @@ def test_choose_index_by_size() -> None:
 
 def test_choose_index_by_memory_budget() -> None:
     gib = 1 << 30
-    assert choose_index(4_000_000, 512, memory_budget_bytes=16 * gib).factory == "IVF4000,Flat"
+    assert choose_index(4_000_000, 512, memory_budget_bytes=16 * gib).factory == "IVF4000,PQ256x4fs,RFlat"
+    # 8.4 GB holds IVF-Flat (8.22 GB) but not the flat copy plus fast-scan codes (8.74 GB)
+    assert choose_index(4_000_000, 512, memory_budget_bytes=8_400_000_000).factory == "IVF4000,Flat"
     assert choose_index(4_000_000, 512, memory_budget_bytes=3 * gib).factory == "IVF4000,SQ8"
     assert choose_index(4_000_000, 512, memory_budget_bytes=gib).factory == "OPQ64,IVF4000,PQ64"
     small = choose_index(4_000_000, 512, memory_budget_bytes=200 << 20)
@@ -95,7 +100,7 @@ def test_choose_index_by_memory_budget() -> None:
 def test_user_factory_overrides_the_rule() -> None:
     choice = choose_index(3000, 64, memory_budget_bytes=1, factory="IVF256,PQ16,RFlat")
     assert choice.factory == "IVF256,PQ16,RFlat"
-    assert choice.search_params == {"nprobe": 16, "k_factor_rf": 16} and choice.train_size == 3000
+    assert choice.search_params == {"nprobe": 16, "k_factor_rf": 64} and choice.train_size == 3000
 
 
 def test_exact_choice_matches_brute_force(store: EmbeddingStore, pairs: tuple[np.ndarray, np.ndarray]) -> None:
@@ -116,7 +121,7 @@ def test_exact_choice_matches_brute_force(store: EmbeddingStore, pairs: tuple[np
     assert faiss.cvar.distance_compute_blas_threshold == 16
 
 
-@pytest.mark.parametrize("factory", ["IVF64,Flat", "HNSW32", "OPQ16,IVF64,PQ16,RFlat"])
+@pytest.mark.parametrize("factory", ["IVF64,Flat", "HNSW32", "OPQ16,IVF64,PQ16,RFlat", "IVF64,PQ32x4fs,RFlat"])
 def test_approximate_indexes_reach_recall_095(store: EmbeddingStore, pairs: tuple[np.ndarray, np.ndarray],
                                                factory: str) -> None:
     image, audio = pairs
