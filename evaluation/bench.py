@@ -48,8 +48,8 @@ from indexing.embed import bare_forward_rate, index_dataset
 from indexing.faiss_index import (INDEX_FILES, apply_search_params, build_indexes, configure_faiss, open_indexes,
                                   search)
 from indexing.store import EmbeddingStore, StoreMeta, StoreRecords, StoreWriter, l2_normalise
-from jsa_retrieval.clips import read_dataset
-from jsa_retrieval.config import get_config
+from jsa_retrieval.clips import Clip, read_dataset
+from jsa_retrieval.config import DataConfig, get_config
 from jsa_retrieval.dataset import ClipDataset, load_image_tensor, load_spectrogram, make_loader
 from jsa_retrieval.models import create_model, load_model
 from jsa_retrieval.synth import SynthConfig, generate
@@ -59,6 +59,7 @@ QUICK_VECTORS = 100_000
 DEFAULT_DIM = 512
 DEFAULT_CLIPS = 512
 QUICK_CLIPS = 256
+DECODE_SPLIT_CLIPS = 64  # clips timed one by one for the image / audio split of decoding
 NOISE_SIGMA = 0.6  # cos(copy, base) ~ 1 / sqrt(1 + 0.36) = 0.86
 COLLAPSED_MEAN_COSINE = 0.9  # bases closer than this on average are centred (see the module docstring)
 INDEXING_RATIO_GOAL = 0.8
@@ -180,35 +181,31 @@ class IndexingBench:
         return values
 
 
-def decode_rate(data_dir: str | Path, checkpoint: str | Path, batch_size: int, workers: int) -> float:
+def decode_rate(clips: Sequence[Clip], data_config: DataConfig, batch_size: int, workers: int) -> float:
     """Clips/s of the DataLoader that `index_dataset` uses (same dataset, workers and batch size), no model."""
-    _, config, _ = load_model(checkpoint)
-    dataset = ClipDataset(read_dataset(data_dir).clips, config.data)
-    loader = make_loader(dataset, batch_size, num_workers=workers)
+    loader = make_loader(ClipDataset(clips, data_config), batch_size, num_workers=workers)
     started, count = time.perf_counter(), 0
     for batch in loader:
         count += len(batch["index"]) if "image" in batch else 0
     return count / (time.perf_counter() - started)
 
 
-def decode_split_ms(data_dir: str | Path, checkpoint: str | Path, clips: int = 64) -> tuple[float, float]:
-    """Milliseconds per clip to decode the image and the audio of up to `clips` clips, on one thread as in a
-    DataLoader worker: which half of decoding to make cheaper."""
-    _, config, _ = load_model(checkpoint)
-    chosen = read_dataset(data_dir).clips[:clips]
+def decode_split_ms(clips: Sequence[Clip], data_config: DataConfig) -> tuple[float, float]:
+    """Milliseconds per clip to decode the images and the audio of `clips`, on one thread as in a DataLoader
+    worker: which half of decoding to make cheaper."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         began = time.perf_counter()
-        for clip in chosen:
-            load_image_tensor(clip.image, config.data)
+        for clip in clips:
+            load_image_tensor(clip.image, data_config)
         middle = time.perf_counter()
-        for clip in chosen:
-            load_spectrogram(clip.audio, config.data)
+        for clip in clips:
+            load_spectrogram(clip.audio, data_config)
         ended = time.perf_counter()
     finally:
         torch.set_num_threads(threads)
-    count = max(len(chosen), 1)
+    count = max(len(clips), 1)
     return (middle - began) * 1000 / count, (ended - middle) * 1000 / count
 
 
@@ -224,9 +221,11 @@ def bench_indexing(data_dir: str | Path, checkpoint: str | Path, index_dir: str 
                             num_workers=workers, device=device, progress=False)
     if summary.already_done:
         raise ValueError(f"{index_dir} already held {summary.already_done} embedded clips; give an empty folder")
-    loader_rate = decode_rate(data_dir, checkpoint, batch_size, workers)
-    one_worker = loader_rate if workers == 1 else decode_rate(data_dir, checkpoint, batch_size, min(workers, 1))
-    image_ms, audio_ms = decode_split_ms(data_dir, checkpoint)
+    _, config, _ = load_model(checkpoint)
+    clips = read_dataset(data_dir).clips
+    loader_rate = decode_rate(clips, config.data, batch_size, workers)
+    one_worker = loader_rate if workers == 1 else decode_rate(clips, config.data, batch_size, min(workers, 1))
+    image_ms, audio_ms = decode_split_ms(clips[:DECODE_SPLIT_CLIPS], config.data)
     return IndexingBench(clips=summary.embedded, batch_size=batch_size, workers=workers,
                          torch_threads=torch.get_num_threads(), index_rate=summary.clips_per_second,
                          bare_rate=bare, decode_rate=loader_rate, decode_ms_per_clip=1000.0 / one_worker,
