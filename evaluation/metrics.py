@@ -94,8 +94,9 @@ def threshold_map(pred: np.ndarray, mode: str = "median", gt: np.ndarray | None 
     - ``median`` (EZ-VSL / FNAC / SLAVC ``test.py``): pixels ``>= np.sort(pred.flatten())[int(pred.size * 0.5)]``;
       with ties at that value more than half the pixels are kept, as there.
     - ``fixed`` (JSA release ``test_model.py``): pixels ``>= fixed`` (0.6).
-    - ``adaptive`` (ours): exactly as many pixels as the ground truth covers (``gt > 0``), the largest values
-      first; ties go to the lower row-major index (stable sort), so the count is exact.
+    - ``adaptive`` (ours): the n = Σ[gt > 0] largest values, cut like ``median``: every pixel
+      ``>= sorted[N - n]``, so pixels tied at the cut all stay (no preference for the top-left); with an empty
+      ground truth n = N / 2, the prior code's median.
 
     The comparison is done in the map's own dtype, as the field's ``infer >= thres`` is on float32 maps.
     """
@@ -110,11 +111,8 @@ def threshold_map(pred: np.ndarray, mode: str = "median", gt: np.ndarray | None 
         gt = np.asarray(gt)
         if gt.shape != pred.shape:
             raise ValueError(f"gt shape {gt.shape} differs from the map's {pred.shape}")
-        count = int(np.count_nonzero(gt > 0))
-        order = np.argsort(-pred.ravel(), kind="stable")
-        mask = np.zeros(pred.size, dtype=bool)
-        mask[order[:count]] = True
-        return mask.reshape(pred.shape)
+        count = int(np.count_nonzero(gt > 0)) or pred.size // 2
+        return pred >= np.sort(pred.ravel())[pred.size - count]
     raise ValueError(f"unknown threshold mode {mode!r}; choose one of {THRESHOLD_MODES}")
 
 

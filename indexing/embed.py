@@ -65,7 +65,7 @@ def index_dataset(data_dir: Path, checkpoint: Path, index_dir: Path, split: str 
     device_ = pick_device(device)
     model, config, _ = load_model(checkpoint, map_location=device_)
     clips = read_dataset(data_dir, split, annotations).clips
-    writer = StoreWriter(index_dir, store_meta_for(checkpoint, config, model.model_name, config.model.embed_dim),
+    writer = StoreWriter(index_dir, store_meta_for(checkpoint, config, model.model_name, model.vector_dim),
                          rank=rank)
     done = writer.done_ids()
     todo = [position for position, clip in enumerate(clips) if clip.id not in done][rank::world]

@@ -78,7 +78,7 @@ class Engine:
                                     "pass --checkpoint with that model")
         device_ = pick_device(device)
         model, config, _ = load_model(checkpoint, map_location=device_)
-        fingerprint = store_meta_for(checkpoint, config, model.model_name, config.model.embed_dim).fingerprint
+        fingerprint = store_meta_for(checkpoint, config, model.model_name, model.vector_dim).fingerprint
         if fingerprint != meta.fingerprint:
             raise FingerprintMismatch(f"{checkpoint} is not the model that built {index_dir} (fingerprint "
                                       f"{fingerprint[:12]} vs {meta.fingerprint[:12]}); re-run `jsar index`")

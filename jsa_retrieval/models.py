@@ -82,6 +82,14 @@ class AlignmentForward:
     audio_projection: torch.Tensor  # (B, p) L2-normalised p_a(a) (s_A)
 
 
+def build_image_encoder(config: JSARConfig, image_weights: str | None = None) -> ImageEncoder:
+    """f_v as config.model describes it (trunk, width, stride, weights, frozen stages)."""
+    settings = config.model
+    return ImageEncoder(settings.embed_dim, settings.encoder_width, settings.image_layer4_stride,
+                        image_weights or settings.image_weights, backbone=settings.image_encoder,
+                        freeze=settings.freeze_image)
+
+
 def target_column(attention: torch.Tensor, num_target: int) -> torch.Tensor:
     """Target column(s) of Â (B, n, S) -> (B, n); the mean when there are several target slots."""
     return attention[..., :num_target].mean(dim=-1)
@@ -108,8 +116,9 @@ class SlotDecoder(nn.Module):
 class JSAModel(nn.Module):
     """Encoders f_v, f_a -> JointSlotAttention -> target slots for retrieval, ca^{a,v} for localization.
 
-    One JointSlotAttention serves both modalities with shared weights (see slot_attention.py for the
-    per-modality alternative). The decoders g_v, g_a are sized for config.data's image and spectrogram shapes.
+    One JointSlotAttention serves both modalities: it always shares the initial slots S_0 (unless the Table 6
+    ablation turns that off) and shares its projection/GRU/MLP weights only when
+    config.model.share_modality_weights is set (the `paper` preset keeps one set per modality, App. A). The decoders g_v, g_a are sized for config.data's image and spectrogram shapes.
     """
 
     model_name = "jsa"
@@ -121,9 +130,9 @@ class JSAModel(nn.Module):
             raise ValueError("JSA needs at least one target and one off-target slot")
         self.config = config
         self.num_target = settings.num_target_slots
-        self.image_encoder = ImageEncoder(settings.embed_dim, settings.encoder_width, settings.image_layer4_stride,
-                                          image_weights or settings.image_weights)
+        self.image_encoder = build_image_encoder(config, image_weights)
         self.audio_encoder = AudioEncoder(settings.embed_dim, settings.encoder_width)
+        self.vector_dim = settings.embed_dim  # length of the retrieval vectors (the target slots)
         self.slot_attention = JointSlotAttention(settings.embed_dim, settings.num_slots, settings.iterations,
                                                  settings.mask_ratio, settings.share_initial_slots,
                                                  share_modality_weights=settings.share_modality_weights)
@@ -191,9 +200,9 @@ class _CosineMapModel(nn.Module):
         super().__init__()
         settings = config.model
         self.config = config
-        self.image_encoder = ImageEncoder(settings.embed_dim, settings.encoder_width, settings.image_layer4_stride,
-                                          image_weights or settings.image_weights)
+        self.image_encoder = build_image_encoder(config, image_weights)
         self.audio_encoder = AudioEncoder(settings.embed_dim, settings.encoder_width)
+        self.vector_dim = settings.embed_dim  # length of the retrieval vectors
 
     def _image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Raw image features v (B, hw, c) and their grid."""
@@ -258,6 +267,7 @@ class AlignmentModel(_CosineMapModel):
         dim, out_dim = config.model.embed_dim, config.model.projection_dim
         self.image_projection = _projection_head(dim, out_dim)  # p_v
         self.audio_projection = _projection_head(dim, out_dim)  # p_a
+        self.vector_dim = out_dim  # retrieval uses s_A, the projection space
 
     def encode_image(self, images: torch.Tensor) -> ImageSide:
         features, grid = self._image_features(images)

@@ -1,10 +1,10 @@
 """Joint slot attention (paper Sec. 3.2, Eq. 1-6): decompose image or audio tokens into target/off-target slots.
 
 Both modalities start from the same learnable initial slots S_0, which is what lets the target slot learn joint
-audio-visual features. The paper describes one module whose pipeline "is identical in the two modalities", so by
-default the projections, GRU, MLP and mask token are shared too (3.42 M parameters at d = 512);
-`share_modality_weights=False` gives each modality its own set, which is what the supplement's count of 6.84 M
-JSA parameters corresponds to (exactly two such sets with a 2d-wide MLP).
+audio-visual features. The projections, GRU, MLP and mask token are either one set for both modalities
+(`share_modality_weights=True`, 3.42 M parameters at d = 512) or one set per modality (False, what the
+supplement's count of 6.84 M JSA parameters corresponds to: two such sets with a 2d-wide MLP). jsar's configs
+(ModelConfig.share_modality_weights) default to one set per modality, as the paper's count implies.
 """
 from __future__ import annotations
 

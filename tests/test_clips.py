@@ -79,6 +79,33 @@ def test_avsbench_reader_pairs_frames_masks_audio(tmp_path):
     assert collection.clips[0].label == "dog" and collection.clips[0].gt_kind == "mask"
 
 
+def _avsbench_s4_tree(root):
+    """AVSBench S4 as released: s4_meta_data.csv, {visual_frames,audio_wav,gt_masks}/<split>/<category>/..."""
+    rows = ["name,category,split"]
+    for split, name, category in (("train", "vidT", "dog"), ("val", "vidV", "cat"), ("test", "vidX", "dog")):
+        rows.append(f"{name},{category},{split}")
+        write_image(root / "s4_data" / "visual_frames" / split / category / name / f"{name}_1.png")
+        write_image(root / "s4_data" / "gt_masks" / split / category / name / f"{name}_1.png", mode="L")
+        write_tone(root / "s4_data" / "audio_wav" / split / category / f"{name}.wav")
+    (root / "s4_meta_data.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_avsbench_split_comes_from_the_metadata_csv(tmp_path):
+    _avsbench_s4_tree(tmp_path)
+    assert [c.id for c in read_dataset(tmp_path, split="test").clips] == ["vidX_1"]
+    assert [c.id for c in read_dataset(tmp_path, split="val").clips] == ["vidV_1"]
+    assert read_dataset(tmp_path, split="test").clips[0].label == "dog"
+    assert len(read_dataset(tmp_path).clips) == 3
+    with pytest.raises(LayoutError, match="split"):
+        read_dataset(tmp_path, split="everything")
+
+
+def test_avsbench_split_without_metadata_uses_the_split_folder(tmp_path):
+    _avsbench_s4_tree(tmp_path)
+    (tmp_path / "s4_meta_data.csv").unlink()
+    assert [c.id for c in read_dataset(tmp_path, split="train").clips] == ["vidT_1"]
+
+
 def test_folder_reader_pairs_by_stem_and_reports_unpaired(tmp_path):
     write_image(tmp_path / "a.jpg")
     write_tone(tmp_path / "a.wav")

@@ -1,11 +1,16 @@
+import math
+import random
+
 import av
 import numpy as np
 import pytest
+import soundfile
 import torch
 
 from jsa_retrieval.clips import Clip
 from jsa_retrieval.config import get_config
-from jsa_retrieval.dataset import ClipDataset, FailureLog, collate_skipping_failures, load_pair
+from jsa_retrieval.dataset import (ClipDataset, FailureLog, collate_skipping_failures, load_pair,
+                                   load_spectrogram)
 from jsa_retrieval.decode import DecodeError, load_audio, load_image
 from jsa_retrieval.transforms import crop_or_tile, log_spectrogram
 
@@ -137,3 +142,29 @@ def test_train_views_are_augmented_independently(tmp_path):
     image, audio = load_pair(clip, config, train=False)
     image_again, audio_again = load_pair(clip, config, train=False)
     assert torch.equal(image, image_again) and torch.equal(audio, audio_again)
+
+
+def _tone_in_the_middle(path, seconds: float = 30.0, tone_seconds: float = 5.0, rate: int = 16000):
+    """A clip silent but for a 440 Hz tone in its middle `tone_seconds`."""
+    wave = np.zeros(int(seconds * rate), np.float32)
+    start = (wave.size - int(tone_seconds * rate)) // 2
+    t = np.arange(int(tone_seconds * rate)) / rate
+    wave[start:start + t.size] = 0.5 * np.sin(2 * np.pi * 440 * t)
+    soundfile.write(path, wave, rate, subtype="PCM_16")
+    return path
+
+
+def test_training_audio_window_is_the_centred_one_within_its_jitter(tmp_path):
+    config = get_config("paper").data  # the paper's middle 5 s of a 30 s file whose tone is only there
+    path = _tone_in_the_middle(tmp_path / "tone.wav")
+    rng = random.Random(0)
+    loud = lambda spectrogram: float((12 * spectrogram).exp().mean())  # mean power  # noqa: E731
+
+    centred = load_spectrogram(path, config, train=False)
+    assert all(torch.equal(load_spectrogram(path, config, train=True, rng=rng), centred) for _ in range(5))
+    config.train_audio_jitter = 0.5
+    jittered = [load_spectrogram(path, config, train=True, rng=rng) for _ in range(20)]
+    assert not all(torch.equal(j, centred) for j in jittered)  # it does move ...
+    assert min(loud(j) for j in jittered) > 0.8 * loud(centred)  # ... but every window holds nearly all the tone
+    anywhere = [load_spectrogram(path, config, train=True, rng=rng, shift_seconds=math.inf) for _ in range(20)]
+    assert min(loud(a) for a in anywhere) < 0.1 * loud(centred)  # the alignment baseline's wide shift

@@ -140,3 +140,24 @@ def test_cli_query_prints_a_table_and_bad_input_is_one_line(setup, tmp_path):
     both = runner.invoke(cli, ["query", "--index", str(root / "index"), "--audio", str(data / "audio" / "synth_000002.wav"),
                                "--image", str(data / "frames" / "synth_000002.jpg")])
     assert both.exit_code != 0 and "exactly one" in both.output
+
+
+@pytest.mark.parametrize("model_name", ["jsa", "ezvsl", "alignment"])
+def test_every_trained_model_indexes_and_answers_both_queries(setup, tmp_path, model_name):
+    """The checkpoint `jsar train` writes for each model goes through index -> query -> maps (the alignment
+    baseline retrieves with its projection_dim vectors, not embed_dim)."""
+    from training.trainer import train
+
+    from conftest import tiny_config
+
+    _, data, _, _ = setup
+    config = tiny_config(epochs=1)
+    run = train(data, config, model_name, tmp_path / "run", device="cpu", progress=False, log=lambda _: None)
+    summary = index_dataset(data, run.best_path, tmp_path / "index", batch_size=8, num_workers=0, progress=False)
+    assert summary.rows == 19
+    engine = Engine.open(tmp_path / "index")
+    sounds = engine.search_image(data / "frames" / "synth_000004.jpg", k=3)
+    pictures = engine.search_audio(data / "audio" / "synth_000003.wav", k=3)
+    assert len(sounds.hits) == len(pictures.hits) == 3
+    saved = json.loads(engine.write_outputs(pictures, tmp_path / "hits").read_text())
+    assert all(Image.open(hit["picture"]).size == (64, 64) for hit in saved["hits"])

@@ -115,15 +115,19 @@ def test_fixed_threshold_is_inclusive_at_0_6():
     assert threshold_map(pred, "fixed", fixed=0.5).sum() == 8
 
 
-def test_adaptive_threshold_takes_as_many_pixels_as_gt_with_stable_ties():
+def test_adaptive_threshold_keeps_every_pixel_tied_at_the_cut():
     pred = np.zeros((4, 4))
     pred.ravel()[[1, 3, 5, 7, 9, 11]] = 1.0
     pred.ravel()[15] = 2.0
     gt = np.zeros((4, 4))
-    gt[3, :] = 0.5                                      # soft gt: 4 pixels > 0
+    gt[3, :] = 0.5                                      # soft gt: 4 pixels > 0 -> cut at sorted[16 - 4] = 1.0
     mask = threshold_map(pred, "adaptive", gt=gt)
-    assert sorted(np.flatnonzero(mask)) == [1, 3, 5, 15]
-    assert threshold_map(pred, "adaptive", gt=np.zeros((4, 4))).sum() == 0
+    assert sorted(np.flatnonzero(mask)) == [1, 3, 5, 7, 9, 11, 15]   # all six tied at 1.0 stay, not the first 3
+    untied = np.arange(16.0).reshape(4, 4)
+    assert sorted(np.flatnonzero(threshold_map(untied, "adaptive", gt=gt))) == [12, 13, 14, 15]
+    # an empty ground truth falls back to n = N / 2, the prior code's median cut
+    np.testing.assert_array_equal(threshold_map(untied, "adaptive", gt=np.zeros((4, 4))),
+                                  threshold_map(untied, "median"))
     with pytest.raises(ValueError):
         threshold_map(pred, "adaptive")
     with pytest.raises(ValueError):

@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 from jsa_retrieval.config import cpu_config
-from jsa_retrieval.encoders import ImageEncoder, WeightsUnavailable, imagenet_cache_path
+from jsa_retrieval.encoders import ImageEncoder, WeightsUnavailable
 from jsa_retrieval.models import (
     MODEL_NAMES, AlignmentForward, EZVSLForward, JSAForward, checkpoint_fingerprint, create_model, load_model,
 )
@@ -177,22 +177,6 @@ def test_load_model_rejects_files_that_are_not_jsar_checkpoints(tmp_path):
         load_model(state_dict)
 
 
-def test_imagenet_weights_missing_from_cache_raise_helpful_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(WeightsUnavailable, match="--image-weights PATH") as error:
-        ImageEncoder(8, width=64, weights="imagenet")
-    assert "\n" not in str(error.value) and str(tmp_path) in str(error.value)
-
-
-def test_imagenet_weights_load_from_the_local_hub_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    reference = torchvision.models.resnet18().state_dict()
-    imagenet_cache_path().parent.mkdir(parents=True)
-    torch.save(reference, imagenet_cache_path())
-    encoder = ImageEncoder(8, width=64, weights="imagenet")
-    torch.testing.assert_close(encoder.trunk.layer4[1].conv2.weight, reference["layer4.1.conv2.weight"])
-
-
 def test_imagenet_weights_need_the_standard_width():
     with pytest.raises(ValueError, match="encoder_width=64"):
         ImageEncoder(8, width=16, weights="imagenet")
@@ -210,3 +194,20 @@ def test_local_pth_loads_trunk_and_ignores_fc(tmp_path):
 def test_missing_weights_path_raises_weights_unavailable(tmp_path):
     with pytest.raises(WeightsUnavailable, match="--image-weights"):
         ImageEncoder(8, width=64, weights=str(tmp_path / "absent.pth"))
+
+
+def test_cross_map_is_the_audio_target_query_against_the_image_keys(jsa, batch):
+    """ca^{a,v} (Sec. 3.5): softmax over slots of K^v (Q^a)^T / sqrt(d), normalised over the image tokens, target
+    column. Swapping in the image's own queries (ia^{v,v}) or the audio keys must not pass."""
+    images, spectrograms = batch
+    with torch.no_grad():
+        image, audio = jsa.encode_image(images), jsa.encode_audio(spectrograms)
+        ca = jsa.cross_map(audio, image).flatten(1)  # (B, hw)
+        logits = image.keys @ audio.queries.transpose(1, 2) / image.keys.shape[-1] ** 0.5  # (B, hw, S)
+        by_hand = logits.softmax(dim=-1)[..., 0] + jsa.slot_attention.eps
+        by_hand = by_hand / by_hand.sum(dim=1, keepdim=True)
+        torch.testing.assert_close(ca, by_hand)
+        assert not torch.allclose(ca, image.intra_map, atol=1e-4)  # ia^{v,v} uses the image's own queries
+        forward = jsa(images, spectrograms)
+        torch.testing.assert_close(forward.ca_av, ca)
+        torch.testing.assert_close(forward.ia_vv, image.intra_map)

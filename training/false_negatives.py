@@ -6,9 +6,18 @@ InfoNCE (Eq. 7) leaves such pairs out of its denominators.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+class MiningDisabledWarning(UserWarning):
+    """k-reciprocal mining switched itself off because the batch is too small for its k (shown once)."""
+
+
+warnings.simplefilter("once", MiningDisabledWarning)
 
 
 @torch.no_grad()
@@ -19,10 +28,15 @@ def reciprocal_false_negatives(image_target: Tensor, audio_target: Tensor, k: in
     similar other items (self excluded); R_k^v(i) = {j : j in N_k^v(i) and i in N_k^v(j)} (Eq. 12), likewise for
     audio. The mask is symmetric with a False diagonal and carries no gradient.
     When k >= B - 1 every item neighbours every other, so every pair would be reciprocal and InfoNCE would lose
-    all its negatives; such a neighbourhood says nothing, and no pair is marked (likewise for k <= 0).
+    all its negatives; such a neighbourhood says nothing, and no pair is marked (likewise for k <= 0); the first
+    time that switches mining off with k > 0 a warning says so.
     """
     size = image_target.shape[0]
     if k <= 0 or k >= size - 1:
+        if k > 0:
+            warnings.warn(f"k-reciprocal false-negative mining is off: k = {k} needs a batch of more than {k + 1} "
+                          f"items (this one has {size}); lower train.reciprocal_k or raise the batch size",
+                          MiningDisabledWarning, stacklevel=2)
         return torch.zeros(size, size, dtype=torch.bool, device=image_target.device)
     return _reciprocal_neighbours(image_target, k) & _reciprocal_neighbours(audio_target, k)
 

@@ -30,6 +30,7 @@ from jsa_retrieval.models import create_model
 
 from .checkpoint import load_training_state, save_checkpoint
 from .distributed import cleanup_distributed, is_distributed, rank, setup_distributed, world_size
+from .trunk_cache import cached_trunk_features
 from .objectives import alignment_objective, ezvsl_objective, jsa_objective
 from .validation import selection_score, validate
 
@@ -98,10 +99,14 @@ def _conceptual_partners(image_bank: torch.Tensor, audio_bank: torch.Tensor, top
 
 def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: Path = Path("runs/jsa"),
           resume: bool = False, epochs: int | None = None, max_minutes: float | None = None,
-          device: str | None = None, progress: bool = True,
-          log: Callable[[str], None] = print) -> TrainResult:
+          device: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
+          feature_cache: Path | None = None) -> TrainResult:
     """Train `model_name` on the clips of `data_dir`; write last.pt every epoch and best.pt on the best
-    validation score. Returns the run's paths and per-epoch history."""
+    validation score. Returns the run's paths and per-epoch history.
+
+    With the image trunk frozen (config.model.freeze_image='all') its output is computed once per clip and kept
+    in `feature_cache` (default: trunk_cache.default_cache_dir()), so later runs on the same clips reuse it.
+    """
     out_dir = Path(out_dir)
     device_ = setup_distributed(device)
     is_main = rank() == 0
@@ -110,6 +115,10 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
     train_clips, val_clips = split_train_val(data_dir)
     torch.manual_seed(train_cfg.seed)
     model = create_model(config, model_name).to(device_)
+    train_features = val_features = None
+    if model.image_encoder.trunk_frozen:
+        train_features, val_features = _frozen_trunk_features(model, train_clips, val_clips, config, device_,
+                                                              feature_cache, progress and is_main)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     warmup = max(1, train_cfg.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
@@ -146,7 +155,10 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
             partners = _conceptual_partners(banks["image"], banks["audio"], train_cfg.alignment_neighbors,
                                             torch.Generator().manual_seed(epoch_seed))
         views = 2 if model_name == "alignment" else 1
-        dataset = ClipDataset(train_clips, config.data, train=True, views=views, partners=partners)
+        # the alignment baseline keeps its wide time-shift augmentation; JSA and EZ-VSL take the centred window
+        dataset = ClipDataset(train_clips, config.data, train=True, views=views, partners=partners,
+                              audio_shift=math.inf if model_name == "alignment" else None,
+                              image_features=train_features)
         sampler = DistributedSampler(dataset, seed=train_cfg.seed, drop_last=True) if is_distributed() else None
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -169,8 +181,9 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
                 terms, output = _forward_terms(trained, batch, model_name, config, device_)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(terms["total"]).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+            if train_cfg.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -180,7 +193,7 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
             steps += 1
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
-            bar.set_postfix({k: f"{v / steps:.3f}" for k, v in sums.items() if k != "false_negatives"})
+            bar.set_postfix({k: f"{v / steps:.3g}" for k, v in sums.items() if k != "false_negatives"})
         if model_name == "alignment" and is_distributed():
             for bank in banks.values():
                 torch.distributed.all_reduce(bank)
@@ -190,7 +203,7 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
             record["ddp_parameter_spread"] = _parameter_spread(model)
         if is_main:
             scores = validate(model, val_clips, config, device_, batch_size=min(64, train_cfg.batch_size),
-                              num_workers=min(2, train_cfg.num_workers))
+                              num_workers=min(2, train_cfg.num_workers), image_features=val_features)
             record.update({f"val_{k}": v for k, v in scores.items()})
             score = selection_score(scores)
             history.append(record)
@@ -220,6 +233,23 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
         log(failures.summary())
     cleanup_distributed()
     return TrainResult(out_dir, best_path, last_path, history, len(failures))
+
+
+def _frozen_trunk_features(model: nn.Module, train_clips: list[Clip], val_clips: list[Clip], config: JSARConfig,
+                           device: torch.device, cache_dir: Path | None,
+                           progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached trunk output of the train and val clips; rank 0 computes and writes them, the other ranks read."""
+    trunk = model.image_encoder.trunk
+    workers = min(2, config.train.num_workers)
+    if rank() == 0 or not is_distributed():
+        features = [cached_trunk_features(trunk, clips, config, device, cache_dir, workers, progress)
+                    for clips in (train_clips, val_clips)]
+    if is_distributed():
+        torch.distributed.barrier()
+        if rank() != 0:
+            features = [cached_trunk_features(trunk, clips, config, device, cache_dir, workers, False, write=False)
+                        for clips in (train_clips, val_clips)]
+    return features[0], features[1]
 
 
 def _parameter_spread(model: nn.Module) -> float:

@@ -20,11 +20,13 @@ from jsa_retrieval.localize import upsample_and_normalise
 
 @torch.no_grad()
 def validate(model: nn.Module, clips: Sequence[Clip], config: JSARConfig, device: torch.device,
-             batch_size: int = 64, num_workers: int = 0) -> dict[str, float]:
+             batch_size: int = 64, num_workers: int = 0,
+             image_features: torch.Tensor | None = None) -> dict[str, float]:
     """Scores of `model` on `clips`: r1_a2i, r1_i2a (class labels when known, else the clip's own pair),
     and ap50 / auc / mean_ciou over clips with VGG-SS-style boxes (fixed 0.6 threshold,
-    as the JSA release evaluates; a median threshold cannot reach cIoU 0.5 on objects under a quarter of the frame)."""
-    loader = make_loader(ClipDataset(clips, config.data), batch_size, num_workers=num_workers, device=device)
+    as the JSA release evaluates; a median threshold cannot reach cIoU 0.5 on objects under a quarter of the frame).
+    `image_features`: a frozen trunk's cached output for `clips` (see trunk_cache), used instead of the images."""
+    loader = make_loader(ClipDataset(clips, config.data, image_features=image_features), batch_size, num_workers=num_workers, device=device)
     image_vectors, audio_vectors, positions, cious = [], [], [], []
     size = config.data.image_size
     for batch in iter_embeddings(model, loader, device):
