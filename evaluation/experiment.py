@@ -451,6 +451,59 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
     return report
 
 
+def seeds_table(reports: Sequence[ExperimentReport], threshold: str | None = None) -> pd.DataFrame:
+    """One row per method: mean ± sample std over the seeds' reports of every score (in %) and of the train
+    minutes; switches as in `experiment_table`. Formatted strings, ready for markdown."""
+    frames = [report.table(threshold) for report in reports]
+    keys = ["method"] + [heading for _, heading in FLAG_COLUMNS]
+    numeric = [column for column in frames[0].columns if column not in keys + ["epochs", "best epoch"]]
+    stacked = pd.concat(frames, keys=range(len(frames)), names=["seed", "row"]).reset_index(level=0)
+    records = []
+    for method in frames[0]["method"]:
+        rows = stacked[stacked["method"] == method]
+        record = {key: rows[key].iloc[0] for key in keys}
+        for column in numeric:
+            values = pd.to_numeric(rows[column], errors="coerce").dropna().to_numpy(dtype=float)
+            scale = 1.0 if column == "train minutes" else 100.0
+            record[column] = (None if values.size == 0 else
+                              f"{values.mean() * scale:.1f} ± {values.std(ddof=1) * scale if values.size > 1 else 0:.1f}")
+        records.append(record)
+    shown = pd.DataFrame(records)
+    for _, heading in FLAG_COLUMNS:
+        shown[heading] = [None if value is None or value != value else ("✓" if value else "") for value in shown[heading]]
+    return shown
+
+
+def run_seeds(data_dir: str | Path, out_dir: str | Path, seeds: Sequence[int], config_name: str | JSARConfig = "cpu",
+              epochs: int | None = None, max_minutes_per_run: float | None = None,
+              runs: Sequence[str] = DEFAULT_RUNS, threshold: str = "fixed", progress: bool = True,
+              device: str | None = None) -> tuple[list[ExperimentReport], Path]:
+    """`run_experiment` once per seed into OUT/seed<N>/, then OUT/experiment_seeds.md: mean ± std over the seeds
+    (one seed moved AP50 on the synthetic set by more than the ablations did)."""
+    out_dir = Path(out_dir)
+    reports = [run_experiment(data_dir, out_dir / f"seed{seed}", config_name, epochs, max_minutes_per_run, seed,
+                              runs, threshold, progress, device) for seed in seeds]
+    header = reports[0].header
+    lines = [f"# JSA: methods and ablations, mean ± std over seeds {', '.join(map(str, seeds))}", "",
+             f"- config {header['config']['name']}; data {header['data']['data_dir']}: {header['data']['train']} "
+             f"train / {header['data']['val']} val / {header['data']['test']} test clips; best.pt chosen on val, "
+             "every number on test; scores in %; per-seed tables in seed<N>/experiment.md", "",
+             f"## Threshold {threshold}", "", _markdown(seeds_table(reports)), "",
+             f"## Threshold {reports[0].other_threshold} (localization)", "",
+             _markdown(seeds_table(reports, reports[0].other_threshold))]
+    path = out_dir / "experiment_seeds.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return reports, path
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    """Markdown of already formatted cells (no percent conversion); empty cells for missing values."""
+    cells = frame.astype(object).where(frame.notna(), "")
+    head = "| " + " | ".join(cells.columns) + " |"
+    rule = "|" + "---|" * len(cells.columns)
+    return "\n".join([head, rule] + ["| " + " | ".join(str(v) for v in row) + " |" for row in cells.to_numpy()])
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------------------
@@ -467,6 +520,8 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs per run [config's].")
 @click.option("--minutes-per-run", type=float, default=None, help="Stop a run after the epoch crossing this.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--seeds", default=None, help="Comma-separated seeds (e.g. 0,1,2): one experiment each in "
+              "OUT/seed<N>/ and a mean ± std table in OUT/experiment_seeds.md; overrides --seed.")
 @click.option("--runs", default=",".join(DEFAULT_RUNS), show_default=True,
               help=f"Comma-separated subset of: {', '.join(RUNS)}.")
 @click.option("--threshold", type=click.Choice(THRESHOLD_MODES), default="fixed", show_default=True,
@@ -474,8 +529,17 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 [CUDA when available].")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 def main(data_dir: Path, out_dir: Path, config_name: str, epochs: int | None, minutes_per_run: float | None,
-         seed: int, runs: str, threshold: str, device: str | None, quiet: bool) -> None:
+         seed: int, seeds: str | None, runs: str, threshold: str, device: str | None, quiet: bool) -> None:
     names = [name.strip() for name in runs.split(",") if name.strip()]
+    if seeds:
+        try:
+            seed_list = [int(value) for value in seeds.split(",") if value.strip()]
+            _, path = run_seeds(data_dir, out_dir, seed_list, config_name, epochs, minutes_per_run, names, threshold,
+                                progress=not quiet, device=device)
+        except (ValueError, OSError, RuntimeError) as error:
+            raise click.ClickException(str(error)) from error
+        click.echo(path.read_text())
+        return
     try:
         report = run_experiment(data_dir, out_dir, config_name, epochs, minutes_per_run, seed, names, threshold,
                                 progress=not quiet, device=device)
