@@ -141,7 +141,7 @@ class EfficientNetLite0Trunk(nn.Module):
 
     out_channels = 1280
 
-    def __init__(self, weights: str = "imagenet") -> None:
+    def __init__(self, weights: str = "imagenet", last_stride: int = 2) -> None:
         super().__init__()
         try:
             from efficientnet_lite_pytorch import EfficientNet
@@ -165,6 +165,13 @@ class EfficientNetLite0Trunk(nn.Module):
         self.blocks = network._blocks
         self.head = nn.Sequential(network._conv_head, network._bn1, network._swish)
         self.drop_connect_rate = network._global_params.drop_connect_rate
+        self.last_stride = last_stride
+        if last_stride == 1:  # the stride-32 block at stride 1 (as ResNet's layer4_stride=1): 14 x 14 at 224 px
+            depthwise = self.blocks[self._first_stride32_block()]._depthwise_conv
+            depthwise.stride = [1, 1]
+            depthwise.static_padding = nn.ZeroPad2d(depthwise.kernel_size[0] // 2)
+        elif last_stride != 2:
+            raise ValueError(f"the last stride of efficientnet-lite0 must be 1 or 2, got {last_stride}")
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.to(memory_format=torch.channels_last)
@@ -172,17 +179,19 @@ class EfficientNetLite0Trunk(nn.Module):
     def early_modules(self) -> list[nn.Module]:
         """Stem and the blocks before the last stride-2 stage (the `early` freeze); the stride-32 blocks and the
         head keep learning, as layer4 does for ResNet-18."""
-        stride, first_stride32 = 2, len(self.blocks)
+        return [self.stem, *list(self.blocks)[:self._first_stride32_block()]]
+
+    def _first_stride32_block(self) -> int:
+        stride = 2  # the stem
         for index, block in enumerate(self.blocks):
             stride *= _block_stride(block)
             if stride == 32:
-                first_stride32 = index
-                break
-        return [self.stem, *list(self.blocks)[:first_stride32]]
+                return index
+        return len(self.blocks)
 
     def output_size(self, size: int) -> int:
         """'same' padding: every stride-2 stage rounds up."""
-        for _ in range(5):
+        for _ in range(5 if self.last_stride == 2 else 4):
             size = -(-size // 2)
         return size
 
@@ -213,7 +222,7 @@ def build_image_trunk(name: str, width: int = 64, layer4_stride: int = 2, weight
         load_trunk_weights(trunk, weights)
         return trunk
     if name == "efficientnet-lite0":
-        return EfficientNetLite0Trunk(weights)
+        return EfficientNetLite0Trunk(weights, last_stride=layer4_stride)
     raise ValueError(f"unknown image encoder {name!r}; choose one of {IMAGE_ENCODERS}")
 
 

@@ -78,6 +78,10 @@ def test_efficientnet_lite0_gives_a_7x7_map_at_224_px_and_imagenet_features():
     torch.testing.assert_close(encoder(features)[0], tokens)
     assert all(not p.requires_grad for p in encoder.trunk.parameters())
     assert encoder.projection.weight.requires_grad
+    # the stride-32 block at stride 1 (image_layer4_stride=1) keeps stride 16: a 14 x 14 map from 224 px
+    fine = ImageEncoder(16, backbone="efficientnet-lite0", weights="imagenet", layer4_stride=1).eval()
+    fine_tokens, fine_grid = fine(images)
+    assert fine.grid(224) == fine_grid == (14, 14) and fine_tokens.shape == (2, 196, 16)
 
 
 @needs_efficientnet

@@ -34,13 +34,13 @@ def default_cache_dir() -> Path:
     return Path(root) / "trunk-features"
 
 
-def cache_key(clips: Sequence[Clip], config: JSARConfig) -> str:
-    """Hash of what decides the features: trunk, its weights, the image size, and each image file's path, size
-    and modification time."""
+def cache_key(clips: Sequence[Clip], config: JSARConfig, grid: int) -> str:
+    """Hash of what decides the features: trunk, its weights, the image size, the trunk's output grid, and each
+    image file's path, size and modification time."""
     digest = hashlib.sha256()
     model = config.model
     digest.update(f"{model.image_encoder}|{model.image_weights}|{model.encoder_width}|{model.image_layer4_stride}|"
-                  f"{config.data.image_size}|{CACHE_VIEWS}".encode())
+                  f"{config.data.image_size}|{grid}|{CACHE_VIEWS}".encode())
     for clip in clips:
         stat = Path(clip.image).stat()
         digest.update(f"|{Path(clip.image).resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
@@ -75,11 +75,12 @@ def cached_trunk_features(trunk: nn.Module, clips: Sequence[Clip], config: JSARC
                           write: bool = True) -> torch.Tensor:
     """The features of `compute_trunk_features`, read from `cache_dir` when a run on the same clips made them,
     else computed and (when `write`) stored there atomically."""
-    path = Path(cache_dir or default_cache_dir()) / f"{cache_key(clips, config)}.pt"
+    grid = trunk.output_size(config.data.image_size)
+    path = Path(cache_dir or default_cache_dir()) / f"{cache_key(clips, config, grid)}.pt"
     if path.is_file():
         try:
             features = torch.load(path, map_location="cpu", weights_only=True)["features"]
-            if len(features) == len(clips):
+            if len(features) == len(clips) and tuple(features.shape[-2:]) == (grid, grid):
                 log.info("image trunk features of %d clips read from %s", len(clips), path)
                 return features
         except Exception as error:  # a damaged cache file is recomputed, never trusted
