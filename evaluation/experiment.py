@@ -34,7 +34,7 @@ import jsa_retrieval
 from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval.config import JSARConfig, get_config
 from jsa_retrieval.inference import pick_device
-from jsa_retrieval.models import checkpoint_fingerprint, load_model
+from jsa_retrieval.models import checkpoint_fingerprint, load_model, read_checkpoint
 from training.trainer import split_train_val, train
 
 from .localization import collect_outputs, has_ground_truth, score_localization
@@ -125,7 +125,7 @@ def _write_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def _history_of(checkpoint: Path) -> list[dict]:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = read_checkpoint(checkpoint)
     return list((state.get("meta") or {}).get("history", []))
 
 

@@ -8,6 +8,7 @@ is what lets retrieval store vectors once and compute a map for any (query, hit)
 from __future__ import annotations
 
 import hashlib
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -301,20 +302,31 @@ def create_model(config: JSARConfig, model_name: str = "jsa", image_weights: str
     return _MODELS[model_name](config, image_weights)
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, JSARConfig, dict]:
-    """Rebuild a model from a jsar checkpoint dict; returns (model in eval mode on map_location, config, meta).
-
-    Checkpoints are pickles (they may hold optimizer and RNG state): load only files you trust.
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """The checkpoint dict at `path`, loaded with `weights_only=True`: tensors, numbers, strings and plain
+    containers only, so a checkpoint someone shares cannot run code on the machine that loads it (the service
+    loads whatever an index names). A file holding other pickled objects is refused with a ValueError.
     """
     path = Path(path)
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" in str(error):
+            raise ValueError(f"{path} holds pickled Python objects, not only tensors and plain data; jsar loads "
+                             "checkpoints with weights_only=True and refuses it") from error
+        raise ValueError(f"{path} is not a jsar checkpoint: torch.load failed ({error})") from error
     except Exception as error:  # torch raises several types for a file that is not a torch pickle
         raise ValueError(f"{path} is not a jsar checkpoint: torch.load failed ({error})") from error
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in CHECKPOINT_KEYS):
         raise ValueError(f"{path} is not a jsar checkpoint: expected a dict with keys {CHECKPOINT_KEYS}")
+    return checkpoint
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, JSARConfig, dict]:
+    """Rebuild a model from a jsar checkpoint dict; returns (model in eval mode on map_location, config, meta)."""
+    checkpoint = read_checkpoint(path, map_location)
     config = JSARConfig.from_dict(checkpoint["config"])
     model = create_model(config, checkpoint["model_name"], image_weights="none")
     model.load_state_dict(checkpoint["model"])

@@ -120,7 +120,7 @@ def test_frozen_trunk_training_caches_features_once_and_round_trips_its_checkpoi
     model, loaded, _ = load_model(result.best_path)
     assert loaded.model.image_encoder == "efficientnet-lite0" and loaded.model.freeze_image == "all"
     images, spectrograms = torch.randn(2, 3, 64, 64), torch.randn(2, 1, *config.data.spectrogram_shape)
-    state = torch.load(result.best_path, map_location="cpu", weights_only=False)["model"]
+    state = torch.load(result.best_path, map_location="cpu", weights_only=True)["model"]
     fresh = create_model(loaded, "jsa", image_weights="none").eval()
     fresh.load_state_dict(state)
     torch.testing.assert_close(model.encode_image(images).vector, fresh.encode_image(images).vector)

@@ -211,3 +211,19 @@ def test_cross_map_is_the_audio_target_query_against_the_image_keys(jsa, batch):
         forward = jsa(images, spectrograms)
         torch.testing.assert_close(forward.ca_av, ca)
         torch.testing.assert_close(forward.ia_vv, image.intra_map)
+
+
+class _Payload:
+    """A pickled object: what a malicious checkpoint would carry to run code on load."""
+
+
+def test_a_checkpoint_holding_a_pickled_object_is_refused(tmp_path):
+    config = cpu_config()
+    model = create_model(config, "jsa")
+    good = {"model_name": "jsa", "config": config.to_dict(), "model": model.state_dict(), "epoch": 0,
+            "meta": {"history": [{"epoch": 1, "loss_total": 1.5}]}}
+    torch.save(good, tmp_path / "good.pt")
+    assert load_model(tmp_path / "good.pt")[1].to_dict() == config.to_dict()
+    torch.save({**good, "meta": {"hook": _Payload()}}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_model(tmp_path / "evil.pt")

@@ -45,8 +45,8 @@ def test_resume_continues_the_same_run(tiny_data, tmp_path):
     train(tiny_data, config, "jsa", tmp_path / "resumed", epochs=1, progress=False, log=lambda _: None)
     resumed = train(tiny_data, config, "jsa", tmp_path / "resumed", resume=True, progress=False, log=lambda _: None)
     assert [r["epoch"] for r in resumed.history] == [1, 2]
-    a = torch.load(straight.last_path, weights_only=False)["model"]
-    b = torch.load(resumed.last_path, weights_only=False)["model"]
+    a = torch.load(straight.last_path, weights_only=True)["model"]
+    b = torch.load(resumed.last_path, weights_only=True)["model"]
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
@@ -71,6 +71,6 @@ def test_two_process_ddp_stays_in_sync(tiny_data, tmp_path):
                "--out", str(tmp_path / "ddp"), "--device", "cpu"]
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     assert state["meta"]["world_size"] == 2
     assert [r["ddp_parameter_spread"] for r in state["meta"]["history"]] == [0.0, 0.0]

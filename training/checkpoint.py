@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from jsa_retrieval.models import read_checkpoint
+
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Atomically write `state` (keys: model_name, config, model, epoch, optimizer, meta, ...)."""
@@ -22,5 +24,6 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_training_state(path: Path) -> dict[str, Any]:
-    """The full checkpoint dict, optimizer and RNG states included, for `--resume`."""
-    return torch.load(Path(path), map_location="cpu", weights_only=False)
+    """The full checkpoint dict, optimizer and scheduler states included, for `--resume` (weights_only loading,
+    see `read_checkpoint`)."""
+    return read_checkpoint(path)
