@@ -238,7 +238,7 @@ def collect_outputs(model: nn.Module, clips: Sequence[Clip], data_config: DataCo
         if with_iqr:
             refined.append(model.refined_map(batch.audio, batch.image, iqr_alpha).float().cpu())
         if object_prior is not None:
-            prior_device = object_prior.mean.device
+            prior_device = next(object_prior.parameters()).device
             objects.append(object_prior.object_map(batch.images.to(prior_device), batch.image.grid).float().cpu())
     if not positions:
         raise ValueError(f"none of the {len(clips)} clips could be decoded ({failures.summary()})")

