@@ -38,7 +38,7 @@ from jsa_retrieval.models import checkpoint_fingerprint, load_model, read_checkp
 from training.trainer import split_train_val, train
 
 from .localization import collect_outputs, has_ground_truth, score_localization
-from .metrics import THRESHOLD_MODES
+from jsa_retrieval.metrics import THRESHOLD_MODES
 from .reports import ARROWS, git_commit, markdown_table
 from .retrieval import recall_from_vectors
 

@@ -7,7 +7,7 @@ Two stages, so that `jsar eval compare` can reuse the first for retrieval too:
    (model.cross_map), JSA's refined map (Eq. 14, model.refined_map) and, with OGL, the object prior's map.
    Coarse maps are 7 x 7 floats, so even 100k clips fit in memory.
 2. `score_localization` upsamples each coarse map to the evaluation size (224, `upsample_and_normalise`),
-   builds the refinement columns and scores them against the ground truth with `evaluation.metrics`.
+   builds the refinement columns and scores them against the ground truth with `jsa_retrieval.metrics`.
 
 Columns: "plain" (cross map), "+IQR" (refined map; JSA only, the baselines have no image query), "+OGL"
 (plain fused with the object prior), "+IQR+OGL" (refined map fused with the object prior).
@@ -33,7 +33,7 @@ from jsa_retrieval.localize import upsample_and_normalise
 from jsa_retrieval.models import checkpoint_fingerprint, load_model
 from jsa_retrieval.transforms import squash_image
 
-from . import metrics
+from jsa_retrieval import metrics
 from .object_prior import OBJECT_BACKBONES, OGL_WEIGHT, ObjectPrior, load_object_prior, ogl_fuse
 
 log = logging.getLogger(__name__)

@@ -22,11 +22,11 @@ import pandas as pd
 import jsa_retrieval
 from jsa_retrieval.clips import read_dataset
 
-from . import figures
+from jsa_retrieval import pictures
 from .localization import (
     COLUMNS, EVAL_SIZE, collect_outputs, has_ground_truth, load_evaluated_model, score_localization,
 )
-from .metrics import THRESHOLD_MODES
+from jsa_retrieval.metrics import THRESHOLD_MODES
 from .object_prior import OBJECT_BACKBONES, load_object_prior
 from .retrieval import recall_from_vectors
 
@@ -265,7 +265,7 @@ def write_report(report: Any, out_dir: str | Path, title: str, draw_figures: boo
         lines += ["## Localization", "", markdown_table(table)]
         examples = getattr(report, "examples", None)
         if draw_figures and examples:
-            figures.localization_grid(examples, out_dir / "examples.png")
+            pictures.localization_grid(examples, out_dir / "examples.png")
             lines += ["", "![example localizations](examples.png)"]
     elif kind == "retrieval":
         table = retrieval_table(values)
@@ -275,7 +275,7 @@ def write_report(report: Any, out_dir: str | Path, title: str, draw_figures: boo
             lines += ["", "### Index vs exact ranking", "", markdown_table(exact)]
         if draw_figures:
             curves = {name: result["curve"] for name, result in values["directions"].items()}
-            figures.recall_curve(curves, out_dir / "recall_at_k.png", title=f"Recall@K ({values['model_name']})")
+            pictures.recall_curve(curves, out_dir / "recall_at_k.png", title=f"Recall@K ({values['model_name']})")
             lines += ["", "![Recall@K](recall_at_k.png)"]
         lines += ["", "### By category", "", markdown_table(category_table(values))]
     else:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import metrics
+from jsa_retrieval import metrics
 
 DIRECTIONS = ("audio_to_image", "image_to_audio")
 _EXACT_BLOCK_BYTES = 1 << 28  # similarity block of the exact ranking: 256 MB of float32

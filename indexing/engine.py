@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from evaluation.figures import heatmap_overlay
 from jsa_retrieval.clips import VIDEO_SUFFIXES
 from jsa_retrieval.dataset import load_image_tensor, load_spectrogram
 from jsa_retrieval.decode import load_image
 from jsa_retrieval.inference import pick_device
 from jsa_retrieval.localize import upsample_and_normalise
+from jsa_retrieval.pictures import contact_sheet, overlay_picture, spectrogram_picture
 from jsa_retrieval.models import load_model
 
 from .embed import store_meta_for
@@ -165,58 +165,3 @@ class Engine:
         picture.save(path)
         hit.picture = str(path)
         return picture
-
-
-def overlay_picture(image: Image.Image, heatmap: np.ndarray) -> Image.Image:
-    """The heat map drawn over the image at the image's own size."""
-    pixels = np.asarray(image.convert("RGB"))
-    map_full = upsample_and_normalise(torch.from_numpy(heatmap)[None], pixels.shape[:2]).squeeze(0).numpy()
-    return Image.fromarray(heatmap_overlay(pixels, map_full, alpha=0.5))
-
-
-def spectrogram_picture(spectrogram: np.ndarray, attention: np.ndarray | None, height: int = 160) -> Image.Image:
-    """(F, T) log spectrogram as an image (low frequencies at the bottom) with the attention over time drawn
-    as a bar strip beneath it."""
-    low, high = float(spectrogram.min()), float(spectrogram.max())
-    grey = ((spectrogram - low) / (high - low + 1e-12) * 255).astype(np.uint8)[::-1]
-    picture = Image.fromarray(grey).convert("RGB").resize((spectrogram.shape[1], height), Image.BILINEAR)
-    strip = Image.new("RGB", (picture.width, 32), (255, 255, 255))
-    if attention is not None and attention.size:
-        weights = attention / (attention.max() + 1e-12)
-        draw = ImageDraw.Draw(strip)
-        step = picture.width / len(weights)
-        for i, weight in enumerate(weights):
-            draw.rectangle([i * step, 32 - 30 * weight, (i + 1) * step - 1, 31], fill=(220, 60, 30))
-    canvas = Image.new("RGB", (picture.width, height + 32))
-    canvas.paste(picture, (0, 0))
-    canvas.paste(strip, (0, height))
-    return canvas
-
-
-def contact_sheet(pictures: list[Image.Image], captions: list[str], tile: int = 192, columns: int = 5) -> Image.Image:
-    """All hits in a grid of `tile`-wide thumbnails with a caption under each."""
-    rows = (len(pictures) + columns - 1) // columns
-    tile_height = max(int(tile * p.height / p.width) for p in pictures)
-    sheet = Image.new("RGB", (columns * tile, rows * (tile_height + 18)), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    for i, (picture, caption) in enumerate(zip(pictures, captions)):
-        x, y = (i % columns) * tile, (i // columns) * (tile_height + 18)
-        sheet.paste(picture.resize((tile, int(tile * picture.height / picture.width))), (x, y))
-        draw.text((x + 3, y + tile_height + 3), caption[:32], fill=(0, 0, 0))
-    return sheet
-
-
-def localize_pair(image_path: Path, audio_path: Path, checkpoint: Path, out_path: Path, iqr: bool = False,
-                  device: str | None = None) -> Path:
-    """Overlay PNG of where the sound of `audio_path` is in `image_path` (no index needed)."""
-    device_ = pick_device(device)
-    model, config, _ = load_model(checkpoint, map_location=device_)
-    with torch.no_grad():
-        image = load_image_tensor(Path(image_path), config.data).unsqueeze(0).to(device_)
-        spectrogram = load_spectrogram(Path(audio_path), config.data).unsqueeze(0).to(device_)
-        audio_side, image_side = model.encode_audio(spectrogram), model.encode_image(image)
-        coarse = model.refined_map(audio_side, image_side) if iqr else model.cross_map(audio_side, image_side)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    overlay_picture(load_image(Path(image_path)), coarse[0].cpu().numpy()).save(out_path)
-    return out_path

@@ -3,10 +3,16 @@ min-max normalised per sample as the field's evaluation code does (DESIGN §4)."
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .dataset import load_image_tensor, load_spectrogram
+from .decode import load_image
+from .inference import pick_device
+from .models import load_model
 
 INTERPOLATING_MODES = ("linear", "bilinear", "bicubic", "trilinear")
 
@@ -56,3 +62,21 @@ def localize(model: nn.Module, images: torch.Tensor, spectrograms: torch.Tensor,
         model.train(was_training)
     return LocalizationMaps(coarse=coarse, full=upsample_and_normalise(coarse, tuple(images.shape[-2:]), upsample_mode),
                             upsample_mode=upsample_mode)
+
+
+def localize_pair(image_path: Path, audio_path: Path, checkpoint: Path, out_path: Path, iqr: bool = False,
+                  device: str | None = None) -> Path:
+    """Overlay PNG of where the sound of `audio_path` is in `image_path` (no index, no FAISS needed)."""
+    from .pictures import overlay_picture  # pictures import this module's upsampling
+
+    device_ = pick_device(device)
+    model, config, _ = load_model(checkpoint, map_location=device_)
+    with torch.no_grad():
+        image = load_image_tensor(Path(image_path), config.data).unsqueeze(0).to(device_)
+        spectrogram = load_spectrogram(Path(audio_path), config.data).unsqueeze(0).to(device_)
+        audio_side, image_side = model.encode_audio(spectrogram), model.encode_image(image)
+        coarse = model.refined_map(audio_side, image_side) if iqr else model.cross_map(audio_side, image_side)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    overlay_picture(load_image(Path(image_path)), coarse[0].cpu().numpy()).save(out_path)
+    return out_path

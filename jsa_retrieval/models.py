@@ -316,12 +316,18 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if "Unsupported global" in str(error):
             raise ValueError(f"{path} holds pickled Python objects, not only tensors and plain data; jsar loads "
                              "checkpoints with weights_only=True and refuses it") from error
-        raise ValueError(f"{path} is not a jsar checkpoint: torch.load failed ({error})") from error
+        raise ValueError(f"{path} is not a jsar checkpoint: torch.load failed ({_first_line(error)})") from error
     except Exception as error:  # torch raises several types for a file that is not a torch pickle
-        raise ValueError(f"{path} is not a jsar checkpoint: torch.load failed ({error})") from error
+        raise ValueError(f"{path} is not a jsar checkpoint: torch.load failed ({_first_line(error)})") from error
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in CHECKPOINT_KEYS):
         raise ValueError(f"{path} is not a jsar checkpoint: expected a dict with keys {CHECKPOINT_KEYS}")
     return checkpoint
+
+
+def _first_line(error: BaseException) -> str:
+    """torch's load errors span paragraphs; the CLI prints one line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, JSARConfig, dict]:

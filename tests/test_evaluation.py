@@ -13,8 +13,8 @@ from torchvision.models import resnet18
 
 from jsa_retrieval.config import JSARConfig, cpu_config
 from jsa_retrieval.models import AudioSide, ImageSide, create_model
-from evaluation import metrics
-from evaluation.figures import heatmap_overlay, localization_grid, recall_curve
+from jsa_retrieval import metrics
+from jsa_retrieval.pictures import heatmap_overlay, localization_grid, recall_curve
 from evaluation.localization import evaluate_localization
 from evaluation.object_prior import load_object_prior, ogl_fuse
 from evaluation.reports import compare_runs, write_report

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from training.false_negatives import reciprocal_false_negatives
@@ -70,3 +71,12 @@ def test_whole_batch_neighbourhood_marks_nothing():
     for k in (4, 5, 20, 0):  # B = 5: k >= B - 1 covers everyone; k = 0 has no neighbours
         assert not reciprocal_false_negatives(IMAGE, AUDIO, k=k).any()
     assert reciprocal_false_negatives(IMAGE, AUDIO, k=3).any()
+
+
+def test_mining_that_switches_itself_off_says_so():
+    from training.false_negatives import MiningDisabledWarning
+
+    vectors = torch.randn(4, 8)
+    with pytest.warns(MiningDisabledWarning, match="k = 3 needs a batch of more than 4"):
+        mask = reciprocal_false_negatives(vectors, vectors, 3)
+    assert not mask.any()

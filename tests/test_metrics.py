@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from evaluation.metrics import (
+from jsa_retrieval.metrics import (
     LocalizationScores,
     ap50,
     auc,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from evaluation.metrics import ap50, auc, ciou, rank_by_similarity, recall_at_k, threshold_map, vggss_gt_map
+from jsa_retrieval.metrics import ap50, auc, ciou, rank_by_similarity, recall_at_k, threshold_map, vggss_gt_map
 from jsa_retrieval.clips import Clip
 from jsa_retrieval.config import JSARConfig
 from jsa_retrieval.dataset import ClipDataset, make_loader

@@ -1,4 +1,5 @@
-"""PNG figures for reports: example localizations and Recall@K curves.
+"""Pictures of maps and results, in one place: heat-map overlays, spectrogram thumbnails with their time
+attention, contact sheets of search hits, example localizations and Recall@K curves for reports.
 
 Figures are drawn on `matplotlib.figure.Figure` objects with the Agg canvas directly, never through pyplot,
 so importing this module changes no global matplotlib state and needs no display.
@@ -6,15 +7,16 @@ so importing this module changes no global matplotlib state and needs no display
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
 
-if TYPE_CHECKING:  # only for type hints: heatmap_overlay users need not import the evaluators
-    from .localization import LocalizationExample
+from .localize import upsample_and_normalise
 
 DIRECTION_NAMES = {"audio_to_image": "audio → image", "image_to_audio": "image → audio"}
 
@@ -48,10 +50,11 @@ def _save(figure: Figure, path: str | Path) -> Path:
     return path
 
 
-def localization_grid(examples: Sequence["LocalizationExample"], path: str | Path,
+def localization_grid(examples: Sequence[Any], path: str | Path,
                       columns: Sequence[str] | None = None, alpha: float = 0.5, cmap: str = "jet",
                       panel_inches: float = 2.2) -> Path:
-    """One row per example: the frame with its ground truth outlined, then each column's heat-map overlay.
+    """One row per example (evaluation.localization.LocalizationExample: image, gt_map, maps, clip_id): the frame
+    with its ground truth outlined, then each column's heat-map overlay.
 
     Boxes and masks are outlined where the ground truth is > 0 (Flickr's 0.5 consensus pixels included) and
     the peak of each map is marked with a cross. Returns the PNG path.
@@ -111,3 +114,42 @@ def recall_curve(curves: Mapping[str, Mapping[int, float]], path: str | Path, ti
     axis.legend(loc="lower right")
     figure.tight_layout()
     return _save(figure, path)
+
+
+def overlay_picture(image: Image.Image, heatmap: np.ndarray) -> Image.Image:
+    """The heat map drawn over the image at the image's own size."""
+    pixels = np.asarray(image.convert("RGB"))
+    map_full = upsample_and_normalise(torch.from_numpy(heatmap)[None], pixels.shape[:2]).squeeze(0).numpy()
+    return Image.fromarray(heatmap_overlay(pixels, map_full, alpha=0.5))
+
+
+def spectrogram_picture(spectrogram: np.ndarray, attention: np.ndarray | None, height: int = 160) -> Image.Image:
+    """(F, T) log spectrogram as an image (low frequencies at the bottom) with the attention over time drawn
+    as a bar strip beneath it."""
+    low, high = float(spectrogram.min()), float(spectrogram.max())
+    grey = ((spectrogram - low) / (high - low + 1e-12) * 255).astype(np.uint8)[::-1]
+    picture = Image.fromarray(grey).convert("RGB").resize((spectrogram.shape[1], height), Image.BILINEAR)
+    strip = Image.new("RGB", (picture.width, 32), (255, 255, 255))
+    if attention is not None and attention.size:
+        weights = attention / (attention.max() + 1e-12)
+        draw = ImageDraw.Draw(strip)
+        step = picture.width / len(weights)
+        for i, weight in enumerate(weights):
+            draw.rectangle([i * step, 32 - 30 * weight, (i + 1) * step - 1, 31], fill=(220, 60, 30))
+    canvas = Image.new("RGB", (picture.width, height + 32))
+    canvas.paste(picture, (0, 0))
+    canvas.paste(strip, (0, height))
+    return canvas
+
+
+def contact_sheet(pictures: list[Image.Image], captions: list[str], tile: int = 192, columns: int = 5) -> Image.Image:
+    """All hits in a grid of `tile`-wide thumbnails with a caption under each."""
+    rows = (len(pictures) + columns - 1) // columns
+    tile_height = max(int(tile * p.height / p.width) for p in pictures)
+    sheet = Image.new("RGB", (columns * tile, rows * (tile_height + 18)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i, (picture, caption) in enumerate(zip(pictures, captions)):
+        x, y = (i % columns) * tile, (i // columns) * (tile_height + 18)
+        sheet.paste(picture.resize((tile, int(tile * picture.height / picture.width))), (x, y))
+        draw.text((x + 3, y + tile_height + 3), caption[:32], fill=(0, 0, 0))
+    return sheet
