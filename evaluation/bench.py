@@ -1,7 +1,7 @@
 """Benchmarks on this machine: indexing throughput against the bare model, and FAISS at a million vectors.
 
 Two questions, answered side by side in one run so every ratio compares numbers taken under the same load
-(DESIGN §5: 2 shared cores, no GPU; §6: up to a few million clips on one machine):
+(the project's machines: 2 shared cores, no GPU; the target scale: up to a few million clips on one machine):
 
 1. Is the model the bottleneck of `jsar index`? `index_dataset` clips/s against `bare_forward_rate` (the two
    encoders alone on random tensors of the configured size, same batch size); goal ratio >= 0.8. The decode
@@ -122,7 +122,7 @@ def make_random_checkpoint(path: str | Path, config_name: str = "cpu", model_nam
     optimizer, meta): lets the benchmark run where no trained model exists. Timing does not depend on the
     weights; `bench_faiss_scale` centres the collapsed vectors such a model makes."""
     config = get_config(config_name)
-    config.model.image_weights = "none"  # nothing can be downloaded here (DESIGN §5)
+    config.model.image_weights = "none"  # the benchmark must run offline, without ImageNet weights
     torch.manual_seed(seed)
     model = create_model(config, model_name)
     path = Path(path)

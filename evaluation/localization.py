@@ -1,4 +1,5 @@
-"""Sound source localization evaluation: run a model over annotated clips and score its maps (DESIGN §4).
+"""Sound source localization evaluation: run a model over annotated clips and score its maps with the field's
+conventions (README, Metric conventions).
 
 Two stages, so that `jsar eval compare` can reuse the first for retrieval too:
 
@@ -25,15 +26,16 @@ from PIL import Image
 from torch import nn
 
 from jsa_retrieval.clips import Clip, read_dataset
+from jsa_retrieval import metrics
 from jsa_retrieval.config import DataConfig, JSARConfig
 from jsa_retrieval.dataset import ClipDataset, FailureLog, make_loader
 from jsa_retrieval.decode import DecodeError, load_image
 from jsa_retrieval.inference import iter_embeddings, pick_device
 from jsa_retrieval.localize import upsample_and_normalise
 from jsa_retrieval.models import checkpoint_fingerprint, load_model
+from jsa_retrieval.errors import JsarError
 from jsa_retrieval.transforms import squash_image
 
-from jsa_retrieval import metrics
 from .object_prior import OBJECT_BACKBONES, OGL_WEIGHT, ObjectPrior, load_object_prior, ogl_fuse
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ EVAL_SIZE = 224
 _SCORE_CHUNK = 64  # clips upsampled at once in stage 2: 64 x 224 x 224 float32 = 12.8 MB per column
 
 
-class GroundTruthUnreadable(RuntimeError):
+class GroundTruthUnreadable(JsarError, RuntimeError):
     """A clip's mask file could not be read; the clip is skipped and counted as unreadable."""
 
 
@@ -80,11 +82,6 @@ class LocalizationExample:
     gt_map: np.ndarray
     gt_kind: str
     maps: dict[str, np.ndarray]
-
-    @property
-    def pred_map(self) -> np.ndarray:
-        """The plain map (the model's own localization, no refinement)."""
-        return self.maps["plain"]
 
 
 @dataclass

@@ -1,7 +1,8 @@
-"""Cross-modal retrieval evaluation: class-level Recall@K of audio→image and image→audio (DESIGN §4).
+"""Cross-modal retrieval evaluation: class-level Recall@K of audio→image and image→audio (gallery: every item of
+the other modality, own pair included; a hit shares the query's class).
 
 `evaluate_retrieval` scores an embedded store through its FAISS indexes, i.e. the numbers a user of
-`jsar search` gets, and (with `check_exact`) against an exact brute-force ranking of the same vectors, so an
+`jsar query` gets, and (with `check_exact`) against an exact brute-force ranking of the same vectors, so an
 approximate index's cost in recall is measured rather than assumed. `recall_from_vectors` is the exact,
 in-memory path used when no index exists (`jsar eval compare`).
 

@@ -1,6 +1,6 @@
 """The HDF5 embedding store: one row per clip with its image and audio retrieval vectors.
 
-Layout of INDEX_DIR/store.h5 (see INTERFACES.md): `image_vectors`, `audio_vectors` (N, d) float32,
+Layout of INDEX_DIR/store.h5 : `image_vectors`, `audio_vectors` (N, d) float32,
 L2-normalised, chunked by rows, resizable and *not* compressed (compression made writing 38x slower);
 `ids`, `labels` ('' when unknown), `image_paths`, `audio_paths` (N,) variable-length utf-8 strings; attrs
 `fingerprint`, `config` (json), `model_name`, `checkpoint`, `dim`, `format_version`, `ids_sha256`.
@@ -26,6 +26,8 @@ from typing import Any, Iterator, Sequence
 import h5py
 import numpy as np
 
+from jsa_retrieval.errors import JsarError
+
 STORE_FILE = "store.h5"
 PARTS_DIR = "parts"
 VECTOR_FIELDS = ("image_vectors", "audio_vectors")
@@ -39,7 +41,7 @@ _STRING_CHUNK_ROWS = 4096
 _STORAGE_CHUNK_BYTES = 1 << 20  # HDF5's default chunk cache is 1 MiB: keep one vector chunk within it
 
 
-class FingerprintMismatch(RuntimeError):
+class FingerprintMismatch(JsarError, RuntimeError):
     """Vectors of two different models or configurations would be mixed; they are not comparable."""
 
 

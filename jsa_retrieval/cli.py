@@ -15,6 +15,7 @@ import click
 
 from . import __version__
 from .config import PRESETS, get_config
+from .errors import JsarError
 
 EXAMPLE = "\n\n\b\nExample:\n  "
 
@@ -361,7 +362,7 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except (OSError, ValueError, RuntimeError, KeyError, ImportError) as error:
+    except (JsarError, OSError, ValueError, ImportError) as error:  # bad input; any other error is a bug
         if os.environ.get("JSAR_DEBUG"):
             raise
         click.echo(f"error: {error}", err=True)

@@ -1,4 +1,5 @@
-"""Dataset readers: every layout of DESIGN §2 becomes a list of `Clip` records.
+"""Dataset readers: every layout the README lists (VGG-SS, Flickr, AVSBench, a
+plain folder) becomes a list of `Clip` records.
 
 Readers only look at the file tree and annotation files; decoding happens later (`decode.py`) inside
 DataLoader workers, so a corrupt file costs one skipped clip, not a crashed run.
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import JsarError
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -23,7 +26,7 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 
 
-class LayoutError(ValueError):
+class LayoutError(JsarError, ValueError):
     """The folder matches none of the layouts jsar reads."""
 
 

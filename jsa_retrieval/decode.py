@@ -15,9 +15,10 @@ import torchaudio.functional as audio_functional
 from PIL import Image
 
 from .clips import VIDEO_SUFFIXES
+from .errors import JsarError
 
 
-class DecodeError(RuntimeError):
+class DecodeError(JsarError, RuntimeError):
     """A file could not be decoded; the message names the file and the reason."""
 
 

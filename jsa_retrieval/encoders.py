@@ -20,6 +20,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights
 from torchvision.models.resnet import BasicBlock
 
+from .errors import JsarError
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 RESNET18_BLOCKS = (2, 2, 2, 2)
@@ -27,7 +28,7 @@ IMAGE_ENCODERS = ("resnet18", "efficientnet-lite0")
 FREEZE_CHOICES = ("none", "early", "all")
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(JsarError, RuntimeError):
     """Requested image-encoder weights cannot be loaded: no local file and no download possible."""
 
 

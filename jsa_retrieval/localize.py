@@ -1,5 +1,6 @@
 """Sound source localization maps (paper Sec. 3.5): the coarse map from a model, upsampled to the image and
-min-max normalised per sample as the field's evaluation code does (DESIGN §4)."""
+min-max normalised per sample as the field's evaluation code does (bicubic to
+224 x 224, align_corners=False)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

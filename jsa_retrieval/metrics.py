@@ -1,4 +1,4 @@
-"""Localization and retrieval metrics, numpy in, numbers out (DESIGN §4).
+"""Localization and retrieval metrics, numpy in, numbers out (conventions: README, Metric conventions).
 
 Every function here reproduces the number the field's own evaluation code gives on the same maps:
 

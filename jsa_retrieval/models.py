@@ -1,6 +1,6 @@
 """The JSA model (paper Sec. 3) and the two baselines retrieval is compared with (EZ-VSL, Alignment).
 
-Every model answers the same questions (INTERFACES.md): `encode_image` -> ImageSide, `encode_audio` -> AudioSide
+Every model answers the same questions: `encode_image` -> ImageSide, `encode_audio` -> AudioSide
 (each with an L2-normalised retrieval vector), `cross_map` / `refined_map` -> (B, h, w) localization maps from
 one side of each, and `forward` -> the training outputs its objective needs. Encoding the two sides separately
 is what lets retrieval store vectors once and compute a map for any (query, hit) pair later.
@@ -47,7 +47,7 @@ class AudioSide:
 
 @dataclass
 class JSAForward:
-    """Training outputs of JSAModel (shapes in INTERFACES.md); ia/ca are target columns of Â (Eq. 3-4)."""
+    """Training outputs of JSAModel (shapes beside each field); ia/ca are target columns of Â (Eq. 3-4)."""
 
     image_slots: torch.Tensor  # (B, S, d)
     audio_slots: torch.Tensor  # (B, S, d)

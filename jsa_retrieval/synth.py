@@ -8,7 +8,7 @@ object looks like and what the track sounds like tells which object to point at.
 
 Every class has its own shape, surface pattern and colour family (images) and its own kind of sound
 (harmonic hum, beeps, chirps, hiss, clicks, vibrato, rumble, whistle, buzz, trill, snare bursts), each jittered
-in size, pose, colour, pitch, timing and loudness. Files follow the VGG-SS layout (DESIGN §2) so the ordinary
+in size, pose, colour, pitch, timing and loudness. Files follow the VGG-SS layout (frames/, audio/, split lists, vggss.json) so the ordinary
 readers load them unchanged; masks add pixel-exact ground truth.
 
 Every clip draws from its own `numpy` Generator seeded from (seed, index), so clips can be made in any order
@@ -628,7 +628,7 @@ def _usable_cores() -> int:
 
 def _write_index_files(out: Path, config: SynthConfig, records: list[dict[str, Any]],
                        splits: dict[str, list[str]]) -> None:
-    """vggss.json, labels.csv, split lists and synth.json: the annotations every reader of DESIGN §2 expects."""
+    """vggss.json, labels.csv, split lists and synth.json: the annotations the VGG-SS reader expects."""
     annotations = [{"file": r["id"], "class": r["class"], "bbox": [r["bbox"]]} for r in records]
     (out / "vggss.json").write_text(json.dumps(annotations))
     with open(out / "labels.csv", "w", newline="") as handle:

@@ -1,4 +1,5 @@
-"""Waveform → log power spectrogram, and image → normalised tensor (DESIGN §3)."""
+"""Waveform → log power spectrogram, and image → normalised tensor (the paper's settings: Hann window,
+centred STFT, log(S + 1e-7) / 12; ImageNet mean and std)."""
 from __future__ import annotations
 
 import numpy as np
@@ -50,14 +51,6 @@ def image_transform(config: DataConfig, train: bool) -> T.Compose:
         T.Resize((config.image_size, config.image_size), interpolation=T.InterpolationMode.BICUBIC),
         *normalise,
     ])
-
-
-def denormalise(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) normalised tensor → (H, W, 3) uint8, for drawing overlays."""
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    pixels = (image.detach().cpu() * std + mean).clamp(0, 1)
-    return (pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 def squash_image(image: Image.Image, size: int) -> np.ndarray:

@@ -55,3 +55,24 @@ def test_query_without_an_index_is_one_line(tmp_path):
     result = run_jsar("query", "--index", tmp_path, "--audio", audio)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "index.json" in result.stderr
+
+
+def test_domain_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    from jsa_retrieval import cli as cli_module
+    from jsa_retrieval.clips import LayoutError
+
+    def layout_problem(*args, **kwargs):
+        raise LayoutError("data/x: no known layout")
+
+    monkeypatch.setattr(cli_module.cli, "main", layout_problem)
+    monkeypatch.delenv("JSAR_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        cli_module.main()
+    assert stop.value.code == 1 and capsys.readouterr().err == "error: data/x: no known layout\n"
+
+    def bug(*args, **kwargs):
+        return {}["choice"]
+
+    monkeypatch.setattr(cli_module.cli, "main", bug)
+    with pytest.raises(KeyError, match="choice"):
+        cli_module.main()

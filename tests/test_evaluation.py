@@ -175,7 +175,7 @@ def test_vggss_report_counts_clips_and_scores_every_jsa_column(vggss_report):
     assert len(report.per_clip["ids"]) == 8 and len(report.examples) == 3
     example = report.examples[0]
     assert example.image.shape == (224, 224, 3) and example.image.dtype == np.uint8
-    assert example.gt_map.shape == example.pred_map.shape == (224, 224)
+    assert example.gt_map.shape == example.maps["plain"].shape == (224, 224)
     np.testing.assert_array_equal(example.gt_map, metrics.vggss_gt_map([BOXES[0]]))
 
 

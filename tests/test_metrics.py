@@ -1,4 +1,4 @@
-"""Metrics against hand computations and against the field's evaluation arithmetic (DESIGN §4)."""
+"""Metrics against hand computations and against the field's evaluation arithmetic (README, Metric conventions)."""
 import numpy as np
 import pytest
 

@@ -59,7 +59,7 @@ def test_bbox_is_the_tight_box_of_the_binary_mask(small: SynthSummary) -> None:
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         from_mask = np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]) / 64
         np.testing.assert_allclose(box, from_mask, atol=2 / 64)
-        # VGG-SS ground truth rasterised as the metrics do (DESIGN §4) covers exactly the mask's box.
+        # VGG-SS ground truth rasterised as the metrics do (int(clip(b, 0, 1) * 224) slices) covers exactly the mask's box.
         x0, y0, x1, y1 = (int(v * 64) for v in box)
         assert mask[:y0].max(initial=0) == 0 and mask[y1:].max(initial=0) == 0
         assert mask[:, :x0].max(initial=0) == 0 and mask[:, x1:].max(initial=0) == 0

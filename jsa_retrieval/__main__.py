@@ -1,0 +1,4 @@
+"""`python -m jsa_retrieval ...` runs the jsar command line."""
+from .cli import main
+
+main()
