@@ -31,7 +31,7 @@ from jsa_retrieval.config import DataConfig, JSARConfig
 from jsa_retrieval.dataset import ClipDataset, FailureLog, make_loader
 from jsa_retrieval.decode import DecodeError, load_image
 from jsa_retrieval.inference import iter_embeddings, pick_device
-from jsa_retrieval.localize import upsample_and_normalise
+from jsa_retrieval.maps import upsample_and_normalise
 from jsa_retrieval.models import checkpoint_fingerprint, load_model
 from jsa_retrieval.errors import JsarError
 from jsa_retrieval.transforms import squash_image

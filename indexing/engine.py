@@ -22,7 +22,7 @@ from jsa_retrieval.clips import VIDEO_SUFFIXES
 from jsa_retrieval.dataset import load_image_tensor, load_spectrogram
 from jsa_retrieval.decode import load_image
 from jsa_retrieval.inference import pick_device
-from jsa_retrieval.localize import upsample_and_normalise
+from jsa_retrieval.maps import upsample_and_normalise
 from jsa_retrieval.pictures import contact_sheet, overlay_picture, spectrogram_picture
 from jsa_retrieval.models import load_model
 

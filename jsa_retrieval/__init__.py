@@ -47,7 +47,7 @@ def load(path: str, device: str | None = None):
 
 def __getattr__(name: str) -> Any:
     if name == "localize":
-        from .localize import localize
+        from .maps import localize
         return localize
     if name == "Engine":
         from indexing.engine import Engine  # the front door reaches the search engine lazily, like the CLI

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
-from .localize import upsample_and_normalise
+from .maps import upsample_and_normalise
 
 DIRECTION_NAMES = {"audio_to_image": "audio → image", "image_to_audio": "image → audio"}
 

@@ -15,7 +15,7 @@ from jsa_retrieval.clips import Clip
 from jsa_retrieval.config import JSARConfig
 from jsa_retrieval.dataset import ClipDataset, make_loader
 from jsa_retrieval.inference import iter_embeddings
-from jsa_retrieval.localize import upsample_and_normalise
+from jsa_retrieval.maps import upsample_and_normalise
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from jsa_retrieval.config import cpu_config
-from jsa_retrieval.localize import localize, upsample_and_normalise
+from jsa_retrieval.maps import localize, upsample_and_normalise
 from jsa_retrieval.models import create_model
 
 CONFIG = cpu_config()
