@@ -30,8 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import platform
 import resource
 import shutil
 import tempfile
@@ -50,6 +48,7 @@ from indexing.faiss_index import (INDEX_FILES, apply_search_params, build_indexe
 from indexing.store import EmbeddingStore, StoreMeta, StoreRecords, StoreWriter, l2_normalise
 from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval.config import DataConfig, get_config
+from jsa_retrieval.machine import machine_info
 from jsa_retrieval.dataset import ClipDataset, load_image_tensor, load_spectrogram, make_loader
 from jsa_retrieval.models import create_model, load_model
 from jsa_retrieval.synth import SynthConfig, generate
@@ -611,8 +610,10 @@ class BenchReport:
     def table(self) -> str:
         """The summary table as fixed-width text, headed by the machine and its load."""
         machine = self.machine
-        header = (f"jsar benchmarks: {machine['cores']} cores, load average {machine['load_average']:.2f} at start, "
-                  f"torch {machine['torch']} ({machine['torch_threads']} threads), faiss {machine['faiss']}, "
+        load = machine.get("load_average") or [0.0]
+        header = (f"jsar benchmarks: {machine['usable_cores']} cores, load average {load[0]:.2f} at start, "
+                  f"torch {machine['torch_version']} ({machine['torch_threads']} threads), "
+                  f"faiss {machine.get('faiss_version', '?')}, "
                   f"{self.seconds:.0f} s in all")
         body = [("section", "measure", "value", "note")] + self.rows()
         widths = [max(len(row[i]) for row in body) for i in range(3)]
@@ -701,14 +702,6 @@ def _faiss_rows(bench: FaissBench) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def machine_info() -> dict[str, Any]:
-    """Cores, load at start and library versions: numbers taken under another job's load read differently."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return {"cores": cores, "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0,
-            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "faiss": faiss.__version__, "numpy": np.__version__}
-
-
 def _store_vectors(index_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     with EmbeddingStore.open(index_dir) as store:
         rows = np.arange(len(store))
@@ -733,7 +726,7 @@ def run_benchmarks(data_dir: str | Path | None = None, checkpoint: str | Path | 
     """
     say = log or (lambda message: None)
     started = time.perf_counter()
-    machine = machine_info()
+    machine = machine_info(device)
     vectors = vectors or (QUICK_VECTORS if quick else DEFAULT_VECTORS)
     clips = clips or (QUICK_CLIPS if quick else DEFAULT_CLIPS)
     batch_queries = batch_queries or (1000 if quick else 2000)

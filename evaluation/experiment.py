@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,12 +26,12 @@ from typing import Any, Callable, Sequence
 import click
 import numpy as np
 import pandas as pd
-import torch
-
 import jsa_retrieval
 from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval.config import JSARConfig, get_config
+from jsa_retrieval.files import write_atomically
 from jsa_retrieval.inference import pick_device
+from jsa_retrieval.machine import machine_info
 from jsa_retrieval.models import checkpoint_fingerprint, load_model, read_checkpoint
 from training.trainer import split_train_val, train
 
@@ -119,9 +117,8 @@ def _canonical(values: Any) -> str:
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
     """Atomic write, so a kill mid-write never leaves a run.json that blocks the resume."""
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(state, indent=2, default=str), encoding="utf-8")
-    os.replace(temporary, path)
+    text = json.dumps(state, indent=2, default=str)
+    write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def _history_of(checkpoint: Path) -> list[dict]:
@@ -364,18 +361,6 @@ def write_experiment(report: ExperimentReport) -> dict[str, Path]:
 # The experiment
 # --------------------------------------------------------------------------------------------------------------
 
-def _machine(device: str | None) -> dict[str, Any]:
-    """What the train minutes depend on: cores, threads, device, and how busy the machine was at the start."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = [round(value, 2) for value in os.getloadavg()] if hasattr(os, "getloadavg") else None
-    chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if chosen.startswith("cuda") and torch.cuda.is_available():
-        chosen = f"{chosen} ({torch.cuda.get_device_name(torch.device(chosen))})"
-    return {"cpu_count": os.cpu_count(), "usable_cores": usable, "torch_threads": torch.get_num_threads(),
-            "device": chosen, "load_average": load, "torch_version": torch.__version__,
-            "platform": platform.platform()}
-
-
 def _flags(model_name: str, config: dict[str, Any]) -> dict[str, bool | None]:
     """The switches as the checkpoint's own config has them (None for the baselines)."""
     if model_name != "jsa":
@@ -420,7 +405,7 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
     other = "fixed" if threshold == "median" else "median"
     header = {
         "jsar_version": jsa_retrieval.__version__, "git_commit": git_commit(),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"), "machine": _machine(device),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"), "machine": machine_info(device),
         "config": base.to_dict(),
         "budget": {"epochs": base.train.epochs, "max_minutes_per_run": max_minutes_per_run, "seed": seed},
         "data": {"data_dir": str(data_dir), "train": len(train_clips), "val": len(val_clips),

@@ -18,10 +18,12 @@ from tqdm import tqdm
 from jsa_retrieval.clips import read_dataset
 from jsa_retrieval.dataset import ClipDataset, FailureLog, make_loader
 from jsa_retrieval.inference import iter_embeddings, pick_device
+from jsa_retrieval.files import file_sha256
 from jsa_retrieval.models import load_model
+from training import distributed
 
 from .faiss_index import build_indexes
-from .store import StoreMeta, StoreRecords, StoreWriter, file_sha256, make_fingerprint
+from .store import StoreMeta, StoreRecords, StoreWriter, make_fingerprint
 
 SKIPPED_REPORT = "skipped.tsv"
 
@@ -42,10 +44,6 @@ class IndexSummary:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
 
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def store_meta_for(checkpoint: Path, config, model_name: str, dim: int) -> StoreMeta:
@@ -61,7 +59,7 @@ def index_dataset(data_dir: Path, checkpoint: Path, index_dir: Path, split: str 
                   progress: bool = True) -> IndexSummary:
     """Embed every clip of `data_dir` not yet in INDEX_DIR's store, finalise the store, build both indexes."""
     index_dir = Path(index_dir)
-    rank, world = _rank_and_world()
+    rank, world = distributed.rank(), distributed.world_size()
     device_ = pick_device(device)
     model, config, _ = load_model(checkpoint, map_location=device_)
     clips = read_dataset(data_dir, split, annotations).clips

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,11 @@ from typing import Any
 import faiss
 import numpy as np
 
+from jsa_retrieval.files import replace_atomically
+from jsa_retrieval.machine import usable_cores
+
 from indexing.index_choice import QUANTIZER_TRAIN_SIZE, IndexChoice, choose_index
-from indexing.store import (VECTOR_FIELDS, EmbeddingStore, FingerprintMismatch, l2_normalise,
-                            replace_atomically)
+from indexing.store import VECTOR_FIELDS, EmbeddingStore, FingerprintMismatch, l2_normalise
 
 INDEX_JSON = "index.json"
 INDEX_FILES = {"image": ("image_vectors", "image.faiss"), "audio": ("audio_vectors", "audio.faiss")}
@@ -34,7 +35,7 @@ INDEX_FORMAT_VERSION = 1
 def configure_faiss() -> int:
     """Once per process: BLAS for small query batches and one OpenMP thread per usable core. Returns threads."""
     faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = usable_cores()
     faiss.omp_set_num_threads(threads)
     return threads
 

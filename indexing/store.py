@@ -27,6 +27,7 @@ import h5py
 import numpy as np
 
 from jsa_retrieval.errors import JsarError
+from jsa_retrieval.files import fsync_directory, replace_atomically
 
 STORE_FILE = "store.h5"
 PARTS_DIR = "parts"
@@ -43,15 +44,6 @@ _STORAGE_CHUNK_BYTES = 1 << 20  # HDF5's default chunk cache is 1 MiB: keep one 
 
 class FingerprintMismatch(JsarError, RuntimeError):
     """Vectors of two different models or configurations would be mixed; they are not comparable."""
-
-
-def file_sha256(path: str | Path, block_bytes: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file read in blocks (checkpoints are hundreds of MB): the checkpoint part of a fingerprint."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(block_bytes), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def make_fingerprint(checkpoint_sha256: str, config: dict[str, Any], model_name: str) -> str:
@@ -539,27 +531,8 @@ def _list_parts(parts_dir: Path) -> list[tuple[int, int, Path]]:
 def _remove_parts(parts: list[Path], parts_dir: Path) -> None:
     for path in parts:
         path.unlink(missing_ok=True)
-    _fsync_dir(parts_dir)
+    fsync_directory(parts_dir)
     try:
         parts_dir.rmdir()
     except OSError:
         pass  # another rank's files (or its temp files) are still there
-
-
-def _fsync_dir(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def replace_atomically(temp: Path, final: Path) -> None:
-    """fsync the finished temp file, rename it over `final` and fsync the folder, so a crash leaves old or new."""
-    descriptor = os.open(temp, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    os.replace(temp, final)
-    _fsync_dir(final.parent)

@@ -7,7 +7,6 @@ is what lets retrieval store vectors once and compute a map for any (query, hit)
 """
 from __future__ import annotations
 
-import hashlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import JSARConfig
+from .files import file_sha256
 from .encoders import AudioEncoder, ImageEncoder
 from .slot_attention import JointSlotAttention, SlotAttentionOutput, slot_attention_weights
 
@@ -342,9 +342,6 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
 
 
 def checkpoint_fingerprint(path: str | Path) -> str:
-    """First 16 hex characters of the sha256 of the checkpoint file, tying stores and reports to a model."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+    """First 16 hex characters of the checkpoint file's SHA-256: the short name reports give a model. (A store's
+    `fingerprint` is another thing: the hash of the checkpoint's SHA-256, its config and model name.)"""
+    return file_sha256(path)[:16]

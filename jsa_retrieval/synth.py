@@ -22,7 +22,6 @@ import csv
 import dataclasses
 import json
 import multiprocessing
-import os
 import time
 import wave
 from dataclasses import dataclass, field
@@ -32,6 +31,8 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from .machine import usable_cores
 
 CLASS_NAMES: tuple[str, ...] = (
     "striped_disc",
@@ -622,8 +623,6 @@ def _assign_splits(records: list[dict[str, Any]], config: SynthConfig) -> dict[s
     return {split: sorted(str(i) for i in ids) for split, ids in splits.items()}
 
 
-def _usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _write_index_files(out: Path, config: SynthConfig, records: list[dict[str, Any]],
@@ -662,7 +661,7 @@ def generate(out_dir: str | Path, config: SynthConfig | None = None, progress: b
     out = Path(out_dir)
     for folder in ("frames", "audio", "masks"):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    workers = workers if workers > 0 else _usable_cores()
+    workers = workers if workers > 0 else usable_cores()
     chunk = 32
     jobs = [(str(out), config, list(range(i, min(i + chunk, config.n_clips)))) for i in range(0, config.n_clips, chunk)]
     records: list[dict[str, Any]] = []

@@ -96,8 +96,8 @@ def test_ivf_benchmark_sweeps_nprobe_and_is_exact_when_every_list_is_probed(tmp_
         assert all(0.0 <= point.recall <= 1.0 and point.median_ms > 0 for point in direction.sweep)
         assert direction.sweep[-1].recall == 1.0  # every list probed = exhaustive search
         assert direction.sweep[0].recall <= direction.sweep[-1].recall
-    assert "sweep nprobe=1" in BenchReport({"cores": 2, "load_average": 0.0, "torch": "t", "torch_threads": 2,
-                                            "faiss": "f"}, None, bench, 1.0).table()
+    assert "sweep nprobe=1" in BenchReport({"usable_cores": 2, "load_average": [0.0], "torch_version": "t",
+                                            "torch_threads": 2, "faiss_version": "f"}, None, bench, 1.0).table()
 
 
 def test_recall_at_k_counts_the_overlap_and_ignores_missing_ids() -> None:

@@ -9,8 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
+from jsa_retrieval.files import file_sha256
 from indexing.store import (PARTS_DIR, STORE_FILE, EmbeddingStore, FingerprintMismatch, StoreMeta, StoreRecords,
-                            StoreWriter, file_sha256, l2_normalise, make_fingerprint)
+                            StoreWriter, l2_normalise, make_fingerprint)
 
 DIM = 32
 NUM_CLIPS = 300

@@ -1,0 +1,54 @@
+"""Files that are never left half-written, and how a file is identified by its content.
+
+Checkpoints, stores, indexes and run ledgers are all written to a temporary name in the destination folder,
+fsynced, renamed over the destination and the folder fsynced, so a crash leaves the old file or the new one.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or unlink in `directory` durable."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def replace_atomically(temp: Path, final: Path) -> None:
+    """fsync the finished temp file, rename it over `final` and fsync the folder, so a crash leaves old or new."""
+    descriptor = os.open(temp, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(temp, final)
+    fsync_directory(Path(final).parent)
+
+
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call `write(handle)` on a temporary file beside `path`, then `replace_atomically` it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+        replace_atomically(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def file_sha256(path: str | Path, block_bytes: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file read in blocks (checkpoints are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(block_bytes), b""):
+            digest.update(block)
+    return digest.hexdigest()
