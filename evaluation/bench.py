@@ -50,7 +50,7 @@ from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval.config import DataConfig, get_config
 from jsa_retrieval.machine import machine_info
 from jsa_retrieval.dataset import ClipDataset, load_image_tensor, load_spectrogram, make_loader
-from jsa_retrieval.models import create_model, load_model
+from jsa_retrieval.models import checkpoint_state, create_model, load_model
 from jsa_retrieval.synth import SynthConfig, generate
 
 DEFAULT_VECTORS = 1_000_000
@@ -117,16 +117,14 @@ class PeakMemory:
 # ---------------------------------------------------------------------------------------- shared inputs
 def make_random_checkpoint(path: str | Path, config_name: str = "cpu", model_name: str = "jsa",
                            seed: int = 0) -> Path:
-    """A randomly initialised checkpoint in the trainer's format (model_name, config, model, epoch,
-    optimizer, meta): lets the benchmark run where no trained model exists. Timing does not depend on the
+    """A randomly initialised checkpoint in the trainer's format (`checkpoint_state`): lets the benchmark run where no trained model exists. Timing does not depend on the
     weights; `bench_faiss_scale` centres the collapsed vectors such a model makes."""
     config = get_config(config_name)
     config.model.image_weights = "none"  # the benchmark must run offline, without ImageNet weights
     torch.manual_seed(seed)
     model = create_model(config, model_name)
     path = Path(path)
-    torch.save({"model_name": model_name, "config": config.to_dict(), "model": model.state_dict(), "epoch": 0,
-                "optimizer": {}, "meta": {"note": f"random initialisation, seed {seed}"}}, path)
+    torch.save(checkpoint_state(model, config, meta={"note": f"random initialisation, seed {seed}"}), path)
     return path
 
 

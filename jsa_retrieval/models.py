@@ -302,6 +302,15 @@ def create_model(config: JSARConfig, model_name: str = "jsa", image_weights: str
     return _MODELS[model_name](config, image_weights)
 
 
+def checkpoint_state(model: nn.Module, config: JSARConfig, epoch: int = 0, meta: dict | None = None,
+                     **training_state: dict) -> dict:
+    """The one checkpoint layout every writer uses: model_name, config (a plain dict), model (state dict), epoch,
+    meta, and for the trainer its optimizer / scaler / scheduler states. Only tensors, numbers, strings and
+    plain containers, so `read_checkpoint` can load it with weights_only=True."""
+    return {"model_name": model.model_name, "config": config.to_dict(), "model": model.state_dict(),
+            "epoch": epoch, "meta": dict(meta or {}), **training_state}
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """The checkpoint dict at `path`, loaded with `weights_only=True`: tensors, numbers, strings and plain
     containers only, so a checkpoint someone shares cannot run code on the machine that loads it (the service

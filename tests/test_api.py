@@ -9,7 +9,7 @@ from PIL import Image
 
 import jsa_retrieval
 from jsa_retrieval.config import JSARConfig, get_config
-from jsa_retrieval.models import create_model
+from jsa_retrieval.models import checkpoint_state, create_model
 
 from conftest import tiny_config, write_image, write_tone
 
@@ -17,8 +17,7 @@ from conftest import tiny_config, write_image, write_tone
 def test_load_gives_a_model_and_the_preprocessing_its_checkpoint_was_trained_with(tmp_path):
     config = tiny_config()
     model = create_model(config, "jsa")
-    torch.save({"model_name": "jsa", "config": config.to_dict(), "model": model.state_dict(), "epoch": 0,
-                "meta": {}}, tmp_path / "m.pt")
+    torch.save(checkpoint_state(model, config), tmp_path / "m.pt")
     loaded, image_preprocess, audio_preprocess = jsa_retrieval.load(str(tmp_path / "m.pt"), device="cpu")
     picture = write_image(tmp_path / "a.jpg", size=80)
     image = image_preprocess(picture)

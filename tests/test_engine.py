@@ -15,7 +15,7 @@ from jsa_retrieval.cli import cli
 from jsa_retrieval.config import cpu_config
 from jsa_retrieval.dataset import load_image_tensor, load_spectrogram
 from jsa_retrieval.maps import localize, localize_pair
-from jsa_retrieval.models import create_model
+from jsa_retrieval.models import checkpoint_state, create_model
 from jsa_retrieval.synth import SynthConfig, generate
 
 
@@ -25,8 +25,7 @@ def tiny_checkpoint(path, seed=0):
     config.model.encoder_width, config.model.embed_dim, config.model.decoder_hidden = 8, 32, 32
     torch.manual_seed(seed)
     model = create_model(config, "jsa")
-    torch.save({"model_name": "jsa", "config": config.to_dict(), "model": model.state_dict(), "epoch": 0,
-                "optimizer": {}, "meta": {}}, path)
+    torch.save(checkpoint_state(model, config), path)
     return path
 
 

@@ -26,7 +26,7 @@ from jsa_retrieval import __version__
 from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval.config import JSARConfig
 from jsa_retrieval.dataset import ClipDataset, FailureLog, make_loader
-from jsa_retrieval.models import create_model
+from jsa_retrieval.models import checkpoint_state, create_model
 
 from .checkpoint import load_training_state, save_checkpoint
 from .distributed import cleanup_distributed, is_distributed, rank, setup_distributed, world_size
@@ -209,14 +209,12 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
             history.append(record)
             improved = score > best_score
             best_score = max(best_score, score)
-            state = {
-                "model_name": model_name, "config": config.to_dict(), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch,
-                "meta": {"history": history, "best_score": best_score, "version": __version__,
-                         "data_dir": str(data_dir), "train_clips": len(train_clips), "val_clips": len(val_clips),
-                         "world_size": world_size()},
-            }
+            state = checkpoint_state(
+                model, config, epoch,
+                meta={"history": history, "best_score": best_score, "version": __version__,
+                      "data_dir": str(data_dir), "train_clips": len(train_clips), "val_clips": len(val_clips),
+                      "world_size": world_size()},
+                optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), scheduler=scheduler.state_dict())
             save_checkpoint(last_path, state)
             if improved:
                 save_checkpoint(best_path, state)
