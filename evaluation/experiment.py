@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import click
 import numpy as np
 import pandas as pd
 import jsa_retrieval
@@ -487,52 +486,3 @@ def _markdown(frame: pd.DataFrame) -> str:
     head = "| " + " | ".join(cells.columns) + " |"
     rule = "|" + "---|" * len(cells.columns)
     return "\n".join([head, rule] + ["| " + " | ".join(str(v) for v in row) + " |" for row in cells.to_numpy()])
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------------------------
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-               help="Train JSA, the baselines and the ablations under one budget on DATA_DIR and write the "
-                    "paper-format table of their test scores to OUT/experiment.md (.csv, .json).\n\n\b\nExample:\n"
-                    "  python -m evaluation.experiment data/synth --out runs/experiment --epochs 12 "
-                    "--minutes-per-run 20")
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Experiment folder (one subfolder per run; re-run to resume).")
-@click.option("--config", "config_name", default="cpu", show_default=True, help="Preset or .json config.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs per run [config's].")
-@click.option("--minutes-per-run", type=float, default=None, help="Stop a run after the epoch crossing this.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--seeds", default=None, help="Comma-separated seeds (e.g. 0,1,2): one experiment each in "
-              "OUT/seed<N>/ and a mean ± std table in OUT/experiment_seeds.md; overrides --seed.")
-@click.option("--runs", default=",".join(DEFAULT_RUNS), show_default=True,
-              help=f"Comma-separated subset of: {', '.join(RUNS)}.")
-@click.option("--threshold", type=click.Choice(THRESHOLD_MODES), default="fixed", show_default=True,
-              help="Main table's threshold mode (the second table uses the other convention).")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 [CUDA when available].")
-@click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
-def main(data_dir: Path, out_dir: Path, config_name: str, epochs: int | None, minutes_per_run: float | None,
-         seed: int, seeds: str | None, runs: str, threshold: str, device: str | None, quiet: bool) -> None:
-    names = [name.strip() for name in runs.split(",") if name.strip()]
-    if seeds:
-        try:
-            seed_list = [int(value) for value in seeds.split(",") if value.strip()]
-            _, path = run_seeds(data_dir, out_dir, seed_list, config_name, epochs, minutes_per_run, names, threshold,
-                                progress=not quiet, device=device)
-        except (ValueError, OSError, RuntimeError) as error:
-            raise click.ClickException(str(error)) from error
-        click.echo(path.read_text())
-        return
-    try:
-        report = run_experiment(data_dir, out_dir, config_name, epochs, minutes_per_run, seed, names, threshold,
-                                progress=not quiet, device=device)
-    except (ValueError, OSError, RuntimeError) as error:
-        raise click.ClickException(str(error)) from error
-    click.echo(markdown_table(_display(report.table())))
-    click.echo(f"\n{report.files['markdown']}")
-
-
-if __name__ == "__main__":
-    main()

@@ -286,6 +286,46 @@ def eval_compare(checkpoints: tuple[Path, ...], data_dir: Path, split: str | Non
     _echo_report(write_report(report, out_dir, f"Comparison on {data_dir}"))
 
 
+@eval_group.command("reproduce", help="Train JSA, the baselines and the ablations (paper Tables 5, 6) under one "
+                    "budget on DATA_DIR and write the paper-format table of their test scores to OUT/experiment.md "
+                    "(.csv, .json); with --seeds, one experiment per seed and mean ± std in OUT/experiment_seeds.md."
+                    " Re-run the same command to resume." + EXAMPLE
+                    + "jsar eval reproduce data/realsound --out runs/realsound --config real --seeds 0,1,2")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Experiment folder (one subfolder per run; re-run to resume).")
+@click.option("--config", "config_name", default="cpu", show_default=True, help="Preset or .json config.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs per run [config's].")
+@click.option("--minutes-per-run", type=float, default=None, help="Stop a run after the epoch crossing this.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--seeds", default=None, help="Comma-separated seeds (e.g. 0,1,2): one experiment each in "
+              "OUT/seed<N>/ and a mean ± std table in OUT/experiment_seeds.md; overrides --seed.")
+@click.option("--runs", default=None, help="Comma-separated subset of: jsa, ezvsl, alignment, jsa_no_match, "
+              "jsa_no_div, jsa_no_fn, jsa_unshared [all].")
+@click.option("--threshold", type=click.Choice(["median", "fixed", "adaptive"]), default="fixed", show_default=True,
+              help="Main table's threshold mode (the second table uses the other convention).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 [CUDA when available].")
+@click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+def eval_reproduce(data_dir: Path, out_dir: Path, config_name: str, epochs: int | None,
+                   minutes_per_run: float | None, seed: int, seeds: str | None, runs: str | None, threshold: str,
+                   device: str | None, quiet: bool) -> None:
+    from evaluation.experiment import DEFAULT_RUNS, run_experiment, run_seeds
+
+    names = [name.strip() for name in runs.split(",") if name.strip()] if runs else list(DEFAULT_RUNS)
+    if seeds:
+        try:
+            seed_list = [int(value) for value in seeds.split(",") if value.strip()]
+        except ValueError as error:
+            raise click.BadParameter("takes integers separated by commas", param_hint="--seeds") from error
+        _, path = run_seeds(data_dir, out_dir, seed_list, config_name, epochs, minutes_per_run, names, threshold,
+                            progress=not quiet, device=device)
+        click.echo(path.read_text())
+        return
+    report = run_experiment(data_dir, out_dir, config_name, epochs, minutes_per_run, seed, names, threshold,
+                            progress=not quiet, device=device)
+    click.echo(report.files["markdown"].read_text())
+
+
 @cli.command(help="The whole product on the embedded synthetic data: synth, train, index, query, evaluate."
              + EXAMPLE + "jsar demo --out demo_out")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_out"),

@@ -14,7 +14,8 @@ def run_jsar(*args):
 
 
 @pytest.mark.parametrize("command", [[], ["synth"], ["train"], ["index"], ["query"], ["localize"], ["demo"],
-                                     ["eval", "localization"], ["eval", "retrieval"], ["eval", "compare"]])
+                                     ["eval", "localization"], ["eval", "retrieval"], ["eval", "compare"],
+                                     ["eval", "reproduce"]])
 def test_every_command_has_help_with_an_example(command):
     result = CliRunner().invoke(cli, [*command, "--help"])
     assert result.exit_code == 0

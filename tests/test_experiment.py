@@ -2,12 +2,14 @@
 carry the right ablation switches and fractions, and a second call resumes instead of retraining."""
 import json
 import math
+import subprocess
+import sys
 
+import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from evaluation.experiment import RUNS, main, run_experiment, train_run
+from evaluation.experiment import RUNS, run_experiment, seeds_table, train_run
 from jsa_retrieval.models import load_model
 from jsa_retrieval.synth import SynthConfig, generate
 
@@ -101,9 +103,19 @@ def test_second_call_skips_finished_runs_and_refuses_another_budget(experiment, 
         run_experiment(tiny_data, out, tiny_config(), epochs=2, runs=("jsa",), progress=False)
 
 
-def test_cli_rejects_an_unknown_run(tiny_data, tmp_path):
-    result = CliRunner().invoke(main, [str(tiny_data), "--out", str(tmp_path), "--runs", "jsa,nope"])
-    assert result.exit_code != 0 and "unknown or no runs" in result.output
+def test_jsar_eval_reproduce_rejects_an_unknown_run_in_one_line(tiny_data, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "jsa_retrieval", "eval", "reproduce", str(tiny_data), "--out",
+                           str(tmp_path), "--runs", "jsa,nope"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "unknown or no runs" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_seeds_table_gives_mean_and_sample_std_in_percent(tiny_data, tmp_path):
+    reports = [run_experiment(tiny_data, tmp_path / f"s{seed}", tiny_config(), epochs=1, seed=seed, runs=("ezvsl",),
+                              progress=False) for seed in (0, 1)]
+    values = [report.table()["A→I R@1"].iloc[0] * 100 for report in reports]
+    cell = seeds_table(reports)["A→I R@1"].iloc[0]
+    mean, std = (float(part) for part in cell.split(" ± "))
+    assert mean == pytest.approx(np.mean(values), abs=0.051) and std == pytest.approx(np.std(values, ddof=1), abs=0.051)
 
 
 class _Interrupt(Exception):
