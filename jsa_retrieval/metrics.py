@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import auc as sklearn_auc
 
 FLICKR_FRAME = 256
 """Flickr-SoundNet annotations are pixel boxes in a 256 x 256 frame."""
@@ -162,11 +163,6 @@ def mean_ciou(cious: Sequence[float] | np.ndarray) -> float:
     return float(np.mean(_ciou_array(cious)))
 
 
-def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
-    """Trapezoid rule, the same arithmetic as ``np.trapz`` / ``sklearn.metrics.auc`` for increasing x."""
-    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
-
-
 def auc(cious: Sequence[float] | np.ndarray) -> float:
     """Area under the success curve (t, fraction of samples with cIoU >= t), t = 0.05·i for i = 0..20.
 
@@ -175,7 +171,7 @@ def auc(cious: Sequence[float] | np.ndarray) -> float:
     """
     values = _ciou_array(cious)
     success = np.array([np.sum(values >= t) / values.size for t in AUC_THRESHOLDS])
-    return _trapezoid(success, AUC_THRESHOLDS)
+    return float(sklearn_auc(AUC_THRESHOLDS, success))  # what EZ-VSL's evaluator calls
 
 
 @dataclass(frozen=True)
