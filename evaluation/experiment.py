@@ -34,7 +34,7 @@ from jsa_retrieval.machine import machine_info
 from jsa_retrieval.models import checkpoint_fingerprint, load_model, read_checkpoint
 from training.trainer import split_train_val, train
 
-from .localization import collect_outputs, has_ground_truth, score_localization
+from .localization import collect_outputs, has_ground_truth, iqr_alpha_for, score_localization
 from jsa_retrieval.metrics import THRESHOLD_MODES
 from .reports import ARROWS, git_commit, markdown_table
 from .retrieval import recall_from_vectors
@@ -195,7 +195,7 @@ def evaluate_checkpoint(checkpoint: Path, clips: Sequence[Clip], thresholds: Seq
     """
     where = pick_device(device)
     model, config, meta = load_model(checkpoint, map_location=where)
-    alpha = config.model.iqr_alpha if model.model_name == "jsa" else None
+    alpha = iqr_alpha_for(model, config)
     outputs = collect_outputs(model, clips, config.data, where, batch_size, num_workers, alpha)
     annotated = np.array([has_ground_truth(clip) for clip in clips], dtype=bool)
     labels = [clips[int(p)].label for p in outputs.positions]

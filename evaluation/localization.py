@@ -214,6 +214,13 @@ def has_iqr(model: nn.Module) -> bool:
     return getattr(model, "model_name", "") == "jsa"
 
 
+def iqr_alpha_for(model: nn.Module, config: JSARConfig, requested: float | None = None) -> float | None:
+    """The IQR weight a report uses: `requested`, else the config's (0.6); None for a model without IQR."""
+    if not has_iqr(model):
+        return None
+    return config.model.iqr_alpha if requested is None else float(requested)
+
+
 @torch.no_grad()
 def collect_outputs(model: nn.Module, clips: Sequence[Clip], data_config: DataConfig, device: torch.device,
                     batch_size: int = 32, num_workers: int = 2, iqr_alpha: float | None = None,
@@ -425,7 +432,7 @@ def evaluate_localization(checkpoint: str | Path | tuple[nn.Module, JSARConfig],
         raise ValueError(f"{data_dir}: none of the {len(collection)} clips has ground-truth boxes or masks "
                          "(VGG-SS needs vggss.json or --annotations, Flickr needs Annotations/*.xml)")
     model, config, checkpoint_path, checkpoint_sha, device = load_evaluated_model(checkpoint, device)
-    alpha = (config.model.iqr_alpha if iqr_alpha is None else float(iqr_alpha)) if has_iqr(model) else None
+    alpha = iqr_alpha_for(model, config, iqr_alpha)
     prior = load_object_prior(ogl, ogl_weights, device) if ogl else None
     outputs = collect_outputs(model, annotated, config.data, device, batch_size, num_workers, alpha, prior)
     scored = score_localization(annotated, outputs, threshold, upsample_mode, eval_size, keep_examples)

@@ -20,13 +20,13 @@ import numpy as np
 import pandas as pd
 
 import jsa_retrieval
-from jsa_retrieval.clips import read_dataset
-
 from jsa_retrieval import pictures
-from .localization import (
-    COLUMNS, EVAL_SIZE, collect_outputs, has_ground_truth, load_evaluated_model, score_localization,
-)
+from jsa_retrieval.clips import read_dataset
 from jsa_retrieval.metrics import THRESHOLD_MODES
+
+from .localization import (
+    COLUMNS, EVAL_SIZE, collect_outputs, has_ground_truth, iqr_alpha_for, load_evaluated_model, score_localization,
+)
 from .object_prior import OBJECT_BACKBONES, load_object_prior
 from .retrieval import recall_from_vectors
 
@@ -334,8 +334,7 @@ def compare_runs(checkpoints: Sequence[str | Path], data_dir: str | Path, split:
         model, config, path, sha, where = load_evaluated_model(checkpoint, device)
         if ogl and prior is None:
             prior = load_object_prior(ogl, ogl_weights, where)
-        alpha = (config.model.iqr_alpha if iqr_alpha is None else float(iqr_alpha)) \
-            if getattr(model, "model_name", "") == "jsa" else None
+        alpha = iqr_alpha_for(model, config, iqr_alpha)
         outputs = collect_outputs(model, clips, config.data, where, batch_size, num_workers, alpha, prior)
         run: dict[str, Any] = {"model_name": getattr(model, "model_name", type(model).__name__), "checkpoint": path,
                                "checkpoint_sha": sha, "config_name": config.name, "iqr_alpha": alpha,
