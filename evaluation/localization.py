@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from tqdm import tqdm
 
 from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval import metrics
@@ -224,14 +225,15 @@ def iqr_alpha_for(model: nn.Module, config: JSARConfig, requested: float | None 
 @torch.no_grad()
 def collect_outputs(model: nn.Module, clips: Sequence[Clip], data_config: DataConfig, device: torch.device,
                     batch_size: int = 32, num_workers: int = 2, iqr_alpha: float | None = None,
-                    object_prior: ObjectPrior | None = None) -> ModelOutputs:
+                    object_prior: ObjectPrior | None = None, progress: bool = True) -> ModelOutputs:
     """Encode every clip once and keep its vectors and coarse maps (stage 1); failed decodes are logged."""
     loader = make_loader(ClipDataset(clips, data_config, train=False), batch_size, num_workers=num_workers,
                          device=device)
     failures = FailureLog()
     positions, image_vectors, audio_vectors, plain, refined, objects = [], [], [], [], [], []
     with_iqr = has_iqr(model) and iqr_alpha is not None
-    for batch in iter_embeddings(model, loader, device, keep_images=object_prior is not None):
+    batches = iter_embeddings(model, loader, device, keep_images=object_prior is not None)
+    for batch in tqdm(batches, total=len(loader), desc="encoding clips", leave=False, disable=not progress):
         failures.extend(batch.failed)
         if batch.image is None:
             continue

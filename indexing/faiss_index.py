@@ -18,6 +18,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+from tqdm import tqdm
 
 from jsa_retrieval.files import replace_atomically
 from jsa_retrieval.machine import usable_cores
@@ -29,6 +30,7 @@ INDEX_JSON = "index.json"
 INDEX_FILES = {"image": ("image_vectors", "image.faiss"), "audio": ("audio_vectors", "audio.faiss")}
 BLAS_THRESHOLD = 16  # FAISS default 20: batches of 16-19 queries otherwise take the slow scalar path (5.7-8x)
 INDEX_FORMAT_VERSION = 1
+PROGRESS_MIN_ROWS = 100_000  # smaller indexes build in about a second: no bar
 
 
 @functools.cache
@@ -71,8 +73,11 @@ def build_index(store: EmbeddingStore, field: str = "image_vectors", choice: Ind
         sample = sample_rows(store, field, choice.train_size or QUANTIZER_TRAIN_SIZE, seed)
         _train(index, sample)
         del sample
-    for _, block in store.iter_chunks(field, chunk_rows):
-        index.add(np.ascontiguousarray(block))
+    with tqdm(total=len(store), desc=f"FAISS {choice.factory} <- {field}", unit="vec", leave=False,
+              disable=len(store) < PROGRESS_MIN_ROWS) as bar:
+        for _, block in store.iter_chunks(field, chunk_rows):
+            index.add(np.ascontiguousarray(block))
+            bar.update(len(block))
     apply_search_params(index, choice.search_params)
     return index
 
