@@ -338,7 +338,7 @@ def cross_modal_queries(bases: BaseVectors, side: str, count: int, sigma: float 
 
 
 # ----------------------------------------------------------------------------------------------- search
-def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = TOP_K) -> float:
+def neighbour_recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = TOP_K) -> float:
     """Mean over queries of |found top-k ∩ truth top-k| / k; ids < 0 (no result) never count."""
     if found.shape[0] != truth.shape[0]:
         raise ValueError(f"found has {found.shape[0]} queries, truth {truth.shape[0]}")
@@ -436,7 +436,7 @@ def sweep_search_param(index: faiss.Index, name: str, values: Sequence[int], lat
             apply_search_params(index, {name: int(value)})
             found, _ = batch_search(index, recall_queries, k)
             times = single_query_ms(index, latency_queries, k)
-            points.append(SweepPoint(int(value), recall_at_k(found, truth, k), float(np.median(times)),
+            points.append(SweepPoint(int(value), neighbour_recall_at_k(found, truth, k), float(np.median(times)),
                                      float(np.percentile(times, 95))))
     finally:
         apply_search_params(index, restore)
@@ -507,8 +507,8 @@ def _direction_bench(name: str, index: faiss.Index, store: EmbeddingStore, field
     return DirectionBench(
         name=name, median_ms=float(np.median(latency)), p95_ms=float(np.percentile(latency, 95)),
         batch_size=min(batch_count, queries.shape[0]), batch_qps=qps,
-        recall_vs_flat=recall_at_k(found, exact.flat_ids, k), recall_vs_numpy=recall_at_k(found, exact.numpy_ids, k),
-        flat_vs_numpy=recall_at_k(exact.flat_ids, exact.numpy_ids, k),
+        recall_vs_flat=neighbour_recall_at_k(found, exact.flat_ids, k), recall_vs_numpy=neighbour_recall_at_k(found, exact.numpy_ids, k),
+        flat_vs_numpy=neighbour_recall_at_k(exact.flat_ids, exact.numpy_ids, k),
         flat_median_ms=float(np.median(flat_latency)), flat_qps=recall_count / max(exact.flat_seconds, 1e-9),
         numpy_qps=recall_count / max(exact.numpy_seconds, 1e-9), sweep=sweep)
 

@@ -15,15 +15,8 @@ alone. All indexes use inner product on L2-normalised vectors (= cosine similari
 Search parameters are chosen for recall@10 >= 0.95 against exact search on clustered embeddings
 (tests/test_faiss_index.py measures it) and stored with the choice so that they are re-applied on load.
 
-Measured with `jsar bench` (1M x 512, cross-modal queries on noisy copies of a trained cpu-config JSA's
-embeddings of the synthetic set, 2 CPU cores; README "Benchmarks"):
-- IVF2000,Flat: recall@10 0.86 / 0.89 at nprobe 32 (6.8 / 7.1 ms a query), 0.97 only at nprobe 64 (11-12 ms).
-  Audio queries against image vectors lie off the data, so their neighbours spread over many lists.
-- IVF2000,PQ256x4fs,RFlat: recall 0.956 at nprobe 64 (2.2 ms), 0.975 at nprobe 96 (2.7 ms) with k_factor 64;
-  k_factor 4 capped recall at 0.63 (PQ error reorders the shortlist), 16 at 0.87.
-- HNSW32 is not chosen automatically (name it in a factory string): an earlier run on 2 cores took 4-8 min
-  per modality to build at 1M, and cross-modal queries lost their way in the graph (recall 0.33-0.77 at
-  efSearch 128 on 100k-250k vectors).
+Why these types, with the measurements behind them (IVF-Flat's recall at 1M cross-modal queries, the refine
+factor, HNSW's builds and cross-modal recall): README, Benchmarks.
 """
 from __future__ import annotations
 

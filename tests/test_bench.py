@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from evaluation.bench import (BenchReport, PeakMemory, bench_faiss_scale, exact_neighbours,
                               make_random_checkpoint, mean_pairwise_cosine, noisy_copies, orthogonal_map,
-                              prepare_bases, recall_at_k, run_benchmarks, write_structured_store)
+                              prepare_bases, neighbour_recall_at_k, run_benchmarks, write_structured_store)
 from indexing.store import EmbeddingStore, l2_normalise
 from jsa_retrieval.cli import cli
 from jsa_retrieval.config import cpu_config
@@ -103,9 +103,9 @@ def test_ivf_benchmark_sweeps_nprobe_and_is_exact_when_every_list_is_probed(tmp_
 def test_recall_at_k_counts_the_overlap_and_ignores_missing_ids() -> None:
     truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
     found = np.array([[4, 3, 9, -1], [5, 6, 7, 8]])
-    assert recall_at_k(found, truth, k=4) == pytest.approx((2 / 4 + 4 / 4) / 2)
-    assert recall_at_k(truth, truth, k=4) == 1.0
-    assert recall_at_k(np.full((2, 4), -1), truth, k=4) == 0.0
+    assert neighbour_recall_at_k(found, truth, k=4) == pytest.approx((2 / 4 + 4 / 4) / 2)
+    assert neighbour_recall_at_k(truth, truth, k=4) == 1.0
+    assert neighbour_recall_at_k(np.full((2, 4), -1), truth, k=4) == 0.0
 
 
 def test_orthogonal_map_keeps_inner_products_when_it_widens() -> None:
