@@ -32,7 +32,7 @@ from jsa_retrieval.config import DataConfig, JSARConfig
 from jsa_retrieval.dataset import ClipDataset, FailureLog, make_loader
 from jsa_retrieval.decode import DecodeError, load_image
 from jsa_retrieval.inference import iter_embeddings, pick_device
-from jsa_retrieval.maps import upsample_and_normalise
+from jsa_retrieval.maps import coarse_map, upsample_and_normalise
 from jsa_retrieval.models import checkpoint_fingerprint, load_model
 from jsa_retrieval.errors import JsarError
 from jsa_retrieval.transforms import squash_image
@@ -240,9 +240,9 @@ def collect_outputs(model: nn.Module, clips: Sequence[Clip], data_config: DataCo
         positions.append(batch.indices.numpy())
         image_vectors.append(batch.image.vector.numpy())
         audio_vectors.append(batch.audio.vector.numpy())
-        plain.append(model.cross_map(batch.audio, batch.image).float().cpu())
+        plain.append(coarse_map(model, batch.audio, batch.image).float().cpu())
         if with_iqr:
-            refined.append(model.refined_map(batch.audio, batch.image, iqr_alpha).float().cpu())
+            refined.append(coarse_map(model, batch.audio, batch.image, iqr=True, alpha=iqr_alpha).float().cpu())
         if object_prior is not None:
             prior_device = next(object_prior.parameters()).device
             objects.append(object_prior.object_map(batch.images.to(prior_device), batch.image.grid).float().cpu())

@@ -22,7 +22,7 @@ from jsa_retrieval.clips import VIDEO_SUFFIXES
 from jsa_retrieval.dataset import load_image_tensor, load_spectrogram
 from jsa_retrieval.decode import load_image
 from jsa_retrieval.inference import pick_device
-from jsa_retrieval.maps import upsample_and_normalise
+from jsa_retrieval.maps import pair_maps
 from jsa_retrieval.pictures import contact_sheet, overlay_picture, spectrogram_picture
 from jsa_retrieval.models import load_model
 
@@ -128,9 +128,8 @@ class Engine:
     def hit_map(self, audio_side, image_path: Path, iqr: bool = False) -> np.ndarray:
         """(S, S) localization map of `audio_side`'s sound in the image at `image_path`, computed on demand:
         the same computation as `localize()` on that pair."""
-        image_side = self.embed_image(image_path)
-        coarse = self.model.refined_map(audio_side, image_side) if iqr else self.model.cross_map(audio_side, image_side)
-        return upsample_and_normalise(coarse, self.config.data.image_size).squeeze(0).cpu().numpy()
+        maps = pair_maps(self.model, audio_side, self.embed_image(image_path), self.config.data.image_size, iqr)
+        return maps.full.squeeze(0).cpu().numpy()
 
     def write_outputs(self, result: QueryResult, out_dir: Path, iqr: bool = False) -> Path:
         """Write one picture per hit, a contact sheet of all hits, and results.json; returns the JSON path."""

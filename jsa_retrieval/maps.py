@@ -40,6 +40,22 @@ def upsample_and_normalise(coarse: torch.Tensor, size: int | tuple[int, int], mo
     return torch.where(varies, (full - low) / span.clamp_min(torch.finfo(full.dtype).tiny), torch.zeros_like(full))
 
 
+def coarse_map(model: nn.Module, audio, image, iqr: bool = False, alpha: float | None = None) -> torch.Tensor:
+    """The one rule for a (sound, picture) pair's coarse map (B, h, w) from encoded sides (AudioSide, ImageSide):
+    ca^{a,v} (Sec. 3.5), or with `iqr` the refined map of Eq. 14 (alpha defaults to config.model.iqr_alpha)."""
+    return model.refined_map(audio, image, alpha) if iqr else model.cross_map(audio, image)
+
+
+def pair_maps(model: nn.Module, audio, image, size: int | tuple[int, int], iqr: bool = False,
+              alpha: float | None = None, upsample_mode: str = "bicubic") -> LocalizationMaps:
+    """`coarse_map` and its upsampled, min-max normalised copy at `size`: what every map jsar shows or scores
+    is made of (localize, the search engine's hit maps, per-epoch validation)."""
+    coarse = coarse_map(model, audio, image, iqr, alpha)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return LocalizationMaps(coarse=coarse, full=upsample_and_normalise(coarse, size, upsample_mode),
+                            upsample_mode=upsample_mode)
+
+
 @torch.no_grad()
 def localize(model: nn.Module, images: torch.Tensor, spectrograms: torch.Tensor, iqr: bool = False,
              alpha: float | None = None, upsample_mode: str = "bicubic") -> LocalizationMaps:
@@ -54,15 +70,9 @@ def localize(model: nn.Module, images: torch.Tensor, spectrograms: torch.Tensor,
         device = next(model.parameters()).device
         image = model.encode_image(images.to(device))
         audio = model.encode_audio(spectrograms.to(device))
-        if iqr:
-            alpha = model.config.model.iqr_alpha if alpha is None else alpha
-            coarse = model.refined_map(audio, image, alpha)
-        else:
-            coarse = model.cross_map(audio, image)
+        return pair_maps(model, audio, image, tuple(images.shape[-2:]), iqr, alpha, upsample_mode)
     finally:
         model.train(was_training)
-    return LocalizationMaps(coarse=coarse, full=upsample_and_normalise(coarse, tuple(images.shape[-2:]), upsample_mode),
-                            upsample_mode=upsample_mode)
 
 
 def localize_pair(image_path: Path, audio_path: Path, checkpoint: Path, out_path: Path, iqr: bool = False,
@@ -72,12 +82,10 @@ def localize_pair(image_path: Path, audio_path: Path, checkpoint: Path, out_path
 
     device_ = pick_device(device)
     model, config, _ = load_model(checkpoint, map_location=device_)
-    with torch.no_grad():
-        image = load_image_tensor(Path(image_path), config.data).unsqueeze(0).to(device_)
-        spectrogram = load_spectrogram(Path(audio_path), config.data).unsqueeze(0).to(device_)
-        audio_side, image_side = model.encode_audio(spectrogram), model.encode_image(image)
-        coarse = model.refined_map(audio_side, image_side) if iqr else model.cross_map(audio_side, image_side)
+    image = load_image_tensor(Path(image_path), config.data).unsqueeze(0)
+    spectrogram = load_spectrogram(Path(audio_path), config.data).unsqueeze(0)
+    maps = localize(model, image, spectrogram, iqr=iqr)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    overlay_picture(load_image(Path(image_path)), coarse[0].cpu().numpy()).save(out_path)
+    overlay_picture(load_image(Path(image_path)), maps.coarse[0].cpu().numpy()).save(out_path)
     return out_path

@@ -15,7 +15,7 @@ from jsa_retrieval.clips import Clip
 from jsa_retrieval.config import JSARConfig
 from jsa_retrieval.dataset import ClipDataset, make_loader
 from jsa_retrieval.inference import iter_embeddings
-from jsa_retrieval.maps import upsample_and_normalise
+from jsa_retrieval.maps import pair_maps
 
 
 @torch.no_grad()
@@ -35,7 +35,7 @@ def validate(model: nn.Module, clips: Sequence[Clip], config: JSARConfig, device
         image_vectors.append(batch.image.vector)
         audio_vectors.append(batch.audio.vector)
         positions.extend(batch.indices.tolist())
-        maps = upsample_and_normalise(model.cross_map(batch.audio, batch.image), size, "bicubic").numpy()
+        maps = pair_maps(model, batch.audio, batch.image, size).full.numpy()
         for position, predicted in zip(batch.indices.tolist(), maps):
             boxes = clips[position].boxes
             if boxes is not None and len(boxes):
