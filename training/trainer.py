@@ -1,6 +1,7 @@
 """The training loop: JSA and the two baselines through one plain loop.
 
-Seeded per epoch (so `--resume` continues the same run), AdamW, gradient clipping, mixed precision on CUDA,
+Seeded per epoch (so `--resume` continues the same run), AdamW, optional gradient clipping, mixed precision on
+CUDA, a frozen image trunk's output computed once per clip (`trunk_cache`),
 DistributedDataParallel under torchrun (InfoNCE and false-negative mining see the global batch through
 `gather_with_grad` inside the objectives), per-epoch validation on a held-out split, atomic checkpoints.
 """
@@ -30,8 +31,8 @@ from jsa_retrieval.models import checkpoint_state, create_model
 
 from .checkpoint import load_training_state, save_checkpoint
 from .distributed import cleanup_distributed, is_distributed, rank, setup_distributed, world_size
-from .trunk_cache import cached_trunk_features
 from .objectives import alignment_objective, ezvsl_objective, jsa_objective
+from .trunk_cache import cached_trunk_features
 from .validation import selection_score, validate
 
 
