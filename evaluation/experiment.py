@@ -454,7 +454,7 @@ def seeds_table(reports: Sequence[ExperimentReport], threshold: str | None = Non
         records.append(record)
     shown = pd.DataFrame(records)
     for _, heading in FLAG_COLUMNS:
-        shown[heading] = [None if value is None or value != value else ("✓" if value else "") for value in shown[heading]]
+        shown[heading] = ["–" if value is None or value != value else ("✓" if value else "") for value in shown[heading]]
     return shown
 
 
@@ -473,7 +473,7 @@ def run_seeds(data_dir: str | Path, out_dir: str | Path, seeds: Sequence[int], c
              f"train / {header['data']['val']} val / {header['data']['test']} test clips; best.pt chosen on val, "
              "every number on test; scores in %; per-seed tables in seed<N>/experiment.md", "",
              f"## Threshold {threshold}", "", _markdown(seeds_table(reports)), "",
-             f"## Threshold {reports[0].other_threshold} (localization)", "",
+             f"## Threshold {reports[0].other_threshold} (localization; retrieval as above)", "",
              _markdown(seeds_table(reports, reports[0].other_threshold))]
     path = out_dir / "experiment_seeds.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
