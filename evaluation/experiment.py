@@ -472,17 +472,9 @@ def run_seeds(data_dir: str | Path, out_dir: str | Path, seeds: Sequence[int], c
              f"- config {header['config']['name']}; data {header['data']['data_dir']}: {header['data']['train']} "
              f"train / {header['data']['val']} val / {header['data']['test']} test clips; best.pt chosen on val, "
              "every number on test; scores in %; per-seed tables in seed<N>/experiment.md", "",
-             f"## Threshold {threshold}", "", _markdown(seeds_table(reports)), "",
+             f"## Threshold {threshold}", "", markdown_table(seeds_table(reports)), "",
              f"## Threshold {reports[0].other_threshold} (localization; retrieval as above)", "",
-             _markdown(seeds_table(reports, reports[0].other_threshold))]
+             markdown_table(seeds_table(reports, reports[0].other_threshold))]
     path = out_dir / "experiment_seeds.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return reports, path
-
-
-def _markdown(frame: pd.DataFrame) -> str:
-    """Markdown of already formatted cells (no percent conversion); empty cells for missing values."""
-    cells = frame.astype(object).where(frame.notna(), "")
-    head = "| " + " | ".join(cells.columns) + " |"
-    rule = "|" + "---|" * len(cells.columns)
-    return "\n".join([head, rule] + ["| " + " | ".join(str(v) for v in row) + " |" for row in cells.to_numpy()])

@@ -6,7 +6,6 @@ function drops it from the batch and lists it under `batch["failed"]`, and the c
 """
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ def load_spectrogram(path: Path, config: DataConfig, train: bool = False, rng: r
     shift = config.train_audio_jitter if shift_seconds is None else shift_seconds
     if train and spare > 0 and shift > 0:
         centre = spare // 2
-        reach = int(min(spare // 2, shift * config.sample_rate)) if math.isfinite(shift) else spare // 2
+        reach = int(min(spare // 2, shift * config.sample_rate))  # math.inf: the whole clip
         offset = centre + (rng or random).randint(-reach, reach)
     return log_spectrogram(crop_or_tile(samples, config.num_samples, offset), config)
 

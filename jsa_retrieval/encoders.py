@@ -69,6 +69,10 @@ class ResNetTrunk(nn.Module):
         layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
+    def early_modules(self) -> list[nn.Module]:
+        """conv1 .. layer3 (the `early` freeze); layer4 keeps learning."""
+        return [self.conv1, self.bn1, self.layer1, self.layer2, self.layer3]
+
     def output_size(self, size: int) -> int:
         """Spatial length after the trunk for an input length `size` (conv arithmetic, no forward pass)."""
         size = (size + 2 * 3 - 7) // 2 + 1  # conv1
@@ -227,12 +231,6 @@ def build_image_trunk(name: str, width: int = 64, layer4_stride: int = 2, weight
     raise ValueError(f"unknown image encoder {name!r}; choose one of {IMAGE_ENCODERS}")
 
 
-def _early_modules(trunk: nn.Module) -> list[nn.Module]:
-    if isinstance(trunk, ResNetTrunk):  # conv1 .. layer3; layer4 keeps learning
-        return [trunk.conv1, trunk.bn1, trunk.layer1, trunk.layer2, trunk.layer3]
-    return trunk.early_modules()
-
-
 class ImageEncoder(nn.Module):
     """f_v: image (B, 3, S, S) -> tokens v (B, h*w, c) and grid (h, w); c = embed_dim via a 1x1 conv.
 
@@ -249,14 +247,11 @@ class ImageEncoder(nn.Module):
             raise ValueError(f"unknown freeze setting {freeze!r}; choose one of {FREEZE_CHOICES}")
         self.trunk = build_image_trunk(backbone, width, layer4_stride, weights)
         self.projection = nn.Conv2d(self.trunk.out_channels, embed_dim, kernel_size=1)
-        self.frozen = [] if freeze == "none" else [self.trunk] if freeze == "all" else _early_modules(self.trunk)
+        self.trunk_frozen = freeze == "all"
+        self.frozen = [] if freeze == "none" else [self.trunk] if self.trunk_frozen else self.trunk.early_modules()
         for module in self.frozen:
             module.requires_grad_(False)
         self.train(self.training)
-
-    @property
-    def trunk_frozen(self) -> bool:
-        return bool(self.frozen) and self.frozen[0] is self.trunk
 
     def train(self, mode: bool = True) -> "ImageEncoder":
         super().train(mode)

@@ -240,7 +240,7 @@ def _frozen_trunk_features(model: nn.Module, train_clips: list[Clip], val_clips:
     """Cached trunk output of the train and val clips; rank 0 computes and writes them, the other ranks read."""
     trunk = model.image_encoder.trunk
     workers = min(2, config.train.num_workers)
-    if rank() == 0 or not is_distributed():
+    if rank() == 0:
         features = [cached_trunk_features(trunk, clips, config, device, cache_dir, workers, progress)
                     for clips in (train_clips, val_clips)]
     if is_distributed():
