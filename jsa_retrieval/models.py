@@ -336,7 +336,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def _first_line(error: BaseException) -> str:
     """torch's load errors span paragraphs; the CLI prints one line."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, JSARConfig, dict]:
