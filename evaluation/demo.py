@@ -6,10 +6,10 @@ interrupted demo resumes where it stopped.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from indexing.embed import index_dataset
 from indexing.engine import Engine
@@ -21,6 +21,8 @@ from training.trainer import train
 from .localization import evaluate_localization
 from .reports import write_report
 from .retrieval import evaluate_retrieval
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,8 +36,7 @@ class DemoResult:
 
 
 def run_demo(out_dir: Path = Path("demo_out"), n_clips: int = 2000, train_minutes: float = 9.0,
-             epochs: int | None = None, seed: int = 0, workers: int = 2,
-             log: Callable[[str], None] = print) -> DemoResult:
+             epochs: int | None = None, seed: int = 0, workers: int = 2) -> DemoResult:
     """Run every stage into `out_dir`; `train_minutes` caps training (it stops after the epoch that passes it)."""
     out_dir = Path(out_dir)
     data_dir, run_dir, index_dir = out_dir / "data", out_dir / "run", out_dir / "index"
@@ -43,7 +44,7 @@ def run_demo(out_dir: Path = Path("demo_out"), n_clips: int = 2000, train_minute
 
     started = time.monotonic()
     if not (data_dir / "synth.json").is_file():
-        log(f"[1/5] writing {n_clips} synthetic clips to {data_dir}")
+        logger.info(f"[1/5] writing {n_clips} synthetic clips to {data_dir}")
         generate(data_dir, SynthConfig(n_clips=n_clips, seed=seed))
     seconds["synth"] = time.monotonic() - started
 
@@ -53,18 +54,18 @@ def run_demo(out_dir: Path = Path("demo_out"), n_clips: int = 2000, train_minute
     config.train.num_workers = workers
     checkpoint = run_dir / "best.pt"
     if not (run_dir / "done").is_file():
-        log(f"[2/5] training JSA (cpu configuration, at most ~{train_minutes:g} min) into {run_dir}")
-        train(data_dir, config, "jsa", run_dir, resume=True, epochs=epochs, max_minutes=train_minutes, log=log)
+        logger.info(f"[2/5] training JSA (cpu configuration, at most ~{train_minutes:g} min) into {run_dir}")
+        train(data_dir, config, "jsa", run_dir, resume=True, epochs=epochs, max_minutes=train_minutes)
         (run_dir / "done").write_text("training finished\n")
     seconds["train"] = time.monotonic() - started
 
     started = time.monotonic()
-    log(f"[3/5] indexing the test split into {index_dir}")
+    logger.info(f"[3/5] indexing the test split into {index_dir}")
     index_dataset(data_dir, checkpoint, index_dir, split="test", num_workers=workers)
     seconds["index"] = time.monotonic() - started
 
     started = time.monotonic()
-    log("[4/5] querying by sound and by picture")
+    logger.info("[4/5] querying by sound and by picture")
     query_clip = read_dataset(data_dir, split="test").clips[0]
     engine = Engine.open(index_dir)
     pictures = {}
@@ -74,11 +75,11 @@ def run_demo(out_dir: Path = Path("demo_out"), n_clips: int = 2000, train_minute
         engine.write_outputs(result, out_dir / kind)
         pictures[kind] = Path(result.contact_sheet)
         top = ", ".join(f"{h.label} {h.score:.2f}" for h in result.hits[:3])
-        log(f"  {kind.replace('_', ' ')} ({query_clip.label}, {Path(path).name}): top hits {top}")
+        logger.info(f"  {kind.replace('_', ' ')} ({query_clip.label}, {Path(path).name}): top hits {top}")
     seconds["query"] = time.monotonic() - started
 
     started = time.monotonic()
-    log("[5/5] evaluating localization and retrieval on the test split")
+    logger.info("[5/5] evaluating localization and retrieval on the test split")
     reports = {}
     for threshold in ("fixed", "median"):
         report = evaluate_localization(checkpoint, data_dir, split="test", threshold=threshold, num_workers=workers)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ from .localization import collect_outputs, has_ground_truth, iqr_alpha_for, scor
 from jsa_retrieval.metrics import THRESHOLD_MODES
 from .reports import ARROWS, git_commit, markdown_table
 from .retrieval import recall_from_vectors
+
+logger = logging.getLogger(__name__)
 
 KS = (1, 5, 10)
 LOCALIZATION_KEYS = (("ap50", "cIoU (AP50)"), ("auc", "AUC"), ("mean_ciou", "mean cIoU"))
@@ -127,11 +130,11 @@ def _history_of(checkpoint: Path) -> list[dict]:
 
 def train_run(spec: RunSpec, data_dir: Path, run_dir: Path, config: JSARConfig, max_minutes: float | None,
               device: str | None = None, progress: bool = True,
-              log: Callable[[str], None] = print) -> TrainedRun:
+              on_epoch: Callable[[dict], None] | None = None) -> TrainedRun:
     """Train one run into `run_dir`, or pick up what an earlier call left there.
 
     run.json holds the config, the budget and the wall-clock seconds spent so far; the trainer's per-epoch
-    log line updates it right after last.pt is saved, so after a kill the ledger matches last.pt and a resumed
+    hook updates it right after last.pt is saved (then calls `on_epoch`), so after a kill the ledger matches last.pt and a resumed
     run gets only the minutes its budget has left.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -140,7 +143,8 @@ def train_run(spec: RunSpec, data_dir: Path, run_dir: Path, config: JSARConfig, 
     expected = {"model_name": spec.model_name, "config": config.to_dict(), "budget": budget}
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else None
     if state is None and best_path.is_file():
-        log(f"{spec.name}: {best_path} exists without {RUN_FILE}; using it as is (budget not verified)")
+        logger.warning("%s: %s exists without %s; using it as is (budget not verified)", spec.name, best_path,
+                       RUN_FILE)
         history = _history_of(last_path if last_path.is_file() else best_path)
         seconds = float(history[-1]["seconds"]) if history and "seconds" in history[-1] else None
         return TrainedRun(spec, run_dir, best_path, "existing", seconds, len(history))
@@ -148,7 +152,7 @@ def train_run(spec: RunSpec, data_dir: Path, run_dir: Path, config: JSARConfig, 
         raise ValueError(f"{run_dir} holds run {spec.name!r} trained under another config or budget; "
                          "use a fresh --out folder or delete that run folder")
     if state is not None and state.get("finished") and best_path.is_file():
-        log(f"{spec.name}: finished earlier, skipping ({best_path})")
+        logger.info("%s: finished earlier, skipping (%s)", spec.name, best_path)
         return TrainedRun(spec, run_dir, best_path, "skipped", state["train_seconds"], state["epochs_trained"])
 
     spent = float(state["train_seconds"]) if state else 0.0
@@ -161,14 +165,15 @@ def train_run(spec: RunSpec, data_dir: Path, run_dir: Path, config: JSARConfig, 
     if remaining is None or remaining > 0:
         started = time.monotonic()
 
-        def ledger(message: str) -> None:
+        def ledger(record: dict) -> None:
             state["train_seconds"] = round(spent + time.monotonic() - started, 1)
             _write_state(state_path, state)
-            log(f"{spec.name}: {message}")
+            if on_epoch is not None:
+                on_epoch(record)
 
-        log(f"{spec.name}: {'resuming' if resume else 'training'} {spec.label} in {run_dir}")
+        logger.info("%s: %s %s in %s", spec.name, "resuming" if resume else "training", spec.label, run_dir)
         result = train(data_dir, config, spec.model_name, run_dir, resume=resume, max_minutes=remaining,
-                       device=device, progress=progress, log=ledger)
+                       device=device, progress=progress, on_epoch=ledger)
         state["train_seconds"] = round(spent + time.monotonic() - started, 1)
         history = result.history
     if not best_path.is_file():
@@ -390,7 +395,6 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
         raise ValueError(f"max_minutes_per_run must be positive, got {max_minutes_per_run}")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log: Callable[[str], None] = print if progress else (lambda _: None)
     base = get_config(config_name) if isinstance(config_name, str) else JSARConfig.from_dict(config_name.to_dict())
     base.train.seed = seed
     if epochs is not None:
@@ -416,10 +420,10 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
     report = ExperimentReport(out_dir, threshold, other, header)
 
     trained = [train_run(RUNS[name], data_dir, out_dir / name, RUNS[name].configure(base, seed, None),
-                         max_minutes_per_run, device, progress, log) for name in runs]
+                         max_minutes_per_run, device, progress) for name in runs]
     workers = min(2, base.train.num_workers)
     for run in trained:
-        log(f"{run.spec.name}: scoring {run.best_path} on {len(test_clips)} {test_split} clips")
+        logger.info("%s: scoring %s on %d %s clips", run.spec.name, run.best_path, len(test_clips), test_split)
         scores = evaluate_checkpoint(run.best_path, test_clips, (threshold, other), device=device,
                                      batch_size=min(32, base.train.batch_size), num_workers=workers)
         report.rows.append(ExperimentRow(
@@ -431,7 +435,7 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
             retrieval=scores["retrieval"], n_localization=scores["n_localization"],
             n_retrieval=scores["n_retrieval"]))
     write_experiment(report)
-    log(f"wrote {report.files['markdown']}")
+    logger.info("wrote %s", report.files["markdown"])
     return report
 
 

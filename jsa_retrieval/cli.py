@@ -35,14 +35,49 @@ def _config(name: str, overrides: dict) -> "object":
     return config
 
 
+PACKAGES = ("jsa_retrieval", "training", "indexing", "serving", "evaluation")
+
+
+class _MessageFormatter(logging.Formatter):
+    """Progress messages as plain lines; warnings and errors say what they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
+
+
+def configure_logging(verbosity: int = 0) -> None:
+    """jsar's own loggers to stderr: INFO by default, DEBUG with -v, warnings only with -q; other libraries'
+    loggers stay at WARNING. Safe to call again (the handler is replaced, and follows the current stderr)."""
+    level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_MessageFormatter("%(message)s"))
+    for name in PACKAGES:
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if getattr(h, "_jsar", False)]:
+            logger.removeHandler(old)
+        handler._jsar = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="jsar")
-def cli() -> None:
+@click.option("-v", "--verbose", "verbose", count=True, help="More detail in the log (debug messages).")
+@click.option("-q", "--quiet", "quiet", count=True, help="Only warnings and errors in the log; no progress bars in train and eval reproduce.")
+def cli(verbose: int, quiet: int) -> None:
     """jsar: find where a sound comes from, search images by sound and sounds by image.
 
     Joint Slot Attention (CVPR 2025) for self-supervised sound source localization, with an HDF5 embedding
     store and FAISS indexes for cross-modal retrieval.
     """
+    configure_logging(verbose - quiet)
+
+
+def _quiet() -> bool:
+    """`jsar -q ...`: also no progress bars where a command can turn them off."""
+    return click.get_current_context().find_root().params.get("quiet", 0) > 0
 
 
 @cli.command(help="Write the procedural audio-visual benchmark (VGG-SS layout) to OUT_DIR."
@@ -113,7 +148,7 @@ def train(data_dir: Path, config_name: str, model_name: str, out_dir: Path, resu
     config.model.num_target_slots = target_slots or config.model.num_target_slots
     config.model.num_off_target_slots = off_target_slots or config.model.num_off_target_slots
     result = run_training(data_dir, config, model_name, out_dir, resume=resume, max_minutes=max_minutes,
-                          device=device, feature_cache=feature_cache)
+                          device=device, feature_cache=feature_cache, progress=not _quiet())
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"best checkpoint: {result.best_path}")
 
@@ -305,11 +340,12 @@ def eval_compare(checkpoints: tuple[Path, ...], data_dir: Path, split: str | Non
 @click.option("--threshold", type=click.Choice(["median", "fixed", "adaptive"]), default="fixed", show_default=True,
               help="Main table's threshold mode (the second table uses the other convention).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 [CUDA when available].")
-@click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 def eval_reproduce(data_dir: Path, out_dir: Path, config_name: str, epochs: int | None,
                    minutes_per_run: float | None, seed: int, seeds: str | None, runs: str | None, threshold: str,
-                   device: str | None, quiet: bool) -> None:
+                   device: str | None) -> None:
     from evaluation.experiment import DEFAULT_RUNS, run_experiment, run_seeds
+
+    quiet = _quiet()
 
     names = [name.strip() for name in runs.split(",") if name.strip()] if runs else list(DEFAULT_RUNS)
     if seeds:
@@ -339,7 +375,7 @@ def demo(out_dir: Path, n_clips: int, train_minutes: float, epochs: int | None, 
     from evaluation.demo import run_demo
 
     result = run_demo(out_dir, n_clips=n_clips, train_minutes=train_minutes, epochs=epochs, seed=seed,
-                      workers=workers, log=click.echo)
+                      workers=workers)
     click.echo("")
     for name, path in {**result.reports, **result.pictures}.items():
         click.echo(f"{name:>24}: {path}")
@@ -390,7 +426,7 @@ def bench(only: str | None, sweep: str | None, **options) -> None:
 
 def main() -> None:
     """Console entry point: runs the click group, turning expected failures into one-line errors."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")  # other libraries
     try:
         code = cli.main(standalone_mode=False)
     except click.exceptions.Abort:

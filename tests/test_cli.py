@@ -77,3 +77,31 @@ def test_domain_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, c
     monkeypatch.setattr(cli_module.cli, "main", bug)
     with pytest.raises(KeyError, match="choice"):
         cli_module.main()
+
+
+def test_verbosity_flags_set_jsar_log_levels_and_messages_reach_stderr(capsys):
+    import logging
+
+    from jsa_retrieval.cli import configure_logging
+
+    try:
+        configure_logging(0)
+        logging.getLogger("training.trainer").info("epoch 1 | loss 0.5")
+        logging.getLogger("indexing.store").debug("hidden at the default level")
+        assert capsys.readouterr().err == "epoch 1 | loss 0.5\n"
+        configure_logging(-1)
+        logging.getLogger("evaluation.demo").info("not shown with -q")
+        logging.getLogger("evaluation.demo").warning("shown with -q")
+        assert capsys.readouterr().err == "warning: shown with -q\n"
+        configure_logging(1)
+        logging.getLogger("indexing.store").debug("shown with -v")
+        assert capsys.readouterr().err == "shown with -v\n"
+        ours = [h for h in logging.getLogger("training").handlers if getattr(h, "_jsar", False)]
+        assert len(ours) == 1  # reconfiguring replaces, never stacks
+    finally:
+        configure_logging(0)
+
+
+def test_quiet_flag_is_accepted_before_any_command():
+    result = CliRunner().invoke(cli, ["-q", "localize", "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output

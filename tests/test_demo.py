@@ -8,7 +8,7 @@ from evaluation.demo import run_demo
 
 def test_demo_runs_every_stage_and_resumes(tmp_path):
     out = tmp_path / "demo"
-    result = run_demo(out, n_clips=60, epochs=1, workers=0, log=lambda _: None)
+    result = run_demo(out, n_clips=60, epochs=1, workers=0)
     assert (out / "run" / "best.pt").is_file() and (out / "index" / "store.h5").is_file()
     for name in ("localization_fixed", "localization_median", "retrieval"):
         report = json.loads((result.reports[name] / "report.json").read_text())
@@ -17,5 +17,5 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
         assert Image.open(sheet).width > 100
     hits = json.loads((out / "audio_query" / "results.json").read_text())["hits"]
     assert len(hits) == 10 and all(Image.open(h["picture"]).size == (160, 160) for h in hits)
-    again = run_demo(out, n_clips=60, epochs=1, workers=0, log=lambda _: None)
+    again = run_demo(out, n_clips=60, epochs=1, workers=0)
     assert again.seconds["train"] < 1.0  # the finished run is not trained again

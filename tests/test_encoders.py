@@ -106,7 +106,7 @@ def test_frozen_trunk_training_caches_features_once_and_round_trips_its_checkpoi
     config.model.image_encoder, config.model.image_weights, config.model.freeze_image = (
         "efficientnet-lite0", "imagenet", "all")
     cache = tmp_path / "cache"
-    result = train(data, config, "jsa", tmp_path / "run", device="cpu", progress=False, log=lambda _: None,
+    result = train(data, config, "jsa", tmp_path / "run", device="cpu", progress=False,
                    feature_cache=cache)
     assert len(list(cache.glob("*.pt"))) == 2  # train and val clips
 
@@ -114,7 +114,7 @@ def test_frozen_trunk_training_caches_features_once_and_round_trips_its_checkpoi
         raise AssertionError("the trunk ran again although its features were cached")
 
     monkeypatch.setattr(trunk_cache, "compute_trunk_features", must_not_run)
-    train(data, config, "jsa", tmp_path / "run2", device="cpu", progress=False, log=lambda _: None,
+    train(data, config, "jsa", tmp_path / "run2", device="cpu", progress=False,
           feature_cache=cache)
 
     model, loaded, _ = load_model(result.best_path)

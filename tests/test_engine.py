@@ -151,7 +151,7 @@ def test_every_trained_model_indexes_and_answers_both_queries(setup, tmp_path, m
 
     _, data, _, _ = setup
     config = tiny_config(epochs=1)
-    run = train(data, config, model_name, tmp_path / "run", device="cpu", progress=False, log=lambda _: None)
+    run = train(data, config, model_name, tmp_path / "run", device="cpu", progress=False)
     summary = index_dataset(data, run.best_path, tmp_path / "index", batch_size=8, num_workers=0, progress=False)
     assert summary.rows == 19
     engine = Engine.open(tmp_path / "index")

@@ -125,15 +125,16 @@ class _Interrupt(Exception):
 def test_an_interrupted_run_resumes_from_last_checkpoint(tiny_data, tmp_path):
     config = RUNS["jsa"].configure(tiny_config(), seed=0, epochs=2)
 
-    def stop_after_first_epoch(message):
-        if message.startswith("jsa: epoch 1"):
+    def stop_after_first_epoch(record):
+        if record["epoch"] == 1:
             raise _Interrupt
 
     with pytest.raises(_Interrupt):
-        train_run(RUNS["jsa"], tiny_data, tmp_path / "jsa", config, None, progress=False, log=stop_after_first_epoch)
+        train_run(RUNS["jsa"], tiny_data, tmp_path / "jsa", config, None, progress=False,
+                  on_epoch=stop_after_first_epoch)
     state = json.loads((tmp_path / "jsa" / "run.json").read_text())
     assert not state["finished"] and state["train_seconds"] > 0
-    resumed = train_run(RUNS["jsa"], tiny_data, tmp_path / "jsa", config, None, progress=False, log=lambda _: None)
+    resumed = train_run(RUNS["jsa"], tiny_data, tmp_path / "jsa", config, None, progress=False)
     assert resumed.status == "resumed" and resumed.epochs_trained == 2
     assert resumed.train_seconds > state["train_seconds"]
     assert [record["epoch"] for record in load_model(tmp_path / "jsa" / "last.pt")[2]["history"]] == [1, 2]

@@ -29,7 +29,7 @@ def tiny_data(tmp_path_factory):
 def test_short_training_run_lowers_the_loss(tiny_data, tmp_path):
     config = tiny_config(epochs=5)
     config.train.lr = 3e-3
-    result = train(tiny_data, config, "jsa", tmp_path / "run", progress=False, log=lambda _: None)
+    result = train(tiny_data, config, "jsa", tmp_path / "run", progress=False)
     losses = [record["loss_total"] for record in result.history]
     assert len(losses) == 5
     assert losses[-1] < losses[0] - 0.1
@@ -41,9 +41,9 @@ def test_short_training_run_lowers_the_loss(tiny_data, tmp_path):
 
 def test_resume_continues_the_same_run(tiny_data, tmp_path):
     config = tiny_config(epochs=2)
-    straight = train(tiny_data, config, "jsa", tmp_path / "straight", progress=False, log=lambda _: None)
-    train(tiny_data, config, "jsa", tmp_path / "resumed", epochs=1, progress=False, log=lambda _: None)
-    resumed = train(tiny_data, config, "jsa", tmp_path / "resumed", resume=True, progress=False, log=lambda _: None)
+    straight = train(tiny_data, config, "jsa", tmp_path / "straight", progress=False)
+    train(tiny_data, config, "jsa", tmp_path / "resumed", epochs=1, progress=False)
+    resumed = train(tiny_data, config, "jsa", tmp_path / "resumed", resume=True, progress=False)
     assert [r["epoch"] for r in resumed.history] == [1, 2]
     a = torch.load(straight.last_path, weights_only=True)["model"]
     b = torch.load(resumed.last_path, weights_only=True)["model"]
@@ -55,7 +55,7 @@ def test_resume_continues_the_same_run(tiny_data, tmp_path):
 @pytest.mark.parametrize("model_name", ["ezvsl", "alignment"])
 def test_baselines_train_and_load(tiny_data, tmp_path, model_name):
     config = tiny_config(epochs=2)
-    result = train(tiny_data, config, model_name, tmp_path / model_name, progress=False, log=lambda _: None)
+    result = train(tiny_data, config, model_name, tmp_path / model_name, progress=False)
     model, _, _ = load_model(result.last_path)
     assert model.model_name == model_name
     assert all(torch.isfinite(torch.tensor(r["loss_total"])) for r in result.history)

@@ -7,6 +7,7 @@ DistributedDataParallel under torchrun (InfoNCE and false-negative mining see th
 """
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -34,6 +35,8 @@ from .distributed import cleanup_distributed, is_distributed, rank, setup_distri
 from .objectives import alignment_objective, ezvsl_objective, jsa_objective
 from .trunk_cache import cached_trunk_features
 from .validation import selection_score, validate
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,10 +103,11 @@ def _conceptual_partners(image_bank: torch.Tensor, audio_bank: torch.Tensor, top
 
 def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: Path = Path("runs/jsa"),
           resume: bool = False, epochs: int | None = None, max_minutes: float | None = None,
-          device: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
-          feature_cache: Path | None = None) -> TrainResult:
+          device: str | None = None, progress: bool = True, feature_cache: Path | None = None,
+          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Train `model_name` on the clips of `data_dir`; write last.pt every epoch and best.pt on the best
-    validation score. Returns the run's paths and per-epoch history.
+    validation score. Returns the run's paths and per-epoch history. `on_epoch(record)` runs on the main rank
+    right after each epoch's last.pt is saved (the experiment keeps its time ledger with it).
 
     With the image trunk frozen (config.model.freeze_image='all') its output is computed once per clip and kept
     in `feature_cache` (default: trunk_cache.default_cache_dir()), so later runs on the same clips reuse it.
@@ -139,7 +143,7 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
         history = state["meta"]["history"]
         start_epoch, best_score = state["epoch"] + 1, state["meta"]["best_score"]
         if is_main:
-            log(f"resuming {last_path} at epoch {start_epoch + 1}")
+            logger.info("resuming %s at epoch %d", last_path, start_epoch + 1)
     # find_unused_parameters: with few tokens the mask ratio can round to zero masked tokens, leaving the
     # mask token without a gradient in that step.
     trained = DistributedDataParallel(model, find_unused_parameters=True) if is_distributed() else model
@@ -219,17 +223,19 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
             save_checkpoint(last_path, state)
             if improved:
                 save_checkpoint(best_path, state)
-            log(_format_record(record, improved))
+            logger.info(_format_record(record, improved))
+            if on_epoch is not None:
+                on_epoch(record)
         else:
             history.append(record)
         if is_distributed():
             torch.distributed.barrier()
         if max_minutes is not None and (time.monotonic() - started) / 60 > max_minutes:
             if is_main:
-                log(f"stopping after epoch {epoch + 1}: time budget of {max_minutes} min reached")
+                logger.info("stopping after epoch %d: time budget of %g min reached", epoch + 1, max_minutes)
             break
     if is_main and len(failures):
-        log(failures.summary())
+        logger.warning(failures.summary())
     cleanup_distributed()
     return TrainResult(out_dir, best_path, last_path, history, len(failures))
 
