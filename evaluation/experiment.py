@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import pandas as pd
 import jsa_retrieval
 from jsa_retrieval.clips import Clip, read_dataset
@@ -35,10 +34,12 @@ from jsa_retrieval.machine import machine_info
 from jsa_retrieval.models import checkpoint_fingerprint, load_model, read_checkpoint
 from training.trainer import split_train_val, train
 
-from .localization import collect_outputs, has_ground_truth, iqr_alpha_for, score_localization
+from jsa_retrieval.collect import collect_outputs
+
+from .localization import has_ground_truth, iqr_alpha_for
 from jsa_retrieval.metrics import THRESHOLD_MODES
 from .reports import ARROWS, git_commit, markdown_table
-from .retrieval import recall_from_vectors
+from .scoring import score_outputs, summary_dict
 
 logger = logging.getLogger(__name__)
 
@@ -191,38 +192,16 @@ def train_run(spec: RunSpec, data_dir: Path, run_dir: Path, config: JSARConfig, 
 def evaluate_checkpoint(checkpoint: Path, clips: Sequence[Clip], thresholds: Sequence[str],
                         ks: Sequence[int] = KS, device: str | None = None, batch_size: int = 32,
                         num_workers: int = 2) -> dict[str, Any]:
-    """Localization under each threshold mode and exact Recall@K, from one model pass over `clips`.
-
-    The same stages as `reports.compare_runs`, which scores one threshold mode per model pass; here both
-    conventions come from one pass. Returns {'config', 'model_name', 'best_epoch', 'localization':
-    {threshold: {column: {ap50, auc, mean_ciou, n}}}, 'retrieval': {direction: {k: recall}} or None,
-    'n_localization', 'n_retrieval', 'n_unreadable'}.
-    """
+    """Localization under each threshold mode and exact Recall@K, from one model pass over `clips`
+    (collect → `scoring.score_outputs`, as `jsar eval compare`). Returns {'config', 'model_name',
+    'best_epoch', 'checkpoint_sha'} and `scoring.summary_dict`'s keys."""
     where = pick_device(device)
     model, config, meta = load_model(checkpoint, map_location=where)
-    alpha = iqr_alpha_for(model, config)
-    outputs = collect_outputs(model, clips, config.data, where, batch_size, num_workers, alpha)
-    annotated = np.array([has_ground_truth(clip) for clip in clips], dtype=bool)
-    labels = [clips[int(p)].label for p in outputs.positions]
+    outputs = collect_outputs(model, clips, config.data, where, batch_size, num_workers, iqr_alpha_for(model, config))
+    scores = score_outputs(clips, outputs, thresholds, ks)
     best_epoch = None if meta.get("epoch") is None else int(meta["epoch"]) + 1
-    result: dict[str, Any] = {"model_name": model.model_name, "config": config.to_dict(),
-                              "checkpoint_sha": checkpoint_fingerprint(checkpoint), "best_epoch": best_epoch,
-                              "localization": {}, "retrieval": None, "n_localization": 0, "n_retrieval": 0,
-                              "n_unreadable": len(outputs.failures)}
-    with_gt = np.flatnonzero(annotated[outputs.positions])
-    if with_gt.size:
-        for threshold in thresholds:
-            scored = score_localization(clips, outputs.subset(with_gt), threshold, keep_examples=0)
-            result["localization"][threshold] = {
-                column: {"ap50": s.ap50, "auc": s.auc, "mean_ciou": s.mean_ciou, "n": s.n}
-                for column, s in scored.columns.items()}
-            result["n_localization"] = len(scored.per_clip["ids"])
-    if any(labels):
-        directions = recall_from_vectors(outputs.audio_vectors, outputs.image_vectors, labels, ks)
-        result["retrieval"] = {name: {int(k): float(v) for k, v in d.recall.items()} for name, d in directions.items()}
-        result["n_retrieval"] = sum(1 for label in labels if label)
-    del model
-    return result
+    return {"model_name": model.model_name, "config": config.to_dict(),
+            "checkpoint_sha": checkpoint_fingerprint(checkpoint), "best_epoch": best_epoch, **summary_dict(scores)}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -3,10 +3,9 @@ conventions (README, Metric conventions).
 
 Two stages, so that `jsar eval compare` can reuse the first for retrieval too:
 
-1. `collect_outputs` runs the model once over the clips (decoding in DataLoader workers, unreadable clips
-   counted, not fatal) and keeps per clip the retrieval vectors and the *coarse* maps: the cross map
-   (model.cross_map), JSA's refined map (Eq. 14, model.refined_map) and, with OGL, the object prior's map.
-   Coarse maps are 7 x 7 floats, so even 100k clips fit in memory.
+1. `jsa_retrieval.collect.collect_outputs` runs the model once over the clips (unreadable clips counted, not
+   fatal) and keeps per clip the retrieval vectors and the coarse maps (cross map, JSA's refined map of Eq. 14,
+   and with OGL the object prior's map).
 2. `score_localization` upsamples each coarse map to the evaluation size (224, `upsample_and_normalise`),
    builds the refinement columns and scores them against the ground truth with `jsa_retrieval.metrics`.
 
@@ -24,20 +23,19 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from tqdm import tqdm
 
 from jsa_retrieval.clips import Clip, read_dataset
+from jsa_retrieval.collect import ModelOutputs, collect_outputs, has_iqr
 from jsa_retrieval import metrics
-from jsa_retrieval.config import DataConfig, JSARConfig
-from jsa_retrieval.dataset import ClipDataset, FailureLog, make_loader
+from jsa_retrieval.config import JSARConfig
 from jsa_retrieval.decode import DecodeError, load_image
-from jsa_retrieval.inference import iter_embeddings, pick_device
-from jsa_retrieval.maps import coarse_map, upsample_and_normalise
+from jsa_retrieval.inference import pick_device
+from jsa_retrieval.maps import upsample_and_normalise
 from jsa_retrieval.models import checkpoint_fingerprint, load_model
 from jsa_retrieval.errors import JsarError
 from jsa_retrieval.transforms import squash_image
 
-from .object_prior import OBJECT_BACKBONES, OGL_WEIGHT, ObjectPrior, load_object_prior, ogl_fuse
+from .object_prior import OBJECT_BACKBONES, OGL_WEIGHT, load_object_prior, ogl_fuse
 
 log = logging.getLogger(__name__)
 
@@ -126,30 +124,6 @@ class LocalizationReport:
         return values
 
 
-@dataclass
-class ModelOutputs:
-    """Stage-1 results for the clips that decoded, in clip-list order.
-
-    positions (n,) index into the clip list; image_vectors / audio_vectors (n, d) float32; plain, refined and
-    objects (n, h, w) coarse maps (refined None without IQR, objects None without OGL).
-    """
-
-    positions: np.ndarray
-    image_vectors: np.ndarray
-    audio_vectors: np.ndarray
-    plain: torch.Tensor
-    refined: torch.Tensor | None
-    objects: torch.Tensor | None
-    failures: FailureLog
-
-    def subset(self, rows: np.ndarray) -> "ModelOutputs":
-        """The outputs at `rows` (indices into this object's arrays, not clip positions)."""
-        index = torch.as_tensor(rows, dtype=torch.long)
-        return ModelOutputs(self.positions[rows], self.image_vectors[rows], self.audio_vectors[rows],
-                            self.plain[index], None if self.refined is None else self.refined[index],
-                            None if self.objects is None else self.objects[index], self.failures)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Ground truth
 # --------------------------------------------------------------------------------------------------------------
@@ -210,55 +184,11 @@ def load_evaluated_model(checkpoint: str | Path | tuple[nn.Module, JSARConfig],
     return model, config, str(checkpoint), checkpoint_fingerprint(checkpoint), where
 
 
-def has_iqr(model: nn.Module) -> bool:
-    """IQR (Eq. 14) needs JSA's image query; the baselines' refined map is just their cross map."""
-    return getattr(model, "model_name", "") == "jsa"
-
-
 def iqr_alpha_for(model: nn.Module, config: JSARConfig, requested: float | None = None) -> float | None:
     """The IQR weight a report uses: `requested`, else the config's (0.6); None for a model without IQR."""
     if not has_iqr(model):
         return None
     return config.model.iqr_alpha if requested is None else float(requested)
-
-
-@torch.no_grad()
-def collect_outputs(model: nn.Module, clips: Sequence[Clip], data_config: DataConfig, device: torch.device,
-                    batch_size: int = 32, num_workers: int = 2, iqr_alpha: float | None = None,
-                    object_prior: ObjectPrior | None = None, progress: bool = True) -> ModelOutputs:
-    """Encode every clip once and keep its vectors and coarse maps (stage 1); failed decodes are logged."""
-    loader = make_loader(ClipDataset(clips, data_config, train=False), batch_size, num_workers=num_workers,
-                         device=device)
-    failures = FailureLog()
-    positions, image_vectors, audio_vectors, plain, refined, objects = [], [], [], [], [], []
-    with_iqr = has_iqr(model) and iqr_alpha is not None
-    batches = iter_embeddings(model, loader, device, keep_images=object_prior is not None)
-    for batch in tqdm(batches, total=len(loader), desc="encoding clips", leave=False, disable=not progress):
-        failures.extend(batch.failed)
-        if batch.image is None:
-            continue
-        positions.append(batch.indices.numpy())
-        image_vectors.append(batch.image.vector.numpy())
-        audio_vectors.append(batch.audio.vector.numpy())
-        plain.append(coarse_map(model, batch.audio, batch.image).float().cpu())
-        if with_iqr:
-            refined.append(coarse_map(model, batch.audio, batch.image, iqr=True, alpha=iqr_alpha).float().cpu())
-        if object_prior is not None:
-            prior_device = next(object_prior.parameters()).device
-            objects.append(object_prior.object_map(batch.images.to(prior_device), batch.image.grid).float().cpu())
-    if not positions:
-        raise ValueError(f"none of the {len(clips)} clips could be decoded ({failures.summary()})")
-    order = np.argsort(np.concatenate(positions), kind="stable")
-    index = torch.as_tensor(order)
-    return ModelOutputs(
-        positions=np.concatenate(positions)[order],
-        image_vectors=np.concatenate(image_vectors)[order].astype(np.float32),
-        audio_vectors=np.concatenate(audio_vectors)[order].astype(np.float32),
-        plain=torch.cat(plain)[index],
-        refined=torch.cat(refined)[index] if refined else None,
-        objects=torch.cat(objects)[index] if objects else None,
-        failures=failures,
-    )
 
 
 # --------------------------------------------------------------------------------------------------------------

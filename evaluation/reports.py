@@ -14,21 +14,15 @@ import math
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 import jsa_retrieval
 from jsa_retrieval import pictures
-from jsa_retrieval.clips import read_dataset
-from jsa_retrieval.metrics import THRESHOLD_MODES
 
-from .localization import (
-    COLUMNS, EVAL_SIZE, collect_outputs, has_ground_truth, iqr_alpha_for, load_evaluated_model, score_localization,
-)
-from .object_prior import OBJECT_BACKBONES, load_object_prior
-from .retrieval import recall_from_vectors
+from .localization import COLUMNS
 
 ARROWS = {"audio_to_image": "A→I", "image_to_audio": "I→A"}
 LOCALIZATION_METRICS = (  # (key in ColumnScores, table heading)
@@ -39,7 +33,7 @@ LOCALIZATION_METRICS = (  # (key in ColumnScores, table heading)
 
 @dataclass
 class ComparisonReport:
-    """Several checkpoints on the same clips: one row per run (see `compare_runs`)."""
+    """Several checkpoints on the same clips: one row per run (see `scoring.compare_runs`)."""
 
     data_dir: str
     layout: str
@@ -298,60 +292,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (Path, tuple)):
         return str(value) if isinstance(value, Path) else list(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Comparison of checkpoints
-# --------------------------------------------------------------------------------------------------------------
-
-def compare_runs(checkpoints: Sequence[str | Path], data_dir: str | Path, split: str | Path | None = None,
-                 annotations: str | Path | None = None, threshold: str = "median", upsample_mode: str = "bicubic",
-                 iqr_alpha: float | None = None, ogl: str | None = None, ogl_weights: str | Path | None = None,
-                 ks: Sequence[int] = (1, 5, 10), batch_size: int = 32, num_workers: int = 2,
-                 eval_size: int = EVAL_SIZE, device: str | None = None) -> ComparisonReport:
-    """Evaluate several checkpoints on the same clips, one model pass each (`jsar eval compare`).
-
-    Each pass gives localization scores on the clips with ground truth and exact in-memory Recall@K (both
-    directions) on the clips with a class label; either part is None when the data has no such clips.
-    """
-    if not checkpoints:
-        raise ValueError("compare_runs needs at least one checkpoint")
-    if threshold not in THRESHOLD_MODES:
-        raise ValueError(f"unknown threshold mode {threshold!r}; choose one of {THRESHOLD_MODES}")
-    if ogl is not None and ogl not in OBJECT_BACKBONES:
-        raise ValueError(f"unknown OGL backbone {ogl!r}; choose one of {OBJECT_BACKBONES}")
-    collection = read_dataset(Path(data_dir), split, annotations)
-    clips = collection.clips
-    annotated = np.array([has_ground_truth(clip) for clip in clips], dtype=bool)
-    labelled = np.array([bool(clip.label) for clip in clips], dtype=bool)
-    report = ComparisonReport(data_dir=str(data_dir), layout=collection.layout,
-                              split=None if split is None else str(split), threshold=threshold,
-                              upsample_mode=upsample_mode, eval_size=eval_size, ogl=ogl, ks=tuple(int(k) for k in ks),
-                              n_clips=len(clips), n_with_ground_truth=int(annotated.sum()),
-                              n_labelled=int(labelled.sum()))
-    prior = None
-    for checkpoint in checkpoints:
-        model, config, path, sha, where = load_evaluated_model(checkpoint, device)
-        if ogl and prior is None:
-            prior = load_object_prior(ogl, ogl_weights, where)
-        alpha = iqr_alpha_for(model, config, iqr_alpha)
-        outputs = collect_outputs(model, clips, config.data, where, batch_size, num_workers, alpha, prior)
-        run: dict[str, Any] = {"model_name": getattr(model, "model_name", type(model).__name__), "checkpoint": path,
-                               "checkpoint_sha": sha, "config_name": config.name, "iqr_alpha": alpha,
-                               "n_skipped_unreadable": len(outputs.failures), "localization": {},
-                               "n_localization": 0, "retrieval": None, "n_retrieval": 0}
-        with_gt = np.flatnonzero(annotated[outputs.positions])
-        if with_gt.size:
-            scored = score_localization(clips, outputs.subset(with_gt), threshold, upsample_mode, eval_size,
-                                        keep_examples=0)
-            run["localization"] = {name: vars(scores) for name, scores in scored.columns.items()}
-            run["n_localization"] = len(scored.per_clip["ids"])
-            run["n_skipped_unreadable"] += len(scored.unreadable)
-        labels = [clips[int(p)].label for p in outputs.positions]
-        if labelled[outputs.positions].any():
-            directions = recall_from_vectors(outputs.audio_vectors, outputs.image_vectors, labels, report.ks)
-            run["retrieval"] = {name: result.recall for name, result in directions.items()}
-            run["n_retrieval"] = int(labelled[outputs.positions].sum())
-        report.runs.append(run)
-        del model
-    return report

@@ -313,7 +313,8 @@ def eval_retrieval(index_dir: Path, out_dir: Path, no_exact_check: bool) -> None
 @click.option("--workers", default=2, show_default=True)
 def eval_compare(checkpoints: tuple[Path, ...], data_dir: Path, split: str | None, threshold: str,
                  upsample_mode: str, out_dir: Path, workers: int) -> None:
-    from evaluation.reports import compare_runs, write_report
+    from evaluation.reports import write_report
+    from evaluation.scoring import compare_runs
 
     resolved = [c / "best.pt" if c.is_dir() else c for c in checkpoints]
     report = compare_runs(resolved, data_dir, split=split, threshold=threshold, upsample_mode=upsample_mode,

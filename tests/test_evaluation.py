@@ -17,7 +17,8 @@ from jsa_retrieval import metrics
 from jsa_retrieval.pictures import heatmap_overlay, localization_grid, recall_curve
 from evaluation.localization import evaluate_localization
 from evaluation.object_prior import load_object_prior, ogl_fuse
-from evaluation.reports import compare_runs, write_report
+from evaluation.reports import write_report
+from evaluation.scoring import compare_runs
 from evaluation.retrieval import evaluate_retrieval, exact_ranking, recall_from_vectors
 
 from conftest import write_tone

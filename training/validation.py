@@ -13,9 +13,8 @@ from torch import nn
 from jsa_retrieval.metrics import ap50, auc, ciou, rank_by_similarity, recall_at_k, threshold_map, vggss_gt_map
 from jsa_retrieval.clips import Clip
 from jsa_retrieval.config import JSARConfig
-from jsa_retrieval.dataset import ClipDataset, make_loader
-from jsa_retrieval.inference import iter_embeddings
-from jsa_retrieval.maps import pair_maps
+from jsa_retrieval.collect import ModelOutputs, NothingDecoded, collect_outputs
+from jsa_retrieval.maps import upsample_and_normalise
 
 
 @torch.no_grad()
@@ -26,32 +25,29 @@ def validate(model: nn.Module, clips: Sequence[Clip], config: JSARConfig, device
     and ap50 / auc / mean_ciou over clips with VGG-SS-style boxes (fixed 0.6 threshold,
     as the JSA release evaluates; a median threshold cannot reach cIoU 0.5 on objects under a quarter of the frame).
     `image_features`: a frozen trunk's cached output for `clips` (see trunk_cache), used instead of the images."""
-    loader = make_loader(ClipDataset(clips, config.data, image_features=image_features), batch_size, num_workers=num_workers, device=device)
-    image_vectors, audio_vectors, positions, cious = [], [], [], []
-    size = config.data.image_size
-    for batch in iter_embeddings(model, loader, device):
-        if batch.image is None:
-            continue
-        image_vectors.append(batch.image.vector)
-        audio_vectors.append(batch.audio.vector)
-        positions.extend(batch.indices.tolist())
-        maps = pair_maps(model, batch.audio, batch.image, size).full.numpy()
-        for position, predicted in zip(batch.indices.tolist(), maps):
-            boxes = clips[position].boxes
-            if boxes is not None and len(boxes):
-                gt = vggss_gt_map(boxes, size)
-                cious.append(ciou(threshold_map(predicted, "fixed"), gt))
-    if not positions:
+    try:
+        outputs = collect_outputs(model, clips, config.data, device, batch_size, num_workers, progress=False,
+                                  image_features=image_features)
+    except NothingDecoded:
         return {}
-    image = torch.cat(image_vectors).numpy()
-    audio = torch.cat(audio_vectors).numpy()
-    labels = np.array([clips[p].label if clips[p].label else f"#{p}" for p in positions])
+    return validation_scores(outputs, clips, config.data.image_size)
+
+
+def validation_scores(outputs: ModelOutputs, clips: Sequence[Clip], size: int) -> dict[str, float]:
+    """`validate`'s scores from collected outputs; maps are compared with the boxes at the model's input `size`."""
+    labels = np.array([clips[p].label if clips[p].label else f"#{p}" for p in outputs.positions])
+    audio, image = outputs.audio_vectors, outputs.image_vectors
     scores = {
         "r1_a2i": recall_at_k(labels[rank_by_similarity(audio @ image.T, 1)], labels, (1,))[1],
         "r1_i2a": recall_at_k(labels[rank_by_similarity(image @ audio.T, 1)], labels, (1,))[1],
-        "items": float(len(positions)),
+        "items": float(len(outputs.positions)),
     }
-    if cious:
+    boxed = [row for row, position in enumerate(outputs.positions)
+             if clips[position].boxes is not None and len(clips[position].boxes)]
+    if boxed:
+        maps = upsample_and_normalise(outputs.plain[torch.as_tensor(boxed)], size).numpy()
+        cious = [ciou(threshold_map(predicted, "fixed"), vggss_gt_map(clips[outputs.positions[row]].boxes, size))
+                 for row, predicted in zip(boxed, maps)]
         scores.update(ap50=ap50(cious), auc=auc(cious), mean_ciou=float(np.mean(cious)))
     return scores
 
