@@ -31,7 +31,7 @@ from jsa_retrieval.config import JSARConfig, get_config
 from jsa_retrieval.files import write_atomically
 from jsa_retrieval.inference import pick_device
 from jsa_retrieval.machine import machine_info
-from jsa_retrieval.models import checkpoint_fingerprint, load_model, read_checkpoint
+from jsa_retrieval.models import checkpoint_short_sha, load_model, read_checkpoint
 from training.trainer import split_train_val, train
 
 from jsa_retrieval.collect import collect_outputs
@@ -201,7 +201,7 @@ def evaluate_checkpoint(checkpoint: Path, clips: Sequence[Clip], thresholds: Seq
     scores = score_outputs(clips, outputs, thresholds, ks)
     best_epoch = None if meta.get("epoch") is None else int(meta["epoch"]) + 1
     return {"model_name": model.model_name, "config": config.to_dict(),
-            "checkpoint_sha": checkpoint_fingerprint(checkpoint), "best_epoch": best_epoch, **summary_dict(scores)}
+            "checkpoint_sha": checkpoint_short_sha(checkpoint), "best_epoch": best_epoch, **summary_dict(scores)}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from jsa_retrieval.config import JSARConfig
 from jsa_retrieval.decode import DecodeError, load_image
 from jsa_retrieval.inference import pick_device
 from jsa_retrieval.maps import upsample_and_normalise
-from jsa_retrieval.models import checkpoint_fingerprint, load_model
+from jsa_retrieval.models import checkpoint_short_sha, load_model
 from jsa_retrieval.errors import JsarError
 from jsa_retrieval.transforms import squash_image
 
@@ -169,7 +169,7 @@ def ground_truth_map(clip: Clip, size: int = EVAL_SIZE) -> np.ndarray:
 def load_evaluated_model(checkpoint: str | Path | tuple[nn.Module, JSARConfig],
                          device: str | torch.device | None = None
                          ) -> tuple[nn.Module, JSARConfig, str | None, str | None, torch.device]:
-    """(model in eval mode, config, checkpoint path or None, checkpoint fingerprint or None, device).
+    """(model in eval mode, config, checkpoint path or None, checkpoint_sha (short file SHA-256) or None, device).
 
     A checkpoint path is loaded onto `device` (default CUDA when available); a (model, config) pair is used
     where it is, on `device` only when one is given.
@@ -181,7 +181,7 @@ def load_evaluated_model(checkpoint: str | Path | tuple[nn.Module, JSARConfig],
         return model.to(where).eval(), config, None, None, where
     where = pick_device(str(device) if device else None)
     model, config, _ = load_model(checkpoint, map_location=where)
-    return model, config, str(checkpoint), checkpoint_fingerprint(checkpoint), where
+    return model, config, str(checkpoint), checkpoint_short_sha(checkpoint), where
 
 
 def iqr_alpha_for(model: nn.Module, config: JSARConfig, requested: float | None = None) -> float | None:

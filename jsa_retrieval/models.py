@@ -350,7 +350,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     return model.to(map_location).eval(), config, meta
 
 
-def checkpoint_fingerprint(path: str | Path) -> str:
-    """First 16 hex characters of the checkpoint file's SHA-256: the short name reports give a model. (A store's
-    `fingerprint` is another thing: the hash of the checkpoint's SHA-256, its config and model name.)"""
+def checkpoint_short_sha(path: str | Path) -> str:
+    """First 16 hex characters of the checkpoint file's SHA-256: the `checkpoint_sha` reports give a model.
+    ("fingerprint" is kept for a store's model identity: the hash of this SHA-256, the config and model name.)"""
     return file_sha256(path)[:16]

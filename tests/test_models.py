@@ -7,7 +7,7 @@ import torchvision
 from jsa_retrieval.config import cpu_config
 from jsa_retrieval.encoders import ImageEncoder, WeightsUnavailable
 from jsa_retrieval.models import (
-    MODEL_NAMES, AlignmentForward, EZVSLForward, JSAForward, checkpoint_fingerprint, create_model, load_model,
+    MODEL_NAMES, AlignmentForward, EZVSLForward, JSAForward, checkpoint_short_sha, create_model, load_model,
 )
 
 CONFIG = cpu_config()
@@ -163,7 +163,7 @@ def test_checkpoint_round_trip_gives_identical_encodings(jsa, jsa_sides, batch, 
     image, audio, _ = jsa_sides
     torch.testing.assert_close(model.encode_image(images).vector, image.vector, rtol=0, atol=0)
     torch.testing.assert_close(model.encode_audio(spectrograms).queries, audio.queries, rtol=0, atol=0)
-    assert checkpoint_fingerprint(path) == hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    assert checkpoint_short_sha(path) == hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def test_load_model_rejects_files_that_are_not_jsar_checkpoints(tmp_path):
