@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import resource
 import shutil
@@ -36,7 +37,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -52,6 +53,8 @@ from jsa_retrieval.machine import machine_info
 from jsa_retrieval.dataset import ClipDataset, load_image_tensor, load_spectrogram, make_loader
 from jsa_retrieval.models import checkpoint_state, create_model, load_model
 from jsa_retrieval.synth import SynthConfig, generate
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_VECTORS = 1_000_000
 QUICK_VECTORS = 100_000
@@ -528,22 +531,20 @@ def bench_faiss_scale(index_dir: str | Path, image: np.ndarray, audio: np.ndarra
                       dim: int = DEFAULT_DIM, sigma: float = NOISE_SIGMA, factory: str | None = None,
                       latency_queries: int = 200, batch_queries: int = 2000, recall_queries: int = 1000,
                       sweep_values: Sequence[int] | None = None, flat_latency_queries: int = FLAT_LATENCY_QUERIES,
-                      gpu: bool | None = False, chunk_rows: int = 65536, seed: int = 0, k: int = TOP_K,
-                      log: Callable[[str], None] | None = None) -> FaissBench:
+                      gpu: bool | None = False, chunk_rows: int = 65536, seed: int = 0, k: int = TOP_K) -> FaissBench:
     """Structured store of `vectors` x `dim` from the model's (m, d) `image`/`audio` vectors, indexes by
     `build_indexes` (automatic choice unless `factory`), then both cross-modal directions measured.
 
     `index_dir` must be empty or missing. `sweep_values` default: SWEEP_VALUES of the index's parameter, up to
     nlist for IVF. gpu=False measures the CPU path even where faiss-gpu sees a GPU.
     """
-    say = log or (lambda message: None)
     started = time.perf_counter()
     index_dir = Path(index_dir)
     if index_dir.exists() and any(index_dir.iterdir()):
         raise ValueError(f"{index_dir} is not empty; the benchmark writes a fresh store there")
     threads = configure_faiss()
     bases = prepare_bases(image, audio, dim, seed)
-    say(f"writing {vectors:,} x {dim} structured vectors (both modalities) through StoreWriter")
+    logger.info(f"writing {vectors:,} x {dim} structured vectors (both modalities) through StoreWriter")
     with PeakMemory() as store_memory:
         began = time.perf_counter()
         write_structured_store(index_dir, bases, vectors, sigma, seed, chunk_rows)
@@ -551,7 +552,7 @@ def bench_faiss_scale(index_dir: str | Path, image: np.ndarray, audio: np.ndarra
     with EmbeddingStore.open(index_dir) as store:
         sample = store.read_rows("image_vectors", np.arange(min(vectors, 4096)))
     copy_cosine = float(np.mean(np.sum(sample * bases.image[np.arange(sample.shape[0]) % bases.image.shape[0]], 1)))
-    say("building both indexes with build_indexes")
+    logger.info("building both indexes with build_indexes")
     with PeakMemory() as build_memory:
         began = time.perf_counter()
         info = build_indexes(index_dir, factory=factory, chunk_rows=chunk_rows, seed=seed, gpu=gpu)
@@ -565,7 +566,7 @@ def bench_faiss_scale(index_dir: str | Path, image: np.ndarray, audio: np.ndarra
         values = _sweep_values(indexes.image, sweep_name, sweep_values)
         count = max(latency_queries, batch_queries, recall_queries, flat_latency_queries)
         for name, (query_side, index_side) in DIRECTIONS.items():
-            say(f"{name}: exact neighbours (flat + numpy), latency, throughput, recall, sweep")
+            logger.info(f"{name}: exact neighbours (flat + numpy), latency, throughput, recall, sweep")
             queries = cross_modal_queries(bases, query_side, count, sigma, seed)
             directions.append(_direction_bench(
                 name, getattr(indexes, index_side), indexes.store, f"{index_side}_vectors", queries,
@@ -712,8 +713,7 @@ def run_benchmarks(data_dir: str | Path | None = None, checkpoint: str | Path | 
                    factory: str | None = None, sigma: float = NOISE_SIGMA, latency_queries: int = 200,
                    batch_queries: int | None = None, recall_queries: int | None = None,
                    sweep_values: Sequence[int] | None = None, indexing: bool = True, faiss_scale: bool = True,
-                   device: str | None = None, seed: int = 0, json_path: str | Path | None = None,
-                   log: Callable[[str], None] | None = None) -> BenchReport:
+                   device: str | None = None, seed: int = 0, json_path: str | Path | None = None) -> BenchReport:
     """Run the indexing and FAISS benchmarks (either may be switched off) and return the report.
 
     data_dir: clips to index; default a synthetic set of `clips` clips made in the work folder.
@@ -722,7 +722,6 @@ def run_benchmarks(data_dir: str | Path | None = None, checkpoint: str | Path | 
     benchmark needs about 12 GB of disk there. quick: 100k vectors, 256 clips, fewer queries (a smoke run).
     The FAISS bases are the vectors the indexing step stored, so that step runs (untimed when indexing=False).
     """
-    say = log or (lambda message: None)
     started = time.perf_counter()
     machine = machine_info(device)
     vectors = vectors or (QUICK_VECTORS if quick else DEFAULT_VECTORS)
@@ -735,16 +734,16 @@ def run_benchmarks(data_dir: str | Path | None = None, checkpoint: str | Path | 
     try:
         if checkpoint is None:
             checkpoint = make_random_checkpoint(root / "random-cpu-jsa.pt", seed=seed)
-            say(f"random cpu-config JSA checkpoint: {checkpoint}")
+            logger.info(f"random cpu-config JSA checkpoint: {checkpoint}")
         if data_dir is None:
-            say(f"making {clips} synthetic clips")
+            logger.info(f"making {clips} synthetic clips")
             data_dir = make_synthetic_data(root / "synthetic", clips, seed)
         clip_index = root / "clip-index"
         if clip_index.exists():
             shutil.rmtree(clip_index)
         indexing_bench = None
         if indexing:
-            say("indexing benchmark: bare encoders, index_dataset, decode-only")
+            logger.info("indexing benchmark: bare encoders, index_dataset, decode-only")
             indexing_bench = bench_indexing(data_dir, checkpoint, clip_index, batch_size, workers, device=device)
         elif faiss_scale:
             index_dataset(Path(data_dir), Path(checkpoint), clip_index, batch_size=batch_size, num_workers=workers,
@@ -758,7 +757,7 @@ def run_benchmarks(data_dir: str | Path | None = None, checkpoint: str | Path | 
             faiss_bench = bench_faiss_scale(
                 scale_dir, image, audio, vectors=vectors, dim=dim, sigma=sigma, factory=factory,
                 latency_queries=latency_queries, batch_queries=batch_queries, recall_queries=recall_queries,
-                sweep_values=sweep_values, seed=seed, log=say)
+                sweep_values=sweep_values, seed=seed)
             if temporary is None:
                 shutil.rmtree(scale_dir)  # gigabytes: a kept work folder keeps the clips, not the scale store
         report = BenchReport(machine=machine, indexing=indexing_bench, faiss_scale=faiss_bench,

@@ -420,8 +420,7 @@ def bench(only: str | None, sweep: str | None, **options) -> None:
     except ValueError as error:
         raise click.BadParameter("takes integers separated by commas", param_hint="--sweep") from error
     report = run_benchmarks(**options, sweep_values=sweep_values, indexing=only != "faiss",
-                            faiss_scale=only != "indexing", log=lambda message: click.echo(f"[bench] {message}",
-                                                                                           err=True))
+                            faiss_scale=only != "indexing")
     click.echo(report.table())
 
 
