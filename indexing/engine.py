@@ -7,12 +7,17 @@
 An audio query's hits are images; for each hit the localization map is computed on demand, the query's audio
 target query against the hit image's keys (Sec. 3.5), exactly what `localize()` gives for that pair. An image
 query's hits are sounds, drawn as spectrogram thumbnails with the audio target slot's attention over time.
+
+The batch methods (`encode_audio`, `encode_image` on stacked tensors, `image_hits`, `sound_hits` on (Q, d)
+vectors, `hit_pictures` for all hits of a query at once) are the same path the HTTP service (`serving/`)
+micro-batches concurrent requests through, so `jsar query` and the service give the same hits.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +30,7 @@ from jsa_retrieval.inference import pick_device
 from jsa_retrieval.maps import pair_maps
 from jsa_retrieval.pictures import contact_sheet, overlay_picture, spectrogram_picture
 from jsa_retrieval.models import load_model
+from jsa_retrieval.transforms import image_transform
 
 from .embed import store_meta_for
 from .faiss_index import RetrievalIndexes, open_indexes
@@ -50,9 +56,11 @@ class QueryResult:
     k: int
     hits: list[Hit] = field(default_factory=list)
     contact_sheet: str | None = None
+    query_side: Any = field(default=None, repr=False, compare=False)  # the query's encoding, for hit maps
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"query": self.query, "kind": self.kind, "k": self.k, "hits": [asdict(hit) for hit in self.hits],
+                "contact_sheet": self.contact_sheet}
 
 
 class Engine:
@@ -84,27 +92,52 @@ class Engine:
                                       f"{fingerprint[:12]} vs {meta.fingerprint[:12]}); re-run `jsar index`")
         return cls(Path(index_dir), model, config, indexes, device_)
 
-    @torch.no_grad()
-    def embed_audio(self, path: Path):
-        """AudioSide of one sound file (or a video's audio track), batch of one."""
-        spectrogram = load_spectrogram(Path(path), self.config.data).unsqueeze(0).to(self.device)
-        return self.model.encode_audio(spectrogram)
+    def audio_input(self, path: Path) -> torch.Tensor:
+        """(1, F, T) spectrogram of a sound file (or a video's audio track), ready to stack into a batch."""
+        return load_spectrogram(Path(path), self.config.data)
+
+    def image_input(self, path: Path) -> torch.Tensor:
+        """(3, S, S) tensor of an image file (or a video's middle frame), ready to stack into a batch."""
+        return load_image_tensor(Path(path), self.config.data)
 
     @torch.no_grad()
+    def encode_audio(self, spectrograms: torch.Tensor):
+        """AudioSide of a batch of spectrograms (B, 1, F, T): what the service's micro-batches go through."""
+        return self.model.encode_audio(spectrograms.to(self.device))
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor):
+        """ImageSide of a batch of images (B, 3, S, S)."""
+        return self.model.encode_image(images.to(self.device))
+
+    def embed_audio(self, path: Path):
+        """AudioSide of one sound file (or a video's audio track), batch of one."""
+        return self.encode_audio(self.audio_input(path).unsqueeze(0))
+
     def embed_image(self, path: Path):
         """ImageSide of one image file (or a video's middle frame), batch of one."""
-        image = load_image_tensor(Path(path), self.config.data).unsqueeze(0).to(self.device)
-        return self.model.encode_image(image)
+        return self.encode_image(self.image_input(path).unsqueeze(0))
+
+    def image_hits(self, audio_vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        """(Q, d) audio vectors -> each query's best-matching images, one FAISS search for all Q."""
+        scores, rows = self.indexes.audio_to_image(audio_vectors, k)
+        return [self._hits(s, r) for s, r in zip(scores, rows)]
+
+    def sound_hits(self, image_vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        """(Q, d) image vectors -> each query's best-matching sounds, one FAISS search for all Q."""
+        scores, rows = self.indexes.image_to_audio(image_vectors, k)
+        return [self._hits(s, r) for s, r in zip(scores, rows)]
 
     def search_audio(self, path: Path, k: int = 10) -> QueryResult:
         """Images whose sound source matches the sound in `path`."""
-        scores, rows = self.indexes.audio_to_image(self.embed_audio(path).vector.cpu().numpy(), k)
-        return QueryResult(str(path), "audio", k, self._hits(scores[0], rows[0]))
+        side = self.embed_audio(path)
+        hits = self.image_hits(side.vector.cpu().numpy(), k)[0]
+        return QueryResult(str(path), "audio", k, hits, query_side=side)
 
     def search_image(self, path: Path, k: int = 10) -> QueryResult:
         """Sounds that belong to the picture in `path`."""
-        scores, rows = self.indexes.image_to_audio(self.embed_image(path).vector.cpu().numpy(), k)
-        return QueryResult(str(path), "image", k, self._hits(scores[0], rows[0]))
+        side = self.embed_image(path)
+        return QueryResult(str(path), "image", k, self.sound_hits(side.vector.cpu().numpy(), k)[0], query_side=side)
 
     def search_video(self, path: Path, k: int = 10) -> QueryResult:
         """Images matching a video's sound track (the video's own frame is not used)."""
@@ -124,30 +157,43 @@ class Engine:
                             record.audio_path))
         return hits
 
-    @torch.no_grad()
+    def hit_maps(self, audio_side, images: torch.Tensor, iqr: bool = False) -> np.ndarray:
+        """(n, S, S) localization maps of one sound (`audio_side`, batch of one) in n images (n, 3, S, S), the
+        image encoder run once over all of them: the same computation as `localize()` on each pair."""
+        with torch.no_grad():
+            maps = pair_maps(self.model, audio_side, self.encode_image(images), self.config.data.image_size, iqr)
+        return maps.full.cpu().numpy()
+
     def hit_map(self, audio_side, image_path: Path, iqr: bool = False) -> np.ndarray:
-        """(S, S) localization map of `audio_side`'s sound in the image at `image_path`, computed on demand:
-        the same computation as `localize()` on that pair."""
-        maps = pair_maps(self.model, audio_side, self.embed_image(image_path), self.config.data.image_size, iqr)
-        return maps.full.squeeze(0).cpu().numpy()
+        """(S, S) map of `audio_side`'s sound in the image at `image_path`."""
+        return self.hit_maps(audio_side, self.image_input(image_path).unsqueeze(0), iqr)[0]
+
+    def hit_pictures(self, kind: str, query_side, hits: Sequence[Hit], iqr: bool = False) -> list[Image.Image]:
+        """One picture per hit, each file decoded once and each encoder run once over all hits: for a sound
+        query ('audio' / 'video') the map of the query's sound over the hit image, for an image query the hit
+        sound's spectrogram with its target slot's attention over time (which needs no query side)."""
+        if not hits:
+            return []
+        if kind in ("audio", "video"):
+            originals = [load_image(Path(hit.image_path)) for hit in hits]
+            to_tensor = image_transform(self.config.data, train=False)
+            maps = self.hit_maps(query_side, torch.stack([to_tensor(image) for image in originals]), iqr)
+            return [overlay_picture(image, heatmap) for image, heatmap in zip(originals, maps)]
+        spectrograms = torch.stack([self.audio_input(Path(hit.audio_path)) for hit in hits])
+        attention = self.encode_audio(spectrograms).time_attention
+        return [spectrogram_picture(spectrograms[i, 0].numpy(), None if attention is None else attention[i].cpu().numpy())
+                for i in range(len(hits))]
 
     def write_outputs(self, result: QueryResult, out_dir: Path, iqr: bool = False) -> Path:
-        """Write one picture per hit, a contact sheet of all hits, and results.json; returns the JSON path."""
+        """Write one picture per hit, a contact sheet of all hits, and results.json; returns the JSON path.
+        A sound query is encoded again only if `result` does not carry its side (e.g. read back from JSON)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        pictures = []
-        if result.kind in ("audio", "video"):
-            audio_side = self.embed_audio(Path(result.query))
-            for hit in result.hits:
-                picture = overlay_picture(load_image(Path(hit.image_path)), self.hit_map(audio_side, Path(hit.image_path), iqr))
-                pictures.append(self._save_hit(picture, hit, out_dir))
-        else:
-            for hit in result.hits:
-                spectrogram = load_spectrogram(Path(hit.audio_path), self.config.data)
-                with torch.no_grad():
-                    side = self.model.encode_audio(spectrogram.unsqueeze(0).to(self.device))
-                attention = None if side.time_attention is None else side.time_attention[0].cpu().numpy()
-                pictures.append(self._save_hit(spectrogram_picture(spectrogram[0].numpy(), attention), hit, out_dir))
+        query_side = result.query_side
+        if query_side is None and result.kind in ("audio", "video"):
+            query_side = self.embed_audio(Path(result.query))
+        pictures = [self._save_hit(picture, hit, out_dir)
+                    for picture, hit in zip(self.hit_pictures(result.kind, query_side, result.hits, iqr), result.hits)]
         if pictures:
             sheet = contact_sheet(pictures, [f"#{h.rank} {h.label or h.id} {h.score:.3f}" for h in result.hits])
             sheet_path = out_dir / "contact_sheet.png"

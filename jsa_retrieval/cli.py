@@ -196,9 +196,13 @@ def index(data_dir: Path, checkpoint: Path, out_dir: Path, split: str | None, an
                    f"{summary.skipped} skipped: see {out_dir}/skipped.tsv); index {choice['factory']}")
 
 
-@cli.command(help="Search an index by sound (--audio, --video) or by picture (--image)."
-             + EXAMPLE + "jsar query --index index/synth --audio dog.wav -k 10 --out hits/")
-@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@cli.command(help="Search an index by sound (--audio, --video) or by picture (--image), here or through a running "
+             "`jsar serve` (--server)." + EXAMPLE + "jsar query --index index/synth --audio dog.wav -k 10 --out hits/"
+             "\n  jsar query --server http://127.0.0.1:8000 --audio dog.wav")
+@click.option("--index", "index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The index folder (`jsar index --out`); or give --server.")
+@click.option("--server", help="URL of a running `jsar serve`: search there instead of loading model and indexes.")
+@click.option("--token", envvar="JSAR_TOKEN", help="The service's token, if it has one [$JSAR_TOKEN].")
 @click.option("--audio", "audio_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--image", "image_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--video", "video_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -210,15 +214,28 @@ def index(data_dir: Path, checkpoint: Path, out_dir: Path, split: str | None, an
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The store's model, when it moved since indexing.")
 @click.option("--device", help="cpu, cuda, ... (default: cuda when available).")
-def query(index_dir: Path, audio_path: Path | None, image_path: Path | None, video_path: Path | None, k: int,
-          out_dir: Path | None, as_json: bool, iqr: bool, checkpoint: Path | None, device: str | None) -> None:
-    from indexing.engine import Engine
-
+def query(index_dir: Path | None, server: str | None, token: str | None, audio_path: Path | None,
+          image_path: Path | None, video_path: Path | None, k: int, out_dir: Path | None, as_json: bool, iqr: bool,
+          checkpoint: Path | None, device: str | None) -> None:
     given = [p for p in (audio_path, image_path, video_path) if p is not None]
     if len(given) != 1:
         raise click.UsageError("give exactly one of --audio, --image, --video")
+    if (index_dir is None) == (server is None):
+        raise click.UsageError("give exactly one of --index, --server")
     if k < 1:
         raise click.BadParameter("k must be at least 1", param_hint="-k")
+    if server:
+        if iqr or checkpoint or device:
+            raise click.UsageError("--iqr, --checkpoint and --device are the service's settings, not the client's")
+        from serving.client import save_pictures, search_file
+
+        answer = search_file(server, given[0], "image" if image_path else "audio", k, token)
+        if out_dir:
+            save_pictures(server, answer, out_dir, token)
+        _echo_hits(answer["kind"], answer["hits"], as_json, answer, out_dir, "image_url", "audio_url")
+        return
+    from indexing.engine import Engine
+
     engine = Engine.open(index_dir, checkpoint=checkpoint, device=device)
     if audio_path:
         result = engine.search_audio(audio_path, k)
@@ -228,15 +245,47 @@ def query(index_dir: Path, audio_path: Path | None, image_path: Path | None, vid
         result = engine.search_video(video_path, k)
     if out_dir:
         engine.write_outputs(result, out_dir, iqr=iqr)
+    answer = result.to_dict()
+    _echo_hits(result.kind, answer["hits"], as_json, answer, out_dir, "image_path", "audio_path")
+
+
+def _echo_hits(kind: str, hits: list[dict], as_json: bool, answer: dict, out_dir: Path | None, image_key: str,
+               audio_key: str) -> None:
+    """The hits as JSON or as a table whose last column is each hit's media (a path here, a URL from a service)."""
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        click.echo(json.dumps(answer, indent=2))
         return
-    click.echo(f"{'rank':>4}  {'score':>7}  {'class':<20} {'id':<24} path")
-    for hit in result.hits:
-        path = hit.image_path if result.kind != "image" else hit.audio_path
-        click.echo(f"{hit.rank:>4}  {hit.score:>7.4f}  {(hit.label or '-'):<20.20} {hit.id:<24.24} {path}")
+    click.echo(f"{'rank':>4}  {'score':>7}  {'class':<20} {'id':<24} {'path' if image_key.endswith('path') else 'url'}")
+    for hit in hits:
+        where = hit[audio_key] if kind == "image" else hit[image_key]
+        click.echo(f"{hit['rank']:>4}  {hit['score']:>7.4f}  {(hit['label'] or '-'):<20.20} {hit['id']:<24.24} {where}")
     if out_dir:
         click.echo(f"pictures and results.json in {out_dir}")
+
+
+@cli.command(help="Serve an index over HTTP: the model and both FAISS indexes loaded once, a JSON API (OpenAPI page "
+             "at /docs) and a web page at / to search by sound or picture and see the maps. Binds 127.0.0.1 unless "
+             "--host says otherwise; any other host needs --token." + EXAMPLE
+             + "jsar serve --index demo_out/index\n  jsar serve --index index/synth --host 0.0.0.0 --token \"$(openssl rand -hex 16)\"")
+@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; non-loopback needs --token.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--token", envvar="JSAR_TOKEN", help="Required on every endpoint but /health [$JSAR_TOKEN].")
+@click.option("--max-upload-mb", default=50.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Larger uploads are refused (413).")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The store's model, when it moved since indexing.")
+@click.option("--device", help="cpu, cuda, ... (default: cuda when available).")
+def serve(index_dir: Path, host: str, port: int, token: str | None, max_upload_mb: float, checkpoint: Path | None,
+          device: str | None) -> None:
+    from serving.app import ServeConfig, open_service, run
+
+    app = open_service(index_dir, host, token, checkpoint, device,
+                       ServeConfig(max_upload_bytes=int(max_upload_mb * 1024 * 1024)))
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"jsar serve: {len(app.state.service.engine.indexes.store):,} items from {index_dir}; "
+               f"page http://{shown}:{port}/{'?token=...' if token else ''}  API http://{shown}:{port}/docs  (Ctrl-C stops)")
+    run(app, host, port)
 
 
 @cli.group(help="Evaluation reports: localization (cIoU/AP50, AUC, AVSBench mIoU/F), retrieval (Recall@K), "

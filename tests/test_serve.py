@@ -1,0 +1,355 @@
+"""`jsar serve` over a tiny index: every endpoint, the token, path traversal, bad uploads, batching, the client."""
+from __future__ import annotations
+
+import io
+import json
+import re
+import socket
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="the service needs the [serve] extra (fastapi, uvicorn, python-multipart)")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from indexing.embed import index_dataset  # noqa: E402
+from indexing.engine import Engine  # noqa: E402
+from jsa_retrieval.cli import cli  # noqa: E402
+from jsa_retrieval.synth import SynthConfig, generate  # noqa: E402
+from serving.app import ServeConfig, check_bind, create_app, ServeError  # noqa: E402
+from serving.batcher import MicroBatcher  # noqa: E402
+from test_engine import tiny_checkpoint  # noqa: E402
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def tiny_index(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    data = root / "data"
+    generate(data, SynthConfig(n_clips=16, seed=2, image_size=64, seconds=1.0), progress=False)
+    index_dataset(data, tiny_checkpoint(root / "model.pt"), root / "index", batch_size=8, num_workers=0, progress=False)
+    return root / "index", data
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_index):
+    return Engine.open(tiny_index[0], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client(engine):
+    with TestClient(create_app(engine, ServeConfig(max_upload_bytes=200_000))) as test_client:
+        yield test_client
+
+
+def upload(client, route, content, k=None, name="query.bin", **kwargs):
+    return client.post(route, files={"file": (name, content)}, data={} if k is None else {"k": str(k)}, **kwargs)
+
+
+def assert_one_line_error(response, status):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error and "\n" not in error and "Traceback" not in error
+    return error
+
+
+@contextmanager
+def live_server(app):
+    """The app on a real socket (uvicorn in a thread) for clients that are not TestClient."""
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+# ------------------------------------------------------------------------------------------------ searches
+def test_audio_search_gives_the_engines_hits_with_urls_not_paths(client, engine, tiny_index):
+    _, data = tiny_index
+    wav = data / "audio" / "synth_000003.wav"
+    response = upload(client, "/search/audio", wav.read_bytes(), k=5, name="dog.wav")
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    local = engine.search_audio(wav, k=5)
+    assert [hit["id"] for hit in answer["hits"]] == [hit.id for hit in local.hits]
+    np.testing.assert_allclose([hit["score"] for hit in answer["hits"]], [hit.score for hit in local.hits], atol=1e-5)
+    assert [hit["rank"] for hit in answer["hits"]] == [1, 2, 3, 4, 5] and answer["kind"] == "audio"
+    assert str(data) not in response.text and "frames" not in response.text
+    first = answer["hits"][0]
+    assert first["image_url"] == f"/items/{first['id']}/image"
+    assert first["map_url"] == f"/maps/{answer['query_id']}/{first['id']}.png"
+
+
+def test_audio_hit_map_is_the_engines_overlay_of_that_hit(client, engine, tiny_index):
+    _, data = tiny_index
+    wav = data / "audio" / "synth_000005.wav"
+    answer = upload(client, "/search/audio", wav.read_bytes(), k=3).json()
+    local = engine.search_audio(wav, k=3)
+    expected = engine.hit_pictures("audio", local.query_side, local.hits)
+    for hit, picture in zip(answer["hits"], expected):
+        response = client.get(hit["map_url"])
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+        served = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"), dtype=int)
+        assert served.shape == (64, 64, 3)
+        assert np.abs(served - np.asarray(picture, dtype=int)).max() <= 2  # batch-of-3 vs batch-of-1 rounding
+
+
+def test_image_search_gives_sound_hits_drawn_with_their_time_attention(client, engine, tiny_index):
+    _, data = tiny_index
+    image = data / "frames" / "synth_000004.jpg"
+    answer = upload(client, "/search/image", image.read_bytes(), k=4, name="x.jpg").json()
+    assert [hit["id"] for hit in answer["hits"]] == [hit.id for hit in engine.search_image(image, k=4).hits]
+    strip = Image.open(io.BytesIO(client.get(answer["hits"][0]["map_url"]).content))
+    assert strip.height == 160 + 32  # spectrogram above, attention strip below (pictures.spectrogram_picture)
+
+
+def test_vector_search_answers_like_the_indexes(client, engine):
+    store = engine.indexes.store
+    vector = store.read_rows("audio_vectors", [6])[0]
+    response = client.post("/search/vector", json={"vector": vector.tolist(), "direction": "audio_to_image", "k": 4})
+    assert response.status_code == 200, response.text
+    expected = engine.image_hits(vector[None], 4)[0]
+    assert [hit["id"] for hit in response.json()["hits"]] == [hit.id for hit in expected]
+    assert response.json()["hits"][0]["map_url"] is None  # no sound to draw an image hit's map with
+    sounds = client.post("/search/vector", json={"vector": store.read_rows("image_vectors", [2])[0].tolist(),
+                                                 "direction": "image_to_audio", "k": 2}).json()
+    assert len(sounds["hits"]) == 2 and client.get(sounds["hits"][0]["map_url"]).status_code == 200
+    assert "32" in assert_one_line_error(client.post("/search/vector", json={"vector": [1.0, 2.0],
+                                                                             "direction": "audio_to_image"}), 422)
+    assert_one_line_error(client.post("/search/vector", json={"vector": vector.tolist(), "direction": "sideways"}), 422)
+
+
+def test_items_metadata_and_their_stored_media(client, engine):
+    record = engine.indexes.store.record(3)
+    meta = client.get(f"/items/{record.id}").json()
+    assert meta["id"] == record.id and meta["label"] == record.label and meta["row"] == 3
+    assert client.get(meta["image_url"]).content == open(record.image_path, "rb").read()
+    audio = client.get(meta["audio_url"])
+    assert audio.content == open(record.audio_path, "rb").read() and audio.headers["content-type"] in (
+        "audio/x-wav", "audio/wav")
+
+
+def test_unknown_or_foreign_map_requests_are_404(client, tiny_index):
+    _, data = tiny_index
+    answer = upload(client, "/search/audio", (data / "audio" / "synth_000001.wav").read_bytes(), k=2).json()
+    other = next(f"synth_{i:06d}" for i in range(16) if f"synth_{i:06d}" not in {h["id"] for h in answer["hits"]})
+    assert_one_line_error(client.get(f"/maps/{answer['query_id']}/{other}.png"), 404)
+    assert_one_line_error(client.get(f"/maps/0000/{answer['hits'][0]['id']}.png"), 404)
+
+
+# ------------------------------------------------------------------------------------------------ safety
+CRAFTED = ["../../../../etc/passwd", "..%2F..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", "/etc/passwd",
+           "..%252F..%252Fetc%252Fpasswd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "....//....//etc/passwd",
+           "synth_000001.jpg", "frames%2Fsynth_000001.jpg", "..\\..\\etc\\passwd", "%00", "synth_000001%00"]
+
+
+@pytest.mark.parametrize("crafted", CRAFTED)
+def test_crafted_ids_get_404_and_never_a_file(client, tiny_index, crafted):
+    _, data = tiny_index
+    query_id = upload(client, "/search/audio", (data / "audio" / "synth_000001.wav").read_bytes(), k=1).json()["query_id"]
+    for route in (f"/items/{crafted}", f"/items/{crafted}/image", f"/items/{crafted}/audio",
+                  f"/maps/{query_id}/{crafted}.png", f"/maps/{crafted}/synth_000001.png"):
+        response = client.get(route)
+        assert response.status_code == 404, (route, response.status_code)
+        assert "root:" not in response.text and not response.content.startswith(b"\xff\xd8")
+
+
+def test_absolute_paths_of_stored_files_are_not_ids(client, engine):
+    record = engine.indexes.store.record(0)
+    assert client.get(f"/items/{record.image_path}/image").status_code == 404
+    assert client.get("/items/" + record.image_path.replace("/", "%2F") + "/image").status_code == 404
+
+
+def test_token_is_checked_everywhere_but_health(engine, tiny_index):
+    _, data = tiny_index
+    wav = (data / "audio" / "synth_000002.wav").read_bytes()
+    with TestClient(create_app(engine, ServeConfig(token=TOKEN))) as guarded:
+        assert guarded.get("/health").status_code == 200
+        for method, route in (("get", "/"), ("get", "/metrics"), ("get", "/items/synth_000001"),
+                              ("get", "/items/synth_000001/image"), ("get", "/maps/q/synth_000001.png"),
+                              ("get", "/docs"), ("get", "/openapi.json")):
+            assert_one_line_error(getattr(guarded, method)(route), 401)
+        assert_one_line_error(upload(guarded, "/search/audio", wav), 401)
+        assert_one_line_error(upload(guarded, "/search/audio", wav, headers={"Authorization": "Bearer wrong"}), 401)
+        assert upload(guarded, "/search/audio", wav, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        page = guarded.get(f"/?token={TOKEN}")  # opening the page with the token leaves a cookie for its requests
+        assert page.status_code == 200 and "jsar" in page.text
+        assert guarded.get("/items/synth_000001").status_code == 200
+
+
+def test_public_bind_needs_a_token():
+    with pytest.raises(ServeError, match="--token"):
+        check_bind("0.0.0.0", None)
+    with pytest.raises(ServeError):
+        check_bind("192.168.1.5", "")
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        check_bind(host, None)
+    check_bind("0.0.0.0", TOKEN)
+
+
+def test_cli_serve_refuses_a_public_bind_without_token_in_one_line(tiny_index, monkeypatch):
+    monkeypatch.delenv("JSAR_TOKEN", raising=False)
+    result = CliRunner().invoke(cli, ["serve", "--index", str(tiny_index[0]), "--host", "0.0.0.0"])
+    assert result.exit_code != 0 and "--token" in str(result.exception)
+
+
+def test_oversize_uploads_are_413(client):
+    big = b"RIFF" + b"\0" * 300_000
+    assert "limit" in assert_one_line_error(upload(client, "/search/audio", big), 413)
+
+    def chunks():  # no Content-Length: the running count must stop it
+        for _ in range(40):
+            yield b"x" * 10_000
+
+    response = client.post("/search/audio", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert_one_line_error(response, 413)
+
+
+def test_broken_empty_and_wrong_type_uploads_are_4xx_one_line(client, tiny_index):
+    _, data = tiny_index
+    image = (data / "frames" / "synth_000001.jpg").read_bytes()
+    wav = (data / "audio" / "synth_000001.wav").read_bytes()
+    assert "decode" in assert_one_line_error(upload(client, "/search/audio", b"RIFF\x10\0\0\0WAVEfmt garbage"), 422)
+    assert_one_line_error(upload(client, "/search/image", image[:200]), 422)  # a truncated JPEG
+    assert_one_line_error(upload(client, "/search/audio", b"\x1a\x45\xdf\xa3" + b"\0" * 64), 422)  # broken webm
+    assert "jpeg" in assert_one_line_error(upload(client, "/search/audio", image), 415)
+    assert_one_line_error(upload(client, "/search/image", wav), 415)
+    assert_one_line_error(upload(client, "/search/audio", b"hello, this is text"), 415)
+    assert_one_line_error(upload(client, "/search/audio", b""), 400)
+    assert_one_line_error(client.post("/search/audio", data={"k": "3"}), 422)  # no file
+    assert_one_line_error(upload(client, "/search/audio", wav, k=0), 422)
+    assert_one_line_error(upload(client, "/search/audio", wav, k="many"), 422)
+    assert_one_line_error(upload(client, "/search/audio", wav, k=10_000), 422)
+    assert_one_line_error(client.post("/search/audio", json={"file": "x"}), 422)
+    broken_form = client.post("/search/audio", content=b"--b\r\nbroken", headers={
+        "Content-Type": "multipart/form-data; boundary=b"})
+    assert_one_line_error(broken_form, broken_form.status_code)
+    assert broken_form.status_code in (400, 422)
+    assert client.get("/no/such/route").status_code == 404
+
+
+def test_upload_temporary_files_are_removed(client, tiny_index, tmp_path, monkeypatch):
+    _, data = tiny_index
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    wav = (data / "audio" / "synth_000001.wav").read_bytes()
+    for content in (wav, b"RIFF\x10\0\0\0WAVEfmt garbage", wav):
+        upload(client, "/search/audio", content, k=2)
+    upload(client, "/search/image", (data / "frames" / "synth_000001.jpg").read_bytes()[:300])
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith("jsar-upload-")]
+
+
+def test_health_and_metrics_count_requests_latencies_and_errors(client, tiny_index):
+    _, data = tiny_index
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["items"] == 16 and health["dim"] == 32
+    upload(client, "/search/audio", (data / "audio" / "synth_000001.wav").read_bytes(), k=2)
+    upload(client, "/search/audio", b"not audio at all")
+    text = client.get("/metrics").text
+    ok = re.search(r'jsar_requests_total\{method="POST",route="/search/audio",status="200"\} (\d+)', text)
+    assert ok and int(float(ok.group(1))) >= 1
+    assert re.search(r'jsar_errors_total\{route="/search/audio",status="415"\} [1-9]', text)
+    assert 'jsar_request_seconds_bucket{le="0.005",route="/search/audio"}' in text
+    assert "process_resident_memory_bytes" in text and "jsar_batch_size_count" in text
+
+
+def test_openapi_page_and_web_page_are_served(client):
+    assert {"/search/audio", "/search/image", "/search/vector", "/items/{item_id}", "/health", "/metrics"} <= set(
+        client.get("/openapi.json").json()["paths"])
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="sound-file"' in page.text and "MediaRecorder" in page.text
+
+
+# ------------------------------------------------------------------------------------------------ batching
+def test_concurrent_requests_share_batches_and_keep_their_own_results():
+    sizes = []
+
+    def double_all(items):
+        time.sleep(0.05)
+        return [2 * item for item in items]
+
+    batcher = MicroBatcher(double_all, max_batch=8, on_batch=sizes.append)
+    futures = [batcher.submit_future(i) for i in range(20)]
+    assert [future.result(timeout=10) for future in futures] == [2 * i for i in range(20)]
+    batcher.close()
+    assert sum(sizes) == 20 and max(sizes) == 8 and len(sizes) < 20
+
+
+def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on():
+    batcher = MicroBatcher(lambda items: [1 / item for item in items])
+    with pytest.raises(ZeroDivisionError):
+        batcher.submit_future(0).result(timeout=10)
+    assert batcher.submit_future(4).result(timeout=10) == 0.25
+    batcher.close()
+
+
+def test_concurrent_http_searches_are_micro_batched_with_correct_answers(engine, tiny_index):
+    _, data = tiny_index
+    wavs = [data / "audio" / f"synth_{i:06d}.wav" for i in range(8)]
+    expected = {wav.name: [hit.id for hit in engine.search_audio(wav, k=3).hits] for wav in wavs}
+    app = create_app(engine, ServeConfig(batch_wait_s=0.05))
+    with TestClient(app) as batched:
+        answers = {}
+
+        def search(wav):
+            answers[wav.name] = [h["id"] for h in upload(batched, "/search/audio", wav.read_bytes(), k=3).json()["hits"]]
+
+        threads = [threading.Thread(target=search, args=(wav,)) for wav in wavs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert answers == expected
+        count = re.search(r'jsar_batch_size_count\{batcher="audio"\} (\S+)', batched.get("/metrics").text)
+        assert float(count.group(1)) < len(wavs)  # fewer batches than requests
+
+
+# ------------------------------------------------------------------------------------------------ client
+def test_cli_query_through_a_server_prints_the_same_hits_as_local(engine, tiny_index, tmp_path):
+    index_dir, data = tiny_index
+    wav = str(data / "audio" / "synth_000009.wav")
+    runner = CliRunner()
+    local = json.loads(runner.invoke(cli, ["query", "--index", str(index_dir), "--audio", wav, "-k", "4",
+                                           "--json"]).output)
+    with live_server(create_app(engine, ServeConfig(token=TOKEN))) as url:
+        remote = runner.invoke(cli, ["query", "--server", url, "--token", TOKEN, "--audio", wav, "-k", "4", "--json",
+                                     "--out", str(tmp_path / "hits")])
+        assert remote.exit_code == 0, remote.output
+        answer = json.loads(remote.output[:remote.output.rindex("}") + 1])
+        table = runner.invoke(cli, ["query", "--server", url, "--token", TOKEN, "--audio", wav, "-k", "4"])
+        denied = runner.invoke(cli, ["query", "--server", url, "--audio", wav])
+    assert [hit["id"] for hit in answer["hits"]] == [hit["id"] for hit in local["hits"]]
+    assert answer["hits"][0]["map_url"].startswith(url)
+    assert len(list((tmp_path / "hits").glob("hit_*.png"))) == 4 and (tmp_path / "hits" / "results.json").is_file()
+    assert table.exit_code == 0 and all(hit["id"] in table.output for hit in local["hits"])
+    assert denied.exit_code != 0 and "401" in str(denied.exception)
+
+
+def test_cli_query_with_no_server_listening_is_one_line(tiny_index):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    from jsa_retrieval.errors import JsarError
+
+    result = CliRunner().invoke(cli, ["query", "--server", f"http://127.0.0.1:{port}", "--audio",
+                                      str(tiny_index[1] / "audio" / "synth_000001.wav")])
+    assert result.exit_code != 0 and isinstance(result.exception, JsarError)
+    assert "no jsar service" in str(result.exception) and "\n" not in str(result.exception)
