@@ -1,0 +1,80 @@
+"""The web page in a real browser: Playwright driving Debian's headless Chromium (Playwright's own browser
+download cannot work here, so `executable_path` points at the system binary; `.ci/run` installs it)."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the service needs the [serve] extra")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+
+from serving.app import ServeConfig, create_app  # noqa: E402
+from test_serve import TOKEN, engine, live_server, tiny_index  # noqa: E402,F401  (fixtures)
+
+CHROMIUM = next((path for path in (os.environ.get("JSAR_CHROMIUM"), shutil.which("chromium"),
+                                   shutil.which("chromium-browser"), "/usr/bin/chromium") if path and os.path.isfile(path)),
+                None)
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary (Debian: apt-get install -y chromium; "
+                                "or set JSAR_CHROMIUM)")
+K = 6
+
+
+@pytest.fixture(scope="module")
+def page_url(engine):  # noqa: F811
+    with live_server(create_app(engine, ServeConfig(token=TOKEN))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                              args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        yield chromium
+        chromium.close()
+
+
+def loaded_images(page, selector: str) -> int:
+    return page.evaluate("(s) => [...document.querySelectorAll(s)].filter(i => i.complete && i.naturalWidth > 0).length",
+                         selector)
+
+
+def test_dropping_a_wav_shows_k_image_hits_with_their_maps(browser, page_url, tiny_index, tmp_path):  # noqa: F811
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{page_url}/?token={TOKEN}")
+    page.wait_for_function("document.getElementById('status').textContent.includes('items')")
+    page.fill("#sound-k", str(K))
+    page.set_input_files("#sound-file", str(tiny_index[1] / "audio" / "synth_000003.wav"))
+    page.wait_for_function(f"document.querySelectorAll('#image-hits .hit img.overlay').length === {K}")
+    page.wait_for_function(f"[...document.querySelectorAll('#image-hits img.overlay')]"
+                           f".filter(i => i.complete && i.naturalWidth > 0).length === {K}", timeout=30_000)
+    assert loaded_images(page, "#image-hits img.overlay") == K
+    sources = page.eval_on_selector_all("#image-hits img.overlay", "images => images.map(i => i.src)")
+    assert all("/maps/" in source and source.endswith(".png") for source in sources)
+    assert "hits in" in page.inner_text("#sound-error")
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+    assert (tmp_path / "page.png").stat().st_size > 10_000
+    page.close()
+
+
+def test_dropping_an_image_shows_playable_sound_hits_with_attention_strips(browser, page_url, tiny_index):  # noqa: F811
+    page = browser.new_page()
+    page.goto(f"{page_url}/?token={TOKEN}")
+    page.click("#tab-image")
+    page.fill("#image-k", "3")
+    page.set_input_files("#image-file", str(tiny_index[1] / "frames" / "synth_000004.jpg"))
+    page.wait_for_function("[...document.querySelectorAll('#sound-hits img.strip')]"
+                           ".filter(i => i.complete && i.naturalWidth > 0).length === 3", timeout=30_000)
+    assert page.eval_on_selector_all("#sound-hits audio", "players => players.map(p => p.src)")[0].endswith("/audio")
+    page.close()
+
+
+def test_a_wrong_file_shows_the_services_one_line_error(browser, page_url, tiny_index):  # noqa: F811
+    page = browser.new_page()
+    page.goto(f"{page_url}/?token={TOKEN}")
+    page.set_input_files("#sound-file", str(tiny_index[1] / "frames" / "synth_000001.jpg"))
+    page.wait_for_function("document.getElementById('sound-error').textContent.includes('expected sound')")
+    assert page.locator("#image-hits .hit").count() == 0
+    page.close()
