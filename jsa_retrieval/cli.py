@@ -456,12 +456,24 @@ def demo(out_dir: Path, n_clips: int, train_minutes: float, epochs: int | None, 
 @click.option("--batch-queries", type=click.IntRange(min=1), help="Batch size for queries/s [2000].")
 @click.option("--recall-queries", type=click.IntRange(min=1), help="Queries scored against exact search [1000].")
 @click.option("--sweep", help="Comma-separated nprobe/efSearch values to sweep [8..256].")
-@click.option("--only", type=click.Choice(["indexing", "faiss"]), help="Run one of the two benchmarks.")
+@click.option("--only", type=click.Choice(["indexing", "faiss", "serve"]),
+              help="Run one of the benchmarks; serve (not in the default run): `jsar serve` under 16 concurrent "
+              "clients against a new `jsar query` process per search (--clips [2000], --requests [2000]).")
+@click.option("--requests", type=click.IntRange(min=1), help="serve: audio searches under load [2000].")
+@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True,
+              help="serve: concurrent clients.")
 @click.option("--device", help="cpu, cuda, ... (default: cuda when available).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the report as JSON.")
-def bench(only: str | None, sweep: str | None, **options) -> None:
+def bench(only: str | None, sweep: str | None, requests: int | None, concurrency: int, **options) -> None:
+    if only == "serve":
+        from evaluation.bench_serve import run_serve_bench
+
+        click.echo(run_serve_bench(options["work_dir"], options["data_dir"], options["checkpoint"], options["clips"],
+                                   options["quick"], requests, concurrency, seed=options["seed"],
+                                   json_path=options["json_path"]).table())
+        return
     from evaluation.bench import run_benchmarks
 
     try:

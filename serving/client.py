@@ -17,12 +17,13 @@ class ServiceError(JsarError, OSError):
     """The service is unreachable or refused the request; the message says which, in one line."""
 
 
-def _multipart(fields: dict[str, str], file_field: str, path: Path) -> tuple[bytes, str]:
+def multipart_body(fields: dict[str, str], file_field: str, file_name: str, data: bytes) -> tuple[bytes, str]:
+    """A multipart/form-data body with text `fields` and one file; returns (body, Content-Type)."""
     boundary = uuid.uuid4().hex
     parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
              for name, value in fields.items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{path.name}"\r\n'
-                 "Content-Type: application/octet-stream\r\n\r\n".encode() + path.read_bytes() + b"\r\n")
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{file_name}"\r\n'
+                 "Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
@@ -59,7 +60,7 @@ def search_file(server: str, path: Path, kind: str, k: int = 10, token: str | No
     """Search a running service with a sound/video (`kind` 'audio') or image ('image') file; its JSON answer."""
     if kind not in ("audio", "image"):
         raise ValueError(f"kind must be 'audio' or 'image', got {kind!r}")
-    body, content_type = _multipart({"k": str(k)}, "file", Path(path))
+    body, content_type = multipart_body({"k": str(k)}, "file", Path(path).name, Path(path).read_bytes())
     answer = request_json(server, f"search/{kind}", body, content_type, token)
     base = server.rstrip("/") + "/"
     for hit in answer["hits"]:  # the service answers with its own paths; a client wants whole URLs

@@ -1,0 +1,322 @@
+"""`jsar bench --only serve`: the service against a new process per search, measured side by side in one run.
+
+A `jsar serve` process is started on 127.0.0.1 over a synthetic index (random-weight cpu-config JSA, which is
+fine for speed), then:
+
+- cold: `jsar query` as a new process per search (imports, model and index loading, one search), and the
+  `jsar query --server` client process for the same search;
+- warm: one client searching by audio upload after another (end to end: upload, decode, encode, FAISS, JSON),
+  and the same search followed by fetching all k hit maps (what the page does);
+- load: `concurrency` clients with keep-alive connections sending `requests` audio searches in all, bounded
+  by `max_seconds`: p50 / p99 latency, searches/s, errors, the service's mean micro-batch size, and its
+  resident memory before and after.
+Goals (2 cores): warm p50 <= 50 ms, >= 40 searches/s under load, 0 errors.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexing.embed import index_dataset
+from jsa_retrieval.machine import machine_info
+from serving.client import multipart_body
+
+from .bench import make_random_checkpoint, make_synthetic_data
+
+logger = logging.getLogger(__name__)
+
+WARM_P50_GOAL_MS = 50.0
+LOAD_RATE_GOAL = 40.0
+DEFAULT_SERVE_CLIPS, QUICK_SERVE_CLIPS = 2000, 256
+
+
+@dataclass
+class LatencySummary:
+    count: int
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> "LatencySummary":
+        ms = np.asarray(seconds, dtype=float) * 1000
+        if ms.size == 0:
+            return cls(0, float("nan"), float("nan"), float("nan"))
+        return cls(int(ms.size), float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), float(ms.mean()))
+
+
+@dataclass
+class ServeBench:
+    """All figures of one run (times in seconds unless the name says ms)."""
+
+    clips: int
+    k: int
+    concurrency: int
+    cold_query_s: list[float]
+    cold_client_s: list[float]
+    startup_s: float
+    warm: LatencySummary
+    warm_with_maps: LatencySummary
+    load: LatencySummary
+    load_seconds: float
+    load_errors: int
+    load_requests_asked: int
+    mean_batch: float
+    rss_start: int
+    rss_before_load: int
+    rss_half_load: int
+    rss_after_load: int
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def load_rate(self) -> float:
+        return self.load.count / self.load_seconds if self.load_seconds else 0.0
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        cold = statistics.median(self.cold_query_s)
+        met = lambda ok: "met" if ok else "MISSED"  # noqa: E731
+        return [
+            ("cold `jsar query` (new process, one search)", f"{cold * 1000:.0f} ms (median of {len(self.cold_query_s)})", ""),
+            ("cold `jsar query --server` (client process)", f"{statistics.median(self.cold_client_s) * 1000:.0f} ms", ""),
+            ("service start to healthy", f"{self.startup_s:.1f} s", "model and indexes loaded once"),
+            ("warm audio search, 1 client", f"p50 {self.warm.p50_ms:.1f} ms, p99 {self.warm.p99_ms:.1f} ms "
+             f"({self.warm.count} searches)", f"goal p50 <= {WARM_P50_GOAL_MS:.0f} ms: "
+             f"{met(self.warm.p50_ms <= WARM_P50_GOAL_MS)}; {cold * 1000 / self.warm.p50_ms:.0f}x faster than cold"),
+            (f"warm audio search + {self.k} maps, 1 client", f"p50 {self.warm_with_maps.p50_ms:.0f} ms, "
+             f"p99 {self.warm_with_maps.p99_ms:.0f} ms ({self.warm_with_maps.count})", "what the page does"),
+            (f"load: {self.concurrency} clients, audio searches", f"{self.load.count} of {self.load_requests_asked} in "
+             f"{self.load_seconds:.1f} s = {self.load_rate:.1f} searches/s",
+             f"goal >= {LOAD_RATE_GOAL:.0f}/s: {met(self.load_rate >= LOAD_RATE_GOAL)}"),
+            ("load latency", f"p50 {self.load.p50_ms:.0f} ms, p99 {self.load.p99_ms:.0f} ms", ""),
+            ("load errors", str(self.load_errors), f"goal 0: {met(self.load_errors == 0)}"),
+            ("mean micro-batch under load", f"{self.mean_batch:.1f} searches", ""),
+            ("service RSS: start / before load / half / end",
+             " / ".join(f"{value / 2**20:.0f}" for value in (self.rss_start, self.rss_before_load, self.rss_half_load,
+                                                             self.rss_after_load)) + " MiB",
+             f"{(self.rss_after_load - self.rss_half_load) / 2**20:+.0f} MiB over the second half"),
+        ]
+
+    def table(self) -> str:
+        load = (self.machine.get("load_average") or [0.0])[0]
+        header = (f"jsar serve benchmark: {self.clips} clips, k {self.k}, {self.machine.get('usable_cores', '?')} cores, "
+                  f"load average {load:.2f} at start")
+        rows = [("measure", "value", "note")] + self.rows()
+        widths = [max(len(row[i]) for row in rows) for i in range(2)]
+        lines = [header, ""]
+        for number, row in enumerate(rows):
+            lines.append(f"{row[0].ljust(widths[0])}  {row[1].ljust(widths[1])}  {row[2]}".rstrip())
+            if number == 0:
+                lines.append(f"{'-' * widths[0]}  {'-' * widths[1]}  ----")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "load_rate": self.load_rate, "table": self.table()}
+
+
+# ------------------------------------------------------------------------------------------------ clients
+class SearchClient:
+    """One keep-alive HTTP connection sending audio searches (the load generator's client)."""
+
+    def __init__(self, port: int, timeout: float = 60.0):
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+    def get(self, route: str) -> tuple[int, bytes]:
+        self.connection.request("GET", route)
+        response = self.connection.getresponse()
+        return response.status, response.read()
+
+    def search(self, body: bytes, content_type: str) -> tuple[int, bytes]:
+        self.connection.request("POST", "/search/audio", body=body, headers={"Content-Type": content_type})
+        response = self.connection.getresponse()
+        return response.status, response.read()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    found = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else float("nan")
+
+
+def _jsar(*args: str) -> list[str]:
+    return [sys.executable, "-m", "jsa_retrieval", *args]
+
+
+def _timed_process(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.perf_counter() - started
+
+
+def _wait_healthy(port: int, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"jsar serve exited with code {process.returncode}")
+        try:
+            client = SearchClient(port, timeout=2)
+            status, _ = client.get("/health")
+            client.close()
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"jsar serve did not answer /health within {timeout:.0f} s")
+
+
+def _run_load(port: int, bodies: list[tuple[bytes, str]], requests: int, concurrency: int,
+              max_seconds: float) -> tuple[list[float], int, float]:
+    """`requests` searches spread over `concurrency` threads; (latencies of the good ones, errors, seconds)."""
+    latencies: list[float] = []
+    errors = [0]
+    counter = iter(range(requests))
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + max_seconds
+
+    def worker() -> None:
+        client = SearchClient(port)
+        while time.perf_counter() < stop_at:
+            with lock:
+                number = next(counter, None)
+            if number is None:
+                break
+            body, content_type = bodies[number % len(bodies)]
+            started = time.perf_counter()
+            try:
+                status, _ = client.search(body, content_type)
+            except (OSError, http.client.HTTPException):
+                status = -1
+                client.close()
+                client = SearchClient(port)
+            took = time.perf_counter() - started
+            with lock:
+                if status == 200:
+                    latencies.append(took)
+                else:
+                    errors[0] += 1
+        client.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, errors[0], time.perf_counter() - started
+
+
+def _sequential(client: SearchClient, bodies: list[tuple[bytes, str]], count: int, with_maps: bool) -> list[float]:
+    latencies = []
+    for number in range(count):
+        started = time.perf_counter()
+        status, payload = client.search(*bodies[number % len(bodies)])
+        if status != 200:
+            raise RuntimeError(f"warm search failed with {status}: {payload[:200]!r}")
+        if with_maps:
+            for hit in json.loads(payload)["hits"]:
+                map_status, _ = client.get(hit["map_url"])
+                if map_status != 200:
+                    raise RuntimeError(f"map {hit['map_url']} failed with {map_status}")
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+# ------------------------------------------------------------------------------------------------ the run
+def run_serve_bench(work_dir: str | Path | None = None, data_dir: str | Path | None = None,
+                    checkpoint: str | Path | None = None, clips: int | None = None, quick: bool = False,
+                    requests: int | None = None, concurrency: int = 16, k: int = 10, warm_requests: int = 100,
+                    map_requests: int = 20, cold_runs: int = 3, max_seconds: float = 300.0, seed: int = 0,
+                    json_path: str | Path | None = None) -> ServeBench:
+    """Index (or reuse WORK/serve-index), start `jsar serve` on 127.0.0.1, measure, stop it; the figures."""
+    clips = clips or (QUICK_SERVE_CLIPS if quick else DEFAULT_SERVE_CLIPS)
+    requests = requests or (200 if quick else 2000)
+    temporary = tempfile.TemporaryDirectory(prefix="jsar-bench-serve-") if work_dir is None else None
+    root = Path(temporary.name if temporary else work_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    machine = machine_info("cpu")
+    try:
+        checkpoint = Path(checkpoint or make_random_checkpoint(root / "random-cpu-jsa.pt", seed=seed))
+        data_dir = Path(data_dir or make_synthetic_data(root / "synthetic", clips, seed))
+        index_dir = root / "serve-index"
+        if (index_dir / "index.json").is_file():
+            logger.info(f"reusing the index in {index_dir}")
+        else:
+            logger.info(f"indexing {data_dir} into {index_dir}")
+            index_dataset(data_dir, checkpoint, index_dir, num_workers=1, progress=False)
+        wavs = sorted((data_dir / "audio").glob("*.wav"))[:64]
+        bodies = [multipart_body({"k": str(k)}, "file", wav.name, wav.read_bytes()) for wav in wavs]
+
+        logger.info("cold jsar query, new process per search")
+        cold_query = [_timed_process(_jsar("query", "--index", str(index_dir), "--checkpoint", str(checkpoint),
+                                           "--audio", str(wavs[i % len(wavs)]), "-k", str(k), "--device", "cpu"))
+                      for i in range(cold_runs)]
+        port = _free_port()
+        log_file = open(root / "serve.log", "w")
+        started = time.perf_counter()
+        server = subprocess.Popen(_jsar("serve", "--index", str(index_dir), "--checkpoint", str(checkpoint),
+                                        "--port", str(port), "--device", "cpu"), stdout=log_file, stderr=log_file)
+        try:
+            _wait_healthy(port, server, timeout=180)
+            startup = time.perf_counter() - started
+            client = SearchClient(port)
+            rss_start = _metric(client.get("/metrics")[1].decode(), "process_resident_memory_bytes")
+            cold_client = [_timed_process(_jsar("query", "--server", f"http://127.0.0.1:{port}", "--audio",
+                                                str(wavs[i % len(wavs)]), "-k", str(k))) for i in range(cold_runs)]
+            _sequential(client, bodies, 10, with_maps=False)  # warm-up
+            logger.info(f"warm: {warm_requests} searches, then {map_requests} with their maps, one client")
+            warm = _sequential(client, bodies, warm_requests, with_maps=False)
+            warm_maps = _sequential(client, bodies, map_requests, with_maps=True)
+            metrics_before = client.get("/metrics")[1].decode()
+            client.close()
+            logger.info(f"load: {requests} searches from {concurrency} clients, in two halves")
+            load, errors, seconds, rss_half = [], 0, 0.0, 0
+            for half in (requests // 2, requests - requests // 2):  # RSS after each half: flat or growing?
+                latencies, failed, took = _run_load(port, bodies, half, concurrency, max_seconds - seconds)
+                load, errors, seconds = load + latencies, errors + failed, seconds + took
+                client = SearchClient(port)
+                metrics_after = client.get("/metrics")[1].decode()
+                client.close()
+                rss_half = rss_half or int(_metric(metrics_after, "process_resident_memory_bytes"))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+            log_file.close()
+        batches = (_metric(metrics_after, "jsar_batch_size_count", '{batcher="audio"}')
+                   - _metric(metrics_before, "jsar_batch_size_count", '{batcher="audio"}'))
+        searches = (_metric(metrics_after, "jsar_batch_size_sum", '{batcher="audio"}')
+                    - _metric(metrics_before, "jsar_batch_size_sum", '{batcher="audio"}'))
+        bench = ServeBench(
+            clips=json.loads((index_dir / "index.json").read_text())["store_rows"], k=k, concurrency=concurrency, cold_query_s=cold_query, cold_client_s=cold_client,
+            startup_s=startup, warm=LatencySummary.of(warm), warm_with_maps=LatencySummary.of(warm_maps),
+            load=LatencySummary.of(load), load_seconds=seconds, load_errors=errors, load_requests_asked=requests,
+            mean_batch=searches / batches if batches else float("nan"), rss_start=int(rss_start),
+            rss_before_load=int(_metric(metrics_before, "process_resident_memory_bytes")), rss_half_load=rss_half,
+            rss_after_load=int(_metric(metrics_after, "process_resident_memory_bytes")), machine=machine)
+        if json_path:
+            Path(json_path).write_text(json.dumps(bench.to_dict(), indent=2) + "\n")
+        return bench
+    finally:
+        if temporary is not None:
+            temporary.cleanup()
