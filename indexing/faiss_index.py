@@ -14,7 +14,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import faiss
 import numpy as np
@@ -23,11 +23,13 @@ from tqdm import tqdm
 from jsa_retrieval.files import replace_atomically
 from jsa_retrieval.machine import usable_cores
 
+from indexing.cross_modal import GuideStats, add_query_guided_edges, split_factory
 from indexing.index_choice import QUANTIZER_TRAIN_SIZE, IndexChoice, choose_index
 from indexing.store import VECTOR_FIELDS, EmbeddingStore, FingerprintMismatch, l2_normalise
 
 INDEX_JSON = "index.json"
 INDEX_FILES = {"image": ("image_vectors", "image.faiss"), "audio": ("audio_vectors", "audio.faiss")}
+PAIRED_FIELD = {"image_vectors": "audio_vectors", "audio_vectors": "image_vectors"}  # the query modality's vectors
 BLAS_THRESHOLD = 16  # FAISS default 20: batches of 16-19 queries otherwise take the slow scalar path (5.7-8x)
 INDEX_FORMAT_VERSION = 1
 PROGRESS_MIN_ROWS = 100_000  # smaller indexes build in about a second: no bar
@@ -60,12 +62,15 @@ def build_index(store: EmbeddingStore, field: str = "image_vectors", choice: Ind
     """Train `choice.factory` on a seeded sample of `field` and add every row, `chunk_rows` at a time.
 
     Ids are row numbers because rows are added in order. Memory: the index, the training sample and one chunk.
+    A `,QueryGuided{k}` factory then adds edges guided by the paired vectors of the other modality
+    (indexing.cross_modal), from `choice.build_params['guide_rows']` seeded rows (default: all).
     """
     configure_faiss()
     if field not in VECTOR_FIELDS:
         raise ValueError(f"field must be one of {VECTOR_FIELDS}, got {field!r}")
     choice = choice or choose_index(len(store), store.dim)
-    index = faiss.index_factory(store.dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
+    factory, guide_k = split_factory(choice.factory)
+    index = faiss.index_factory(store.dim, factory, faiss.METRIC_INNER_PRODUCT)
     _prepare_for_training(index, choice.build_params)
     if not index.is_trained:
         if len(store) == 0:
@@ -78,8 +83,29 @@ def build_index(store: EmbeddingStore, field: str = "image_vectors", choice: Ind
         for _, block in store.iter_chunks(field, chunk_rows):
             index.add(np.ascontiguousarray(block))
             bar.update(len(block))
+    if guide_k and len(store) > 1:
+        guide_rows = int(choice.build_params.get("guide_rows", len(store)))
+        add_guided_edges(index, store, PAIRED_FIELD[field], guide_k, guide_rows, chunk_rows, seed)
     apply_search_params(index, choice.search_params)
     return index
+
+
+def add_guided_edges(index: faiss.Index, store: EmbeddingStore, paired_field: str, guide_k: int, guide_rows: int,
+                     chunk_rows: int = 65536, seed: int = 0) -> GuideStats:
+    """Guide `index` (an HNSW over the other field) by `guide_rows` seeded rows of `paired_field`, read in row
+    order one chunk at a time."""
+    rows = np.sort(np.random.default_rng([seed, 1]).choice(len(store), min(guide_rows, len(store)), replace=False))
+    blocks = (store.read_rows(paired_field, rows[start:start + chunk_rows])
+              for start in range(0, rows.size, chunk_rows))
+    with tqdm(total=rows.size, desc=f"query-guided edges <- {paired_field}", unit="query", leave=False,
+              disable=len(store) < PROGRESS_MIN_ROWS) as bar:
+        return add_query_guided_edges(index, _counted(blocks, bar), guide_k)
+
+
+def _counted(blocks: Iterator[np.ndarray], bar: tqdm) -> Iterator[np.ndarray]:
+    for block in blocks:
+        yield block
+        bar.update(len(block))
 
 
 def _prepare_for_training(index: faiss.Index, build_params: dict[str, int]) -> None:

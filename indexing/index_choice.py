@@ -4,9 +4,13 @@ autofaiss-style rule, kept apart from the code that trains and fills indexes so 
 alone. All indexes use inner product on L2-normalised vectors (= cosine similarity).
 
 - Exact `Flat` while a brute-force scan is cheap (<= 100k vectors; <= 1M on a GPU) and fits the budget.
-- Beyond that on CPU, `IVF{nlist},PQ{d/2}x4fs,RFlat`: inverted lists of 4-bit fast-scan PQ codes (SIMD
-  look-ups, d/4 bytes per vector) whose top k * 64 candidates are re-ranked exactly against the full vectors
-  (the refine stage keeps them, so it needs the flat vectors' memory). On GPU, `IVF{nlist},Flat`.
+- Beyond that on CPU, `HNSW32,QueryGuided16` (indexing.cross_modal): an HNSW graph over the full vectors
+  whose level-0 lists gain RoarGraph-style edges from searches of the *paired* vectors of the query modality
+  (every store row holds both), which keeps cross-modal queries on course where a plain HNSW loses them.
+  CPU only: FAISS GPUs do not run HNSW, so a GPU keeps the IVF types below.
+- Where that graph does not fit the budget on CPU, `IVF{nlist},PQ{d/2}x4fs,RFlat`: inverted lists of 4-bit
+  fast-scan PQ codes (SIMD look-ups, d/4 bytes per vector) whose top k * 64 candidates are re-ranked exactly
+  against the full vectors (the refine stage keeps them, so it needs the flat vectors' memory). On GPU, `IVF{nlist},Flat`.
   nlist ~ 2 sqrt(n) on CPU, 4 sqrt(n) on GPU; nprobe = nlist / 20.
 - When the flat vectors exceed the budget: `IVF{nlist},SQ8` (1 byte per dimension, recall close to exact)
   if that fits, else `OPQ{m},IVF{nlist},PQ{m}` (m bytes per vector) with the largest m that fits. A refine
@@ -33,6 +37,11 @@ IVF_PROBE_FRACTION = 20  # visit 1/20 of the lists (see the module docstring)
 HNSW_M = 32
 HNSW_EF_SEARCH = 128
 HNSW_EF_CONSTRUCTION = 80
+QUERY_GUIDED = "QueryGuided"  # factory suffix of the cross-modal graph: 'HNSW32,QueryGuided16'
+GUIDE_K = 16  # hits per guiding query projected onto edges (RoarGraph)
+GUIDE_ROWS = 300_000  # paired vectors that guide each graph (a seeded sample of the store's rows)
+GUIDED_EF_SEARCH = 96
+GUIDED_EF_CONSTRUCTION = 40  # 80 doubles the build for no cross-modal recall once guided edges are in
 REFINE_K_FACTOR = 64  # shortlist k * 64 for the exact re-ranking of a refine stage
 IVF_TRAIN_PER_LIST = 64  # FAISS wants 39..256 training points per centroid
 QUANTIZER_TRAIN_SIZE = 65_536  # PQ/SQ codebooks: 256 centroids per sub-quantizer need >= 9,984 points
@@ -50,7 +59,7 @@ class IndexChoice:
     metric: str = "ip"
     train_size: int = 0  # vectors sampled (seeded) from the store for training; 0 = no training needed
     search_params: dict[str, int] = field(default_factory=dict)  # faiss ParameterSpace names: nprobe, efSearch, ...
-    build_params: dict[str, int] = field(default_factory=dict)  # set before adding vectors: efConstruction
+    build_params: dict[str, int] = field(default_factory=dict)  # efConstruction; guide_rows (QueryGuided)
     reason: str = ""
     estimated_bytes: int = 0
 
@@ -109,6 +118,10 @@ def choose_index(num_vectors: int, dim: int, memory_budget_bytes: int | None = N
     if flat <= budget:
         if n <= flat_limit:
             return _made("Flat", n, f"{n} vectors <= {flat_limit}: exact search is fast enough", flat)
+        guided = estimate_bytes("hnsw", n, d)
+        if not gpu and guided <= budget:
+            return _made(f"HNSW{HNSW_M},{QUERY_GUIDED}{GUIDE_K}", n, f"{n} vectors > {flat_limit} on CPU: HNSW graph "
+                         "with query-guided edges from the paired vectors (cross-modal queries); CPU only", guided)
         fast_scan = estimate_bytes("ivf_pqfs_refine", n, d, nlist)
         if not gpu and d % 2 == 0 and fast_scan <= budget:
             return _made(f"IVF{nlist},PQ{d // 2}x4fs,RFlat", n, f"{n} vectors > {flat_limit} on CPU: fast-scan PQ "
@@ -148,6 +161,9 @@ def choice_for_factory(factory: str, num_vectors: int, reason: str = "") -> Inde
         train_size = IVF_TRAIN_PER_LIST * nlist
         if hnsw:  # IVF with an HNSW coarse quantizer, e.g. 'IVF65536_HNSW32,Flat'
             search_params["quantizer_efSearch"] = HNSW_EF_SEARCH
+    elif hnsw and QUERY_GUIDED in factory:
+        search_params["efSearch"] = GUIDED_EF_SEARCH
+        build_params.update(efConstruction=GUIDED_EF_CONSTRUCTION, guide_rows=min(GUIDE_ROWS, num_vectors))
     elif hnsw:
         search_params["efSearch"] = HNSW_EF_SEARCH
         build_params["efConstruction"] = HNSW_EF_CONSTRUCTION

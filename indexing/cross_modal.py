@@ -1,0 +1,148 @@
+"""Cross-modal graph index: HNSW over one modality, with extra edges guided by the paired vectors of the other.
+
+Cross-modal queries lie off the indexed modality's data (an audio query's neighbours among images are far from
+it and from each other), so a graph built on the images alone leads them astray. RoarGraph (Chen et al.,
+VLDB 2024) repairs this with a sample of queries: each sampled query's k nearest base points b_0..b_{k-1}
+(the bipartite query->base kNN graph) are projected onto base-base edges b_0 <-> b_j, which connect points
+that lie close *as seen from a query* although they lie apart in the base space. RoarGraph has to collect
+such a query sample; jsar holds a perfect one, because every store row r carries both `image_vectors[r]` and
+`audio_vectors[r]`: the paired vectors of the query modality.
+
+Here the graph is a FAISS `IndexHNSWFlat`. Once it is built, `guide_rows` paired vectors are searched in it
+(FAISS, at efSearch `GUIDE_EF`) and the projected edges are written into its level-0 neighbour lists: into
+the free slots HNSW's pruning leaves (about a third of them), and where a node has too few, over its
+farthest kept neighbours, at most `width // 2` of them. The result is still a plain `IndexHNSWFlat`: FAISS
+saves, loads and searches it in C++, nothing runs in Python at query time. It is a CPU index (FAISS GPUs
+do not run HNSW).
+
+The factory string names it: `HNSW32,QueryGuided16` = HNSW32 over the vectors, 16 hits per guiding query.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+import faiss
+import numpy as np
+
+from indexing.index_choice import QUERY_GUIDED
+
+logger = logging.getLogger(__name__)
+
+GUIDED_SUFFIX = re.compile(rf",{QUERY_GUIDED}(\d+)$")
+GUIDE_EF = 64  # efSearch of the guiding queries' search (measured at 100k: 64 gives the same recall as 128)
+MEMBERSHIP_BLOCK = 1 << 20  # edges checked against existing lists per step ((block, width) booleans in memory)
+
+
+def split_factory(factory: str) -> tuple[str, int]:
+    """'HNSW32,QueryGuided16' -> ('HNSW32', 16); a factory without the suffix -> (factory, 0)."""
+    found = GUIDED_SUFFIX.search(factory)
+    if not found:
+        return factory, 0
+    guide_k = int(found.group(1))
+    if guide_k < 2:
+        raise ValueError(f"QueryGuided needs at least 2 hits per query to make an edge, got {factory!r}")
+    return factory[:found.start()], guide_k
+
+
+def projected_edges(hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """RoarGraph's projection of query->base hits (S, k) onto base-base edges: b_0 -> b_j and b_j -> b_0.
+
+    Returns unique (src, dst) int64 arrays sorted by (src, dst), without self-loops or missing hits (-1).
+    """
+    hits = np.asarray(hits, dtype=np.int64)
+    if hits.ndim != 2 or hits.shape[1] < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    first = np.repeat(hits[:, :1], hits.shape[1] - 1, axis=1).ravel()
+    rest = hits[:, 1:].ravel()
+    src, dst = np.concatenate([first, rest]), np.concatenate([rest, first])
+    keep = (src >= 0) & (dst >= 0) & (src != dst)
+    src, dst = src[keep], dst[keep]
+    if src.size == 0:
+        return src, dst
+    span = int(max(src.max(), dst.max())) + 1
+    keys = np.unique(src * span + dst)
+    return keys // span, keys % span
+
+
+def insert_edges(lists: np.ndarray, src: np.ndarray, dst: np.ndarray) -> int:
+    """Add edges src -> dst to (n, width) neighbour lists (valid ids first, then -1) in place; returns how many.
+
+    (src, dst) must be sorted by src. Edges already present are skipped. A node's new edges go into its free
+    slots; where fewer are free than it has new edges, up to width // 2 of its last (farthest) entries give way.
+    """
+    if src.size == 0:
+        return 0
+    num_nodes, width = lists.shape
+    fresh = np.ones(src.size, dtype=bool)
+    for start in range(0, src.size, MEMBERSHIP_BLOCK):
+        part = slice(start, start + MEMBERSHIP_BLOCK)
+        fresh[part] = ~(lists[src[part]] == dst[part, None]).any(axis=1)
+    src, dst = src[fresh], dst[fresh]
+    if src.size == 0:
+        return 0
+    filled = (lists >= 0).sum(axis=1)
+    new_count = np.bincount(src, minlength=num_nodes)
+    first_slot = np.minimum(filled, width - np.minimum(new_count, width // 2))
+    group_start = np.concatenate([[0], np.cumsum(new_count)[:-1]])
+    slot = first_slot[src] + (np.arange(src.size) - group_start[src])
+    placed = slot < width
+    lists[src[placed], slot[placed]] = dst[placed]
+    return int(placed.sum())
+
+
+@dataclass
+class GuideStats:
+    """What adding query-guided edges did to a graph (logged, and kept in index.json by the caller)."""
+
+    queries: int
+    edges_added: int
+    free_slots_before: float  # mean free level-0 slots per node before
+    seconds: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"queries": self.queries, "edges_added": self.edges_added,
+                "free_slots_before": round(self.free_slots_before, 2), "seconds": round(self.seconds, 1)}
+
+
+def hnsw_of(index: faiss.Index) -> faiss.IndexHNSW:
+    """The IndexHNSW inside `index` (itself, downcast); a clear error for any other type."""
+    found = faiss.downcast_index(index)
+    if not isinstance(found, faiss.IndexHNSW):
+        raise ValueError(f"query-guided edges need an HNSW index, got {type(found).__name__}")
+    return found
+
+
+def add_query_guided_edges(index: faiss.Index, query_blocks: Iterable[np.ndarray], guide_k: int,
+                           guide_ef: int = GUIDE_EF) -> GuideStats:
+    """Search each (B, d) block of paired query-modality vectors in the built HNSW `index`, project the top
+    `guide_k` hits onto base-base edges and write them into the level-0 lists. Memory: the level-0 lists as
+    an (n, 2M) int32 array, and the hits (S, guide_k)."""
+    began = time.perf_counter()
+    hnsw = hnsw_of(index).hnsw
+    num_nodes = int(index.ntotal)
+    saved_ef = hnsw.efSearch
+    hnsw.efSearch = max(int(guide_ef), int(guide_k))
+    try:
+        hits = [index.search(np.ascontiguousarray(block, dtype=np.float32), guide_k)[1] for block in query_blocks]
+    finally:
+        hnsw.efSearch = saved_ef
+    hits_all = np.concatenate(hits) if hits else np.zeros((0, guide_k), np.int64)
+    offsets = faiss.vector_to_array(hnsw.offsets).astype(np.int64)[:num_nodes]
+    width = int(hnsw.nb_neighbors(0))
+    neighbours = faiss.vector_to_array(hnsw.neighbors)
+    slots = offsets[:, None] + np.arange(width)[None, :]  # level 0 comes first in each node's block
+    lists = neighbours[slots]
+    free_before = float((lists < 0).sum()) / max(num_nodes, 1)
+    src, dst = projected_edges(hits_all)
+    added = insert_edges(lists, src, dst)
+    neighbours[slots] = lists
+    faiss.copy_array_to_vector(neighbours, hnsw.neighbors)
+    stats = GuideStats(queries=int(hits_all.shape[0]), edges_added=added, free_slots_before=free_before,
+                       seconds=time.perf_counter() - began)
+    logger.info("query-guided edges: %d queries, %d edges added (%.1f a node), %.1f s", stats.queries, added,
+                added / max(num_nodes, 1), stats.seconds)
+    return stats
