@@ -99,6 +99,31 @@ def test_audio_search_gives_the_engines_hits_with_urls_not_paths(client, engine,
     assert first["map_url"] == f"/maps/{answer['query_id']}/{first['id']}.png"
 
 
+def webm_opus(seconds: float = 1.0, rate: int = 48000) -> bytes:
+    """What a browser's MediaRecorder sends: Opus in WebM."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="webm") as container:
+        stream = container.add_stream("libopus", rate=rate)
+        stream.layout = "mono"
+        wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
+        for start in range(0, wave.size, 960):
+            frame = av.AudioFrame.from_ndarray(wave[None, start:start + 960], format="flt", layout="mono")
+            frame.rate = rate
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def test_a_browser_recording_in_webm_opus_is_searched(client):
+    response = upload(client, "/search/audio", webm_opus(), k=3, name="recording.webm")
+    assert response.status_code == 200, response.text
+    assert len(response.json()["hits"]) == 3
+
+
 def test_audio_hit_map_is_the_engines_overlay_of_that_hit(client, engine, tiny_index):
     _, data = tiny_index
     wav = data / "audio" / "synth_000005.wav"

@@ -1,0 +1,41 @@
+"""The serve benchmark's pieces on a tiny index: the load generator counts answers and errors, the summary."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the service needs the [serve] extra")
+
+from evaluation.bench_serve import LatencySummary, ServeBench, _metric, _run_load  # noqa: E402
+from serving.app import ServeConfig, create_app  # noqa: E402
+from serving.client import multipart_body  # noqa: E402
+from test_serve import engine, live_server, tiny_index  # noqa: E402,F401  (fixtures)
+
+
+def test_load_counts_good_answers_and_errors(engine, tiny_index):  # noqa: F811
+    wav = (tiny_index[1] / "audio" / "synth_000001.wav").read_bytes()
+    bodies = [multipart_body({"k": "3"}, "file", "a.wav", wav), multipart_body({"k": "3"}, "file", "b.wav", b"junk")]
+    with live_server(create_app(engine, ServeConfig())) as url:
+        latencies, errors, seconds = _run_load(int(url.rsplit(":", 1)[1]), bodies, requests=10, concurrency=3,
+                                               max_seconds=60)
+    assert len(latencies) == 5 and errors == 5 and seconds > 0 and all(t > 0 for t in latencies)
+
+
+def test_latency_summary_and_metric_lines():
+    summary = LatencySummary.of([0.010, 0.020, 0.030])
+    assert summary.count == 3 and summary.p50_ms == pytest.approx(20.0) and summary.mean_ms == pytest.approx(20.0)
+    text = 'process_resident_memory_bytes 1.5e+08\njsar_batch_size_count{batcher="audio"} 12.0\n'
+    assert _metric(text, "process_resident_memory_bytes") == 1.5e8
+    assert _metric(text, "jsar_batch_size_count", '{batcher="audio"}') == 12.0
+
+
+def test_table_says_which_goals_were_missed():
+    def bench(warm_ms, rate, errors):
+        warm = LatencySummary(100, warm_ms, warm_ms * 2, warm_ms)
+        return ServeBench(clips=2000, k=10, concurrency=16, cold_query_s=[6.0], cold_client_s=[0.2], startup_s=4.0,
+                          warm=warm, warm_with_maps=warm, load=LatencySummary(2000, 300, 500, 320),
+                          load_seconds=2000 / rate, load_errors=errors, load_requests_asked=2000, mean_batch=8.0,
+                          rss_start=2**30, rss_before_load=2**30, rss_half_load=2**30, rss_after_load=2**30)
+
+    good, slow = bench(25.0, 60.0, 0).table(), bench(80.0, 20.0, 3).table()
+    assert "MISSED" not in good and "240x faster" in good
+    assert slow.count("MISSED") == 3
