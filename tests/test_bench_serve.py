@@ -8,10 +8,22 @@ pytest.importorskip("fastapi", reason="the service needs the [serve] extra")
 from evaluation.bench_serve import LatencySummary, ServeBench, _metric, _run_load  # noqa: E402
 from serving.app import ServeConfig, create_app  # noqa: E402
 from serving.client import multipart_body  # noqa: E402
-from test_serve import engine, live_server, tiny_index  # noqa: E402,F401  (fixtures)
+from test_serve import build_tiny_index, live_server  # noqa: E402
 
 
-def test_load_counts_good_answers_and_errors(engine, tiny_index):  # noqa: F811
+@pytest.fixture(scope="module")
+def tiny_index(tmp_path_factory):
+    return build_tiny_index(tmp_path_factory.mktemp("bench-serve"))
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_index):
+    from indexing.engine import Engine
+
+    return Engine.open(tiny_index[0], device="cpu")
+
+
+def test_load_counts_good_answers_and_errors(engine, tiny_index):
     wav = (tiny_index[1] / "audio" / "synth_000001.wav").read_bytes()
     bodies = [multipart_body({"k": "3"}, "file", "a.wav", wav), multipart_body({"k": "3"}, "file", "b.wav", b"junk")]
     with live_server(create_app(engine, ServeConfig())) as url:

@@ -29,13 +29,17 @@ from test_engine import tiny_checkpoint  # noqa: E402
 TOKEN = "s3cret-token"
 
 
-@pytest.fixture(scope="module")
-def tiny_index(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
+def build_tiny_index(root):
+    """(index folder, data folder) of 16 synthetic 64-px, 1-s clips under a tiny random model: seconds to make."""
     data = root / "data"
     generate(data, SynthConfig(n_clips=16, seed=2, image_size=64, seconds=1.0), progress=False)
     index_dataset(data, tiny_checkpoint(root / "model.pt"), root / "index", batch_size=8, num_workers=0, progress=False)
     return root / "index", data
+
+
+@pytest.fixture(scope="module")
+def tiny_index(tmp_path_factory):
+    return build_tiny_index(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ pytest.importorskip("fastapi", reason="the service needs the [serve] extra")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
 from serving.app import ServeConfig, create_app  # noqa: E402
-from test_serve import TOKEN, engine, live_server, tiny_index  # noqa: E402,F401  (fixtures)
+from test_serve import TOKEN, build_tiny_index, live_server  # noqa: E402
 
 CHROMIUM = next((path for path in (os.environ.get("JSAR_CHROMIUM"), shutil.which("chromium"),
                                    shutil.which("chromium-browser"), "/usr/bin/chromium") if path and os.path.isfile(path)),
@@ -22,7 +22,19 @@ K = 6
 
 
 @pytest.fixture(scope="module")
-def page_url(engine):  # noqa: F811
+def tiny_index(tmp_path_factory):
+    return build_tiny_index(tmp_path_factory.mktemp("serve-browser"))
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_index):
+    from indexing.engine import Engine
+
+    return Engine.open(tiny_index[0], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def page_url(engine):
     with live_server(create_app(engine, ServeConfig(token=TOKEN))) as url:
         yield url
 
@@ -41,7 +53,7 @@ def loaded_images(page, selector: str) -> int:
                          selector)
 
 
-def test_dropping_a_wav_shows_k_image_hits_with_their_maps(browser, page_url, tiny_index, tmp_path):  # noqa: F811
+def test_dropping_a_wav_shows_k_image_hits_with_their_maps(browser, page_url, tiny_index, tmp_path):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(f"{page_url}/?token={TOKEN}")
     page.wait_for_function("document.getElementById('status').textContent.includes('items')")
@@ -59,7 +71,7 @@ def test_dropping_a_wav_shows_k_image_hits_with_their_maps(browser, page_url, ti
     page.close()
 
 
-def test_dropping_an_image_shows_playable_sound_hits_with_attention_strips(browser, page_url, tiny_index):  # noqa: F811
+def test_dropping_an_image_shows_playable_sound_hits_with_attention_strips(browser, page_url, tiny_index):
     page = browser.new_page()
     page.goto(f"{page_url}/?token={TOKEN}")
     page.click("#tab-image")
@@ -71,7 +83,7 @@ def test_dropping_an_image_shows_playable_sound_hits_with_attention_strips(brows
     page.close()
 
 
-def test_a_wrong_file_shows_the_services_one_line_error(browser, page_url, tiny_index):  # noqa: F811
+def test_a_wrong_file_shows_the_services_one_line_error(browser, page_url, tiny_index):
     page = browser.new_page()
     page.goto(f"{page_url}/?token={TOKEN}")
     page.set_input_files("#sound-file", str(tiny_index[1] / "frames" / "synth_000001.jpg"))
