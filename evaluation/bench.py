@@ -28,6 +28,7 @@ fresh noisy copies drawn with another seed, never the indexed ones.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -44,8 +45,8 @@ import numpy as np
 import torch
 
 from indexing.embed import bare_forward_rate, index_dataset
-from indexing.faiss_index import (INDEX_FILES, apply_search_params, build_indexes, configure_faiss, open_indexes,
-                                  search)
+from indexing.faiss_index import (INDEX_FILES, apply_search_params, build_indexes, configure_faiss,
+                                  index_search_params, open_indexes, search)
 from indexing.store import EmbeddingStore, StoreMeta, StoreRecords, StoreWriter, l2_normalise
 from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval.config import DataConfig, get_config
@@ -453,6 +454,7 @@ class DirectionBench:
     name: str
     median_ms: float
     p95_ms: float
+    p99_ms: float
     batch_size: int
     batch_qps: float
     recall_vs_flat: float
@@ -465,8 +467,48 @@ class DirectionBench:
 
 
 @dataclass
-class FaissBench:
-    """FAISS over a structured store: build cost, memory, latency, throughput and recall in both directions."""
+class ExactDirection:
+    """Exact top-k of one direction's recall queries and the cost of exact search: computed once per run and
+    shared by every index the run measures (a pass over the whole store per direction)."""
+
+    flat_ids: np.ndarray  # (Q, k)
+    numpy_ids: np.ndarray  # (Q, k)
+    flat_median_ms: float
+    flat_qps: float
+    numpy_qps: float
+
+
+def exact_direction(store: EmbeddingStore, field_name: str, queries: np.ndarray, recall_count: int,
+                    flat_latency_count: int, chunk_rows: int, k: int) -> ExactDirection:
+    """Exact neighbours of queries[:recall_count] (FAISS flat and numpy) and the flat index's single-query time."""
+    exact = exact_neighbours(store, field_name, queries[:recall_count], k, chunk_rows)
+    flat_latency = single_query_ms(exact.flat_index, queries[:flat_latency_count], k)
+    del exact.flat_index
+    count = min(recall_count, queries.shape[0])
+    return ExactDirection(flat_ids=exact.flat_ids, numpy_ids=exact.numpy_ids,
+                          flat_median_ms=float(np.median(flat_latency)),
+                          flat_qps=count / max(exact.flat_seconds, 1e-9),
+                          numpy_qps=count / max(exact.numpy_seconds, 1e-9))
+
+
+@dataclass
+class IndexBench:
+    """One index type over the benchmark store: build cost, memory, and both directions measured."""
+
+    factory: str
+    automatic: bool  # chosen by index_choice.choose_index (False: the caller named the factory)
+    search_params: dict[str, int]
+    reason: str
+    build_seconds: float
+    index_bytes: int  # both .faiss files on disk
+    rss: dict[str, dict[str, int]]  # phase ('store', 'build', 'search') -> {'start': bytes, 'peak': bytes}
+    directions: list[DirectionBench]
+
+
+@dataclass
+class FaissBench(IndexBench):
+    """FAISS over a structured store: the automatic (or given) index, and any compared ones, on the same store
+    and the same exact neighbours."""
 
     vectors: int
     dim: int
@@ -474,46 +516,37 @@ class FaissBench:
     bases: dict[str, Any]  # BaseVectors statistics (no arrays)
     sigma: float
     copy_base_cosine: float  # measured mean cos(copy, its base)
-    factory: str
-    automatic: bool  # chosen by index_choice.choose_index (False: the caller named the factory)
-    search_params: dict[str, int]
-    reason: str
+    pair_cosine: float  # measured mean cos(image r, audio r) in the store: the cross-modal gap ...
+    random_cosine: float  # ... against mean cos(image r, audio of a random other row)
     faiss_threads: int
     store_seconds: float
-    build_seconds: float
-    index_bytes: int  # both .faiss files on disk
-    rss: dict[str, dict[str, int]]  # phase ('store', 'build', 'search') -> {'start': bytes, 'peak': bytes}
     peak_rss_exact: bool
-    directions: list[DirectionBench]
     seconds: float
+    compared: list[IndexBench] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _direction_bench(name: str, index: faiss.Index, store: EmbeddingStore, field_name: str, queries: np.ndarray,
-                     latency_count: int, batch_count: int, recall_count: int, search_params: dict[str, int],
-                     sweep_name: str | None, sweep_values: Sequence[int], flat_latency_count: int,
-                     chunk_rows: int, k: int) -> DirectionBench:
-    """Exact neighbours for the recall queries, then latency, throughput, recall and the sweep of one index."""
+def _direction_bench(name: str, index: faiss.Index, queries: np.ndarray, exact: ExactDirection, latency_count: int,
+                     batch_count: int, recall_count: int, search_params: dict[str, int], sweep_name: str | None,
+                     sweep_values: Sequence[int], k: int) -> DirectionBench:
+    """Latency, throughput, recall against the shared exact neighbours, and the sweep of one index."""
     recall_queries = queries[:recall_count]
-    exact = exact_neighbours(store, field_name, recall_queries, k, chunk_rows)
     latency = single_query_ms(index, queries[:latency_count], k)
     _, qps = batch_search(index, queries[:batch_count], k)
     found, _ = batch_search(index, recall_queries, k)
-    flat_latency = single_query_ms(exact.flat_index, queries[:flat_latency_count], k)
     sweep = []
     if sweep_name:
         sweep = sweep_search_param(index, sweep_name, sweep_values, queries[:latency_count], recall_queries,
                                    exact.flat_ids, search_params, k)
-    del exact.flat_index
     return DirectionBench(
         name=name, median_ms=float(np.median(latency)), p95_ms=float(np.percentile(latency, 95)),
-        batch_size=min(batch_count, queries.shape[0]), batch_qps=qps,
-        recall_vs_flat=neighbour_recall_at_k(found, exact.flat_ids, k), recall_vs_numpy=neighbour_recall_at_k(found, exact.numpy_ids, k),
+        p99_ms=float(np.percentile(latency, 99)), batch_size=min(batch_count, queries.shape[0]), batch_qps=qps,
+        recall_vs_flat=neighbour_recall_at_k(found, exact.flat_ids, k),
+        recall_vs_numpy=neighbour_recall_at_k(found, exact.numpy_ids, k),
         flat_vs_numpy=neighbour_recall_at_k(exact.flat_ids, exact.numpy_ids, k),
-        flat_median_ms=float(np.median(flat_latency)), flat_qps=recall_count / max(exact.flat_seconds, 1e-9),
-        numpy_qps=recall_count / max(exact.numpy_seconds, 1e-9), sweep=sweep)
+        flat_median_ms=exact.flat_median_ms, flat_qps=exact.flat_qps, numpy_qps=exact.numpy_qps, sweep=sweep)
 
 
 def _sweep_values(index: faiss.Index, name: str | None, requested: Sequence[int] | None) -> list[int]:
@@ -531,9 +564,11 @@ def bench_faiss_scale(index_dir: str | Path, image: np.ndarray, audio: np.ndarra
                       dim: int = DEFAULT_DIM, sigma: float = NOISE_SIGMA, factory: str | None = None,
                       latency_queries: int = 200, batch_queries: int = 2000, recall_queries: int = 1000,
                       sweep_values: Sequence[int] | None = None, flat_latency_queries: int = FLAT_LATENCY_QUERIES,
-                      gpu: bool | None = False, chunk_rows: int = 65536, seed: int = 0, k: int = TOP_K) -> FaissBench:
+                      gpu: bool | None = False, chunk_rows: int = 65536, seed: int = 0, k: int = TOP_K,
+                      compare: Sequence[str] = ()) -> FaissBench:
     """Structured store of `vectors` x `dim` from the model's (m, d) `image`/`audio` vectors, indexes by
-    `build_indexes` (automatic choice unless `factory`), then both cross-modal directions measured.
+    `build_indexes` (automatic choice unless `factory`), then both cross-modal directions measured; then the
+    same for each factory of `compare`, one after another, against the same exact neighbours.
 
     `index_dir` must be empty or missing. `sweep_values` default: SWEEP_VALUES of the index's parameter, up to
     nlist for IVF. gpu=False measures the CPU path even where faiss-gpu sees a GPU.
@@ -550,9 +585,38 @@ def bench_faiss_scale(index_dir: str | Path, image: np.ndarray, audio: np.ndarra
         write_structured_store(index_dir, bases, vectors, sigma, seed, chunk_rows)
         store_seconds = time.perf_counter() - began
     with EmbeddingStore.open(index_dir) as store:
-        sample = store.read_rows("image_vectors", np.arange(min(vectors, 4096)))
-    copy_cosine = float(np.mean(np.sum(sample * bases.image[np.arange(sample.shape[0]) % bases.image.shape[0]], 1)))
-    logger.info("building both indexes with build_indexes")
+        rows = np.arange(min(vectors, 4096))
+        sample, paired = store.read_rows("image_vectors", rows), store.read_rows("audio_vectors", rows)
+        count = max(latency_queries, batch_queries, recall_queries, flat_latency_queries)
+        queries, exact = {}, {}
+        for name, (query_side, index_side) in DIRECTIONS.items():
+            logger.info(f"{name}: exact neighbours of {min(recall_queries, count)} queries (flat + numpy), once")
+            queries[name] = cross_modal_queries(bases, query_side, count, sigma, seed)
+            exact[name] = exact_direction(store, f"{index_side}_vectors", queries[name], recall_queries,
+                                          flat_latency_queries, chunk_rows, k)
+    copy_cosine = float(np.mean(np.sum(sample * bases.image[rows % bases.image.shape[0]], 1)))
+    measure = functools.partial(_index_bench, index_dir, queries=queries, exact=exact, gpu=gpu, chunk_rows=chunk_rows,
+                                seed=seed, latency_queries=latency_queries, batch_queries=batch_queries,
+                                recall_queries=recall_queries, sweep_values=sweep_values, k=k)
+    primary = measure(factory)
+    primary.rss["store"] = {"start": store_memory.start, "peak": store_memory.peak}
+    compared = [measure(other) for other in compare]
+    return FaissBench(
+        **{key: getattr(primary, key) for key in IndexBench.__dataclass_fields__},
+        vectors=vectors, dim=dim, base_clips=bases.image.shape[0],
+        bases={key: value for key, value in dataclasses.asdict(bases).items() if key not in ("image", "audio")},
+        sigma=sigma, copy_base_cosine=copy_cosine, pair_cosine=float(np.mean(np.sum(sample * paired, 1))),
+        random_cosine=float(np.mean(np.sum(sample * np.roll(paired, 1, axis=0), 1))), faiss_threads=threads,
+        store_seconds=store_seconds, peak_rss_exact=store_memory.exact, seconds=time.perf_counter() - started,
+        compared=compared)
+
+
+def _index_bench(index_dir: Path, factory: str | None, queries: dict[str, np.ndarray],
+                 exact: dict[str, ExactDirection], gpu: bool | None, chunk_rows: int, seed: int, latency_queries: int,
+                 batch_queries: int, recall_queries: int, sweep_values: Sequence[int] | None, k: int) -> IndexBench:
+    """Build both indexes of `factory` (None: the automatic choice) over the store in `index_dir`, replacing any
+    built before, and measure both directions."""
+    logger.info(f"building both indexes ({factory or 'automatic choice'}) with build_indexes")
     with PeakMemory() as build_memory:
         began = time.perf_counter()
         info = build_indexes(index_dir, factory=factory, chunk_rows=chunk_rows, seed=seed, gpu=gpu)
@@ -564,27 +628,21 @@ def bench_faiss_scale(index_dir: str | Path, image: np.ndarray, audio: np.ndarra
         indexes = open_indexes(index_dir, gpu=gpu)
         sweep_name = search_param_name(choice["factory"])
         values = _sweep_values(indexes.image, sweep_name, sweep_values)
-        count = max(latency_queries, batch_queries, recall_queries, flat_latency_queries)
-        for name, (query_side, index_side) in DIRECTIONS.items():
-            logger.info(f"{name}: exact neighbours (flat + numpy), latency, throughput, recall, sweep")
-            queries = cross_modal_queries(bases, query_side, count, sigma, seed)
-            directions.append(_direction_bench(
-                name, getattr(indexes, index_side), indexes.store, f"{index_side}_vectors", queries,
-                latency_queries, batch_queries, recall_queries, choice["search_params"], sweep_name, values,
-                flat_latency_queries, chunk_rows, k))
+        for name, (_, index_side) in DIRECTIONS.items():
+            logger.info(f"{choice['factory']} {name}: latency, throughput, recall, sweep")
+            directions.append(_direction_bench(name, getattr(indexes, index_side), queries[name], exact[name],
+                                               latency_queries, batch_queries, recall_queries,
+                                               index_search_params(info, index_side), sweep_name, values, k))
         indexes.store.close()
         del indexes
-    return FaissBench(
-        vectors=vectors, dim=dim, base_clips=bases.image.shape[0],
-        bases={key: value for key, value in dataclasses.asdict(bases).items() if key not in ("image", "audio")},
-        sigma=sigma, copy_base_cosine=copy_cosine, factory=choice["factory"], automatic=factory is None,
-        search_params=choice["search_params"],
-        reason=choice["reason"], faiss_threads=threads, store_seconds=store_seconds, build_seconds=build_seconds,
-        index_bytes=index_bytes,
-        rss={phase: {"start": memory.start, "peak": memory.peak}
-             for phase, memory in (("store", store_memory), ("build", build_memory), ("search", search_memory))},
-        peak_rss_exact=store_memory.exact and build_memory.exact and search_memory.exact,
-        directions=directions, seconds=time.perf_counter() - started)
+    own = {side: index_search_params(info, side) for side in INDEX_FILES}
+    params = own["image"] if own["image"] == own["audio"] else {
+        f"{side} index {key}": value for side, values in own.items() for key, value in values.items()}
+    return IndexBench(factory=choice["factory"], automatic=factory is None, search_params=params,
+                      reason=choice["reason"], build_seconds=build_seconds, index_bytes=index_bytes,
+                      rss={"build": {"start": build_memory.start, "peak": build_memory.peak},
+                           "search": {"start": search_memory.start, "peak": search_memory.peak}},
+                      directions=directions)
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -659,33 +717,48 @@ def _indexing_rows(bench: IndexingBench) -> list[tuple[str, str, str, str]]:
 def _faiss_rows(bench: FaissBench) -> list[tuple[str, str, str, str]]:
     section = "faiss"
     bases = bench.bases
-    params = ", ".join(f"{key}={value}" for key, value in bench.search_params.items()) or "exact"
-    def rss(phase: str) -> str:
-        values = bench.rss[phase]
-        lifetime = "" if bench.peak_rss_exact else ", lifetime peak: VmHWM reset not allowed"
-        return f"peak RSS {_gib(values['peak'])} ({_gib(values['start'])} at start{lifetime})"
-
+    store = bench.rss["store"]
     rows = [
         (section, f"store {bench.vectors:,} x {bench.dim}, 2 modalities", f"{bench.store_seconds:.1f} s",
-         f"StoreWriter + finalize; {rss('store')}"),
+         f"StoreWriter + finalize; peak RSS {_gib(store['peak'])} ({_gib(store['start'])} at start)"),
         (section, "bases", f"{bench.base_clips} clips",
          f"model dim {bases['model_dim']} -> {bench.dim}; mean cos {bases['mean_cosine_model']:.3f}"
          f"{' -> centred ' + format(bases['mean_cosine'], '.3f') if bases['centred'] else ''}; "
          f"image-audio pair cos {bases['pair_cosine']:.3f}"),
         (section, f"noise sigma {bench.sigma}", f"cos(copy, base) {bench.copy_base_cosine:.3f}", "measured"),
+        (section, "cross-modal gap: cos(image r, audio r) / random audio",
+         f"{bench.pair_cosine:.3f} / {bench.random_cosine:.3f}", "measured on the store's first rows"),
+    ]
+    raw = 2 * bench.vectors * bench.dim * 4
+    for index in [bench, *bench.compared]:
+        rows += _index_rows(section, index, bench.faiss_threads, raw, bench.peak_rss_exact)
+    return rows
+
+
+def _index_rows(section: str, bench: IndexBench, threads: int, raw_bytes: int,
+                peak_exact: bool) -> list[tuple[str, str, str, str]]:
+    """Rows of one index: choice, build, memory, then per direction latency, throughput, recall and sweep."""
+    params = ", ".join(f"{key}={value}" for key, value in bench.search_params.items()) or "exact"
+    def rss(phase: str) -> str:
+        values = bench.rss[phase]
+        lifetime = "" if peak_exact else ", lifetime peak: VmHWM reset not allowed"
+        return f"peak RSS {_gib(values['peak'])} ({_gib(values['start'])} at start{lifetime})"
+
+    rows = [
         (section, "index (build_indexes, automatic choice)" if bench.automatic else "index (factory given)",
          bench.factory, f"{params}; {bench.reason}"),
         (section, "build both indexes (train + add + save)", f"{bench.build_seconds:.1f} s",
-         f"{bench.faiss_threads} threads; {rss('build')}; files {_gib(bench.index_bytes)}"),
-        (section, "search phase", _gib(bench.rss["search"]["peak"]),
-         f"{rss('search')}: both indexes + one exact flat index"),
+         f"{threads} threads; {rss('build')}; files {_gib(bench.index_bytes)} "
+         f"({bench.index_bytes / raw_bytes:.2f} x the raw float32 vectors)"),
+        (section, "search phase", _gib(bench.rss["search"]["peak"]), f"{rss('search')}: both indexes open"),
     ]
     for direction in bench.directions:
         name = direction.name
         latency_ok = direction.median_ms <= LATENCY_GOAL_MS
         recall_ok = direction.recall_vs_flat >= RECALL_GOAL
         rows += [
-            (section, f"{name} single query median / p95", f"{direction.median_ms:.2f} / {direction.p95_ms:.2f} ms",
+            (section, f"{name} single query median / p95 / p99",
+             f"{direction.median_ms:.2f} / {direction.p95_ms:.2f} / {direction.p99_ms:.2f} ms",
              f"goal <= {LATENCY_GOAL_MS} ms: {_goal(latency_ok)}; exact flat {direction.flat_median_ms:.1f} ms "
              f"({direction.flat_median_ms / max(direction.median_ms, 1e-9):.0f}x)"),
             (section, f"{name} batch of {direction.batch_size}", f"{direction.batch_qps:,.0f} q/s",
@@ -713,14 +786,17 @@ def run_benchmarks(data_dir: str | Path | None = None, checkpoint: str | Path | 
                    factory: str | None = None, sigma: float = NOISE_SIGMA, latency_queries: int = 200,
                    batch_queries: int | None = None, recall_queries: int | None = None,
                    sweep_values: Sequence[int] | None = None, indexing: bool = True, faiss_scale: bool = True,
-                   device: str | None = None, seed: int = 0, json_path: str | Path | None = None) -> BenchReport:
+                   device: str | None = None, seed: int = 0, json_path: str | Path | None = None,
+                   compare: Sequence[str] = (), vectors_from: str | Path | None = None) -> BenchReport:
     """Run the indexing and FAISS benchmarks (either may be switched off) and return the report.
 
     data_dir: clips to index; default a synthetic set of `clips` clips made in the work folder.
     checkpoint: default a random cpu-config JSA checkpoint saved in the work folder.
     work_dir: where data, store and indexes go (kept); default a temporary folder, removed at the end. The 1M
     benchmark needs about 12 GB of disk there. quick: 100k vectors, 256 clips, fewer queries (a smoke run).
-    The FAISS bases are the vectors the indexing step stored, so that step runs (untimed when indexing=False).
+    The FAISS bases are the vectors the indexing step stored, so that step runs (untimed when indexing=False),
+    unless `vectors_from` names a folder `jsar index` made: its vectors are the bases. `compare`: factories
+    measured after the automatic choice, on the same store and exact neighbours.
     """
     started = time.perf_counter()
     machine = machine_info(device)
@@ -732,10 +808,10 @@ def run_benchmarks(data_dir: str | Path | None = None, checkpoint: str | Path | 
     root = Path(temporary.name if temporary else work_dir)
     root.mkdir(parents=True, exist_ok=True)
     try:
-        if checkpoint is None:
+        if checkpoint is None and (indexing or vectors_from is None):
             checkpoint = make_random_checkpoint(root / "random-cpu-jsa.pt", seed=seed)
             logger.info(f"random cpu-config JSA checkpoint: {checkpoint}")
-        if data_dir is None:
+        if data_dir is None and (indexing or vectors_from is None):
             logger.info(f"making {clips} synthetic clips")
             data_dir = make_synthetic_data(root / "synthetic", clips, seed)
         clip_index = root / "clip-index"
@@ -745,19 +821,19 @@ def run_benchmarks(data_dir: str | Path | None = None, checkpoint: str | Path | 
         if indexing:
             logger.info("indexing benchmark: bare encoders, index_dataset, decode-only")
             indexing_bench = bench_indexing(data_dir, checkpoint, clip_index, batch_size, workers, device=device)
-        elif faiss_scale:
+        elif faiss_scale and vectors_from is None:
             index_dataset(Path(data_dir), Path(checkpoint), clip_index, batch_size=batch_size, num_workers=workers,
                           device=device, progress=False)
         faiss_bench = None
         if faiss_scale:
-            image, audio = _store_vectors(clip_index)
+            image, audio = _store_vectors(Path(vectors_from) if vectors_from else clip_index)
             scale_dir = root / "scale-index"
             if scale_dir.exists():
                 shutil.rmtree(scale_dir)
             faiss_bench = bench_faiss_scale(
                 scale_dir, image, audio, vectors=vectors, dim=dim, sigma=sigma, factory=factory,
                 latency_queries=latency_queries, batch_queries=batch_queries, recall_queries=recall_queries,
-                sweep_values=sweep_values, seed=seed)
+                sweep_values=sweep_values, seed=seed, compare=compare)
             if temporary is None:
                 shutil.rmtree(scale_dir)  # gigabytes: a kept work folder keeps the clips, not the scale store
         report = BenchReport(machine=machine, indexing=indexing_bench, faiss_scale=faiss_bench,

@@ -16,6 +16,11 @@ saves, loads and searches it in C++, nothing runs in Python at query time. It is
 do not run HNSW).
 
 The factory string names it: `HNSW32,QueryGuided16` = HNSW32 over the vectors, 16 hits per guiding query.
+
+efSearch is then calibrated per index, measured rather than guessed: `CALIBRATION_QUERIES` paired vectors of
+rows that did not guide the graph are searched at rising efSearch against their exact neighbours (a
+brute-force pass over the store), and the smallest value reaching recall@10 `CALIBRATION_RECALL` is kept
+(each direction gets its own: the two modalities' graphs need different effort).
 """
 from __future__ import annotations
 
@@ -34,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 GUIDED_SUFFIX = re.compile(rf",{QUERY_GUIDED}(\d+)$")
 GUIDE_EF = 64  # efSearch of the guiding queries' search (measured at 100k: 64 gives the same recall as 128)
+EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+CALIBRATION_QUERIES = 300
+CALIBRATION_RECALL = 0.96  # a margin over the 0.95 goal: 300 queries measure recall to about +-0.01
 MEMBERSHIP_BLOCK = 1 << 20  # edges checked against existing lists per step ((block, width) booleans in memory)
 
 
@@ -146,3 +154,19 @@ def add_query_guided_edges(index: faiss.Index, query_blocks: Iterable[np.ndarray
     logger.info("query-guided edges: %d queries, %d edges added (%.1f a node), %.1f s", stats.queries, added,
                 added / max(num_nodes, 1), stats.seconds)
     return stats
+
+
+def calibrate_ef_search(index: faiss.Index, queries: np.ndarray, exact_ids: np.ndarray,
+                        target: float = CALIBRATION_RECALL, ladder: Iterable[int] = EF_LADDER) -> tuple[int, float]:
+    """Smallest efSearch of `ladder` whose recall@k of (Q, d) `queries` against `exact_ids` (Q, k) reaches
+    `target`; the last value if none does. Returns (efSearch, its recall) and leaves the index set to it."""
+    hnsw = hnsw_of(index).hnsw
+    k = exact_ids.shape[1]
+    efs, recall = list(ladder), 0.0
+    for ef in efs:
+        hnsw.efSearch = int(ef)
+        found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
+        recall = float(np.mean([np.intersect1d(a, b).size for a, b in zip(found, exact_ids)])) / k
+        if recall >= target:
+            return int(ef), recall
+    return int(efs[-1]), recall

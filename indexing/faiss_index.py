@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ from tqdm import tqdm
 from jsa_retrieval.files import replace_atomically
 from jsa_retrieval.machine import usable_cores
 
-from indexing.cross_modal import GuideStats, add_query_guided_edges, split_factory
+from indexing.cross_modal import (CALIBRATION_QUERIES, GuideStats, add_query_guided_edges, calibrate_ef_search,
+                                  split_factory)
 from indexing.index_choice import QUANTIZER_TRAIN_SIZE, IndexChoice, choose_index
 from indexing.store import VECTOR_FIELDS, EmbeddingStore, FingerprintMismatch, l2_normalise
 
@@ -33,6 +35,8 @@ PAIRED_FIELD = {"image_vectors": "audio_vectors", "audio_vectors": "image_vector
 BLAS_THRESHOLD = 16  # FAISS default 20: batches of 16-19 queries otherwise take the slow scalar path (5.7-8x)
 INDEX_FORMAT_VERSION = 1
 PROGRESS_MIN_ROWS = 100_000  # smaller indexes build in about a second: no bar
+
+logger = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -90,11 +94,16 @@ def build_index(store: EmbeddingStore, field: str = "image_vectors", choice: Ind
     return index
 
 
+def _guide_rows(num_rows: int, guide_rows: int, seed: int) -> np.ndarray:
+    """The seeded, sorted rows whose paired vectors guide a graph."""
+    return np.sort(np.random.default_rng([seed, 1]).choice(num_rows, min(guide_rows, num_rows), replace=False))
+
+
 def add_guided_edges(index: faiss.Index, store: EmbeddingStore, paired_field: str, guide_k: int, guide_rows: int,
                      chunk_rows: int = 65536, seed: int = 0) -> GuideStats:
     """Guide `index` (an HNSW over the other field) by `guide_rows` seeded rows of `paired_field`, read in row
     order one chunk at a time."""
-    rows = np.sort(np.random.default_rng([seed, 1]).choice(len(store), min(guide_rows, len(store)), replace=False))
+    rows = _guide_rows(len(store), guide_rows, seed)
     blocks = (store.read_rows(paired_field, rows[start:start + chunk_rows])
               for start in range(0, rows.size, chunk_rows))
     with tqdm(total=rows.size, desc=f"query-guided edges <- {paired_field}", unit="query", leave=False,
@@ -106,6 +115,36 @@ def _counted(blocks: Iterator[np.ndarray], bar: tqdm) -> Iterator[np.ndarray]:
     for block in blocks:
         yield block
         bar.update(len(block))
+
+
+def calibrated_search_params(index: faiss.Index, store: EmbeddingStore, field: str, choice: IndexChoice,
+                             chunk_rows: int = 65536, seed: int = 0, k: int = 10) -> dict[str, Any]:
+    """The search parameters this index will use. For a query-guided graph: efSearch calibrated on paired vectors
+    of rows that did not guide it, against exact search over `field` (indexing.cross_modal); otherwise the
+    choice's. Returns {'search_params': ..., and for a calibrated graph 'calibration_recall': recall@k}."""
+    _, guide_k = split_factory(choice.factory)
+    if not guide_k or len(store) <= k:
+        return {"search_params": dict(choice.search_params)}
+    guided = _guide_rows(len(store), int(choice.build_params.get("guide_rows", len(store))), seed)
+    spare = np.setdiff1d(np.arange(len(store)), guided) if guided.size < len(store) else np.arange(len(store))
+    rows = np.sort(np.random.default_rng([seed, 2]).choice(spare, min(CALIBRATION_QUERIES, spare.size), replace=False))
+    queries = store.read_rows(PAIRED_FIELD[field], rows)
+    exact = exact_top_k(store, field, queries, k, chunk_rows)
+    ef_search, recall = calibrate_ef_search(index, queries, exact)
+    logger.info("%s over %s: efSearch %d reaches recall@%d %.3f on %d paired queries", choice.factory, field,
+                ef_search, k, recall, rows.size)
+    return {"search_params": {**choice.search_params, "efSearch": ef_search}, "calibration_recall": round(recall, 4)}
+
+
+def exact_top_k(store: EmbeddingStore, field: str, queries: np.ndarray, k: int, chunk_rows: int = 65536) -> np.ndarray:
+    """(Q, k) store rows of the exact inner-product top k of (Q, d) queries over `field`, one chunk in memory."""
+    heap = faiss.ResultHeap(queries.shape[0], k, keep_max=True)
+    for start, block in store.iter_chunks(field, chunk_rows):
+        scores, ids = faiss.knn(np.ascontiguousarray(queries, dtype=np.float32), np.ascontiguousarray(block),
+                                min(k, block.shape[0]), metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(scores, np.where(ids >= 0, ids + start, -1))
+    heap.finalize()
+    return heap.I
 
 
 def _prepare_for_training(index: faiss.Index, build_params: dict[str, int]) -> None:
@@ -259,9 +298,11 @@ def build_indexes(index_dir: str | Path, factory: str | None = None, memory_budg
         entries = {}
         for name, (field, file_name) in INDEX_FILES.items():
             index = build_index(store, field, choice, chunk_rows, seed)
+            searched = calibrated_search_params(index, store, field, choice, chunk_rows, seed)
+            apply_search_params(index, searched["search_params"])
             save_index(index, index_dir / file_name)
             entries[name] = {"file": file_name, "field": field, "ntotal": int(index.ntotal),
-                             "answers": "audio queries" if name == "image" else "image queries"}
+                             "answers": "audio queries" if name == "image" else "image queries", **searched}
             del index
         info = {"format_version": INDEX_FORMAT_VERSION, "fingerprint": store.meta.fingerprint,
                 "model_name": store.meta.model_name, "store_rows": len(store), "store_ids_sha256": store.ids_sha256,
@@ -271,6 +312,12 @@ def build_indexes(index_dir: str | Path, factory: str | None = None, memory_budg
     temp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     replace_atomically(temp, index_dir / INDEX_JSON)
     return info
+
+
+def index_search_params(info: dict[str, Any], name: str) -> dict[str, int]:
+    """Search parameters of index `name` ('image' or 'audio') recorded in index.json: its own (calibrated) ones,
+    else the choice's (index.json files written before calibration)."""
+    return info["indexes"][name].get("search_params", info["choice"]["search_params"])
 
 
 def open_indexes(index_dir: str | Path, gpu: bool | None = None, shard: bool = False) -> RetrievalIndexes:
@@ -289,9 +336,9 @@ def open_indexes(index_dir: str | Path, gpu: bool | None = None, shard: bool = F
         raise FingerprintMismatch(
             f"indexes in {index_dir} cover {info['store_rows']} rows but the store now has {len(store)} "
             "(or other clips): rebuild the indexes")
-    params = info["choice"]["search_params"]
-    loaded = {name: load_index(index_dir / info["indexes"][name]["file"], params) for name in INDEX_FILES}
+    params = {name: index_search_params(info, name) for name in INDEX_FILES}
+    loaded = {name: load_index(index_dir / info["indexes"][name]["file"], params[name]) for name in INDEX_FILES}
     use_gpu = num_gpus() > 0 if gpu is None else gpu
     if use_gpu:
-        loaded = {name: to_gpu(index, shard=shard, search_params=params) for name, index in loaded.items()}
+        loaded = {name: to_gpu(index, shard=shard, search_params=params[name]) for name, index in loaded.items()}
     return RetrievalIndexes(image=loaded["image"], audio=loaded["audio"], info=info, store=store)

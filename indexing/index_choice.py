@@ -10,7 +10,8 @@ alone. All indexes use inner product on L2-normalised vectors (= cosine similari
   CPU only: FAISS GPUs do not run HNSW, so a GPU keeps the IVF types below.
 - Where that graph does not fit the budget on CPU, `IVF{nlist},PQ{d/2}x4fs,RFlat`: inverted lists of 4-bit
   fast-scan PQ codes (SIMD look-ups, d/4 bytes per vector) whose top k * 64 candidates are re-ranked exactly
-  against the full vectors (the refine stage keeps them, so it needs the flat vectors' memory). On GPU, `IVF{nlist},Flat`.
+  against the full vectors (the refine stage keeps them, so it needs the flat vectors' memory).
+  On GPU, `IVF{nlist},Flat`.
   nlist ~ 2 sqrt(n) on CPU, 4 sqrt(n) on GPU; nprobe = nlist / 20.
 - When the flat vectors exceed the budget: `IVF{nlist},SQ8` (1 byte per dimension, recall close to exact)
   if that fits, else `OPQ{m},IVF{nlist},PQ{m}` (m bytes per vector) with the largest m that fits. A refine
@@ -36,12 +37,11 @@ GPU_IVF_LISTS_PER_SQRT = 4
 IVF_PROBE_FRACTION = 20  # visit 1/20 of the lists (see the module docstring)
 HNSW_M = 32
 HNSW_EF_SEARCH = 128
-HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_CONSTRUCTION = 40  # 80 doubled 1M builds (4-8 min a modality); the guided graph is HNSW32 at 40 plus edges
 QUERY_GUIDED = "QueryGuided"  # factory suffix of the cross-modal graph: 'HNSW32,QueryGuided16'
 GUIDE_K = 16  # hits per guiding query projected onto edges (RoarGraph)
 GUIDE_ROWS = 300_000  # paired vectors that guide each graph (a seeded sample of the store's rows)
 GUIDED_EF_SEARCH = 96
-GUIDED_EF_CONSTRUCTION = 40  # 80 doubles the build for no cross-modal recall once guided edges are in
 REFINE_K_FACTOR = 64  # shortlist k * 64 for the exact re-ranking of a refine stage
 IVF_TRAIN_PER_LIST = 64  # FAISS wants 39..256 training points per centroid
 QUANTIZER_TRAIN_SIZE = 65_536  # PQ/SQ codebooks: 256 centroids per sub-quantizer need >= 9,984 points
@@ -163,7 +163,7 @@ def choice_for_factory(factory: str, num_vectors: int, reason: str = "") -> Inde
             search_params["quantizer_efSearch"] = HNSW_EF_SEARCH
     elif hnsw and QUERY_GUIDED in factory:
         search_params["efSearch"] = GUIDED_EF_SEARCH
-        build_params.update(efConstruction=GUIDED_EF_CONSTRUCTION, guide_rows=min(GUIDE_ROWS, num_vectors))
+        build_params.update(efConstruction=HNSW_EF_CONSTRUCTION, guide_rows=min(GUIDE_ROWS, num_vectors))
     elif hnsw:
         search_params["efSearch"] = HNSW_EF_SEARCH
         build_params["efConstruction"] = HNSW_EF_CONSTRUCTION

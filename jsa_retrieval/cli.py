@@ -451,6 +451,10 @@ def demo(out_dir: Path, n_clips: int, train_minutes: float, epochs: int | None, 
 @click.option("--vectors", type=click.IntRange(min=1), help="Rows of the FAISS benchmark's store [1,000,000].")
 @click.option("--dim", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--factory", help="FAISS factory string instead of the automatic choice.")
+@click.option("--compare", multiple=True, help="Another factory measured in the same run on the same store and "
+              "exact neighbours (repeatable), e.g. --compare HNSW32.")
+@click.option("--vectors-from", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A folder `jsar index` made: its image/audio vectors are the bases (no indexing step).")
 @click.option("--sigma", type=float, default=0.6, show_default=True, help="Noise of each copy of a base vector.")
 @click.option("--latency-queries", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--batch-queries", type=click.IntRange(min=1), help="Batch size for queries/s [2000].")

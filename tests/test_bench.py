@@ -100,6 +100,25 @@ def test_ivf_benchmark_sweeps_nprobe_and_is_exact_when_every_list_is_probed(tmp_
                                             "torch_threads": 2, "faiss_version": "f"}, None, bench, 1.0).table()
 
 
+def test_compared_indexes_share_the_store_and_the_exact_neighbours(tmp_path: Path) -> None:
+    image, audio = spread_bases(60, 24)
+    bench = bench_faiss_scale(tmp_path / "scale", image, audio, vectors=3000, dim=48, factory="Flat",
+                              compare=["HNSW32,QueryGuided16"], latency_queries=5, batch_queries=50,
+                              recall_queries=50, sweep_values=[16, 64])
+    assert bench.factory == "Flat" and [index.factory for index in bench.compared] == ["HNSW32,QueryGuided16"]
+    assert 1 > bench.pair_cosine > bench.random_cosine + 0.2  # the gap the benchmark reports
+    guided = bench.compared[0]
+    assert set(guided.rss) == {"build", "search"} and guided.build_seconds > 0 and not guided.automatic
+    assert any("efSearch" in key for key in guided.search_params)  # calibrated per index (one value, or each)
+    for exact, found in zip(bench.directions, guided.directions):
+        assert exact.recall_vs_flat == 1.0 and found.recall_vs_flat >= 0.9
+        assert found.flat_median_ms == exact.flat_median_ms  # one exact pass, shared
+        assert [point.value for point in found.sweep] == [16, 64] and found.p99_ms >= found.median_ms
+    table = BenchReport({"usable_cores": 2, "load_average": [0.0], "torch_version": "t", "torch_threads": 2,
+                         "faiss_version": "f"}, None, bench, 1.0).table()
+    assert "HNSW32,QueryGuided16" in table and "cross-modal gap" in table
+
+
 def test_recall_at_k_counts_the_overlap_and_ignores_missing_ids() -> None:
     truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
     found = np.array([[4, 3, 9, -1], [5, 6, 7, 8]])

@@ -9,7 +9,8 @@ import faiss
 import numpy as np
 import pytest
 
-from indexing.cross_modal import add_query_guided_edges, insert_edges, projected_edges, split_factory
+from indexing.cross_modal import (EF_LADDER, add_query_guided_edges, calibrate_ef_search, insert_edges,
+                                  projected_edges, split_factory)
 from indexing.faiss_index import (INDEX_JSON, build_index, build_indexes, configure_faiss, load_index, open_indexes,
                                   save_index)
 from indexing.index_choice import choose_index
@@ -108,6 +109,22 @@ def test_guided_graph_finds_exact_neighbours_of_cross_modal_queries(
     assert recall_at_10(found, exact) >= 0.95
 
 
+def test_calibration_picks_the_smallest_ef_search_that_reaches_the_target(
+        pairs: tuple[np.ndarray, np.ndarray]) -> None:
+    image, audio = pairs
+    _, exact = exact_top_k(audio[:NUM], image[NUM:], 10)
+    index = faiss.IndexHNSWFlat(DIM, 8, faiss.METRIC_INNER_PRODUCT)
+    index.add(audio[:NUM])
+    ladder = (8, 16, 32, 64, 128, 256)
+    ef_search, recall = calibrate_ef_search(index, image[NUM:], exact, target=0.9, ladder=ladder)
+    assert recall >= 0.9 and index.hnsw.efSearch == ef_search
+    if ef_search > ladder[0]:
+        below = ladder[ladder.index(ef_search) - 1]
+        index.hnsw.efSearch = below
+        assert recall_at_10(index.search(image[NUM:], 10)[1], exact) < 0.9
+    assert calibrate_ef_search(index, image[NUM:], exact, target=1.01, ladder=(8, 16))[0] == 16  # none reach: last
+
+
 def test_guided_graph_survives_save_and_load(guided_dir: Path, pairs: tuple[np.ndarray, np.ndarray],
                                             tmp_path: Path) -> None:
     image, audio = pairs
@@ -126,7 +143,9 @@ def test_index_json_records_the_guided_choice(guided_dir: Path) -> None:
     assert info["choice"]["factory"] == GUIDED
     assert info["choice"]["build_params"] == {"efConstruction": 40, "guide_rows": NUM}
     assert info["choice"]["search_params"] == {"efSearch": 96}
-    assert {entry["ntotal"] for entry in info["indexes"].values()} == {NUM}
+    for entry in info["indexes"].values():  # efSearch calibrated per index on paired queries
+        assert entry["ntotal"] == NUM and entry["calibration_recall"] >= 0.96
+        assert entry["search_params"]["efSearch"] in EF_LADDER
 
 
 def test_automatic_choice_is_the_guided_graph_on_cpu_only() -> None:

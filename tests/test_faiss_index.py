@@ -82,7 +82,7 @@ def test_choose_index_by_size() -> None:
     assert choose_index(500_000, 512, gpu=True).factory == "Flat"
     assert choose_index(3_000_000, 512, gpu=True).factory == "IVF6928,Flat"
     hnsw = choose_index(500_000, 512, factory="HNSW32")  # still available by name
-    assert hnsw.search_params == {"efSearch": 128} and hnsw.build_params == {"efConstruction": 80}
+    assert hnsw.search_params == {"efSearch": 128} and hnsw.build_params == {"efConstruction": 40}
 
 
 def test_choose_index_by_memory_budget() -> None:
