@@ -16,7 +16,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from jsa_retrieval.clips import read_dataset
-from jsa_retrieval.dataset import ClipDataset, FailureLog, make_loader
+from jsa_retrieval.dataset import FailureLog, InferenceClipDataset, make_loader, model_inputs
 from jsa_retrieval.inference import iter_embeddings, pick_device
 from jsa_retrieval.files import file_sha256
 from jsa_retrieval.models import load_model
@@ -56,24 +56,44 @@ def store_meta_for(checkpoint: Path, config, model_name: str, dim: int) -> Store
 def index_dataset(data_dir: Path, checkpoint: Path, index_dir: Path, split: str | None = None,
                   annotations: Path | None = None, batch_size: int = 64, num_workers: int = 2,
                   device: str | None = None, factory: str | None = None, memory_budget: int | None = None,
-                  progress: bool = True) -> IndexSummary:
-    """Embed every clip of `data_dir` not yet in INDEX_DIR's store, finalise the store, build both indexes."""
+                  progress: bool = True, draft: bool = True) -> IndexSummary:
+    """Embed every clip of `data_dir` not yet in INDEX_DIR's store, finalise the store, build both indexes.
+
+    draft: decode JPEGs of at least twice the image size in Pillow's draft mode (`InferenceClipDataset`);
+    False decodes every image in full, as evaluation does.
+    """
     index_dir = Path(index_dir)
+    joined_here = not distributed.is_distributed()
+    device_ = distributed.setup_distributed(device)  # joins torchrun's group (gloo on CPU, nccl on CUDA)
     rank, world = distributed.rank(), distributed.world_size()
-    device_ = pick_device(device)
+    try:
+        return _index_shard(data_dir, checkpoint, index_dir, split, annotations, batch_size, num_workers,
+                            device_, factory, memory_budget, progress and rank == 0, draft, rank, world)
+    finally:
+        if joined_here:
+            distributed.cleanup_distributed()
+
+
+def _index_shard(data_dir: Path, checkpoint: Path, index_dir: Path, split: str | None, annotations: Path | None,
+                 batch_size: int, num_workers: int, device_: torch.device, factory: str | None,
+                 memory_budget: int | None, progress: bool, draft: bool, rank: int, world: int) -> IndexSummary:
+    """This rank's share of `index_dataset`; rank 0 merges the parts once every rank has flushed its own."""
     model, config, _ = load_model(checkpoint, map_location=device_)
     clips = read_dataset(data_dir, split, annotations).clips
     writer = StoreWriter(index_dir, store_meta_for(checkpoint, config, model.model_name, model.vector_dim),
                          rank=rank)
     done = writer.done_ids()
+    if world > 1:
+        dist.barrier()  # every rank has listed what is done before any rank writes a part: the shards agree
     todo = [position for position, clip in enumerate(clips) if clip.id not in done][rank::world]
-    dataset = ClipDataset([clips[p] for p in todo], config.data)
+    dataset = InferenceClipDataset([clips[p] for p in todo], config.data, draft=draft)
     loader = make_loader(dataset, batch_size, num_workers=num_workers, device=device_)
     failures = FailureLog()
     started = time.monotonic()
     embedded = 0
-    with tqdm(total=len(todo), desc="embedding", unit="clip", disable=not progress or rank != 0) as bar:
-        for batch in iter_embeddings(model, loader, device_):
+    with tqdm(total=len(todo), desc="embedding", unit="clip", disable=not progress) as bar:
+        batches = (model_inputs(batch, config.data, device_) for batch in loader)
+        for batch in iter_embeddings(model, batches, device_):
             failures.extend(batch.failed)
             bar.update(len(batch.indices) + len(batch.failed))
             if batch.image is None:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .clips import Clip
 from .config import DataConfig
 from .decode import DecodeError, load_audio, load_image
-from .transforms import crop_or_tile, image_transform, log_spectrogram
+from .transforms import crop_or_tile, image_transform, log_spectrogram, normalise_pixels, squash_image
 
 
 def load_image_tensor(path: Path, config: DataConfig, train: bool = False) -> torch.Tensor:
@@ -26,9 +26,9 @@ def load_image_tensor(path: Path, config: DataConfig, train: bool = False) -> to
     return image_transform(config, train)(load_image(path))
 
 
-def load_spectrogram(path: Path, config: DataConfig, train: bool = False, rng: random.Random | None = None,
-                     shift_seconds: float | None = None) -> torch.Tensor:
-    """(1, F, T) log spectrogram of the centred window (the paper's middle 5 s).
+def load_audio_window(path: Path, config: DataConfig, train: bool = False, rng: random.Random | None = None,
+                      shift_seconds: float | None = None) -> np.ndarray:
+    """(num_samples,) float32: the centred window of the clip's audio (the paper's middle 5 s).
 
     In training the window moves by up to `shift_seconds` either way (None: config.train_audio_jitter);
     math.inf lets it start anywhere in the clip, the alignment baseline's time-shift augmentation.
@@ -41,7 +41,13 @@ def load_spectrogram(path: Path, config: DataConfig, train: bool = False, rng: r
         centre = spare // 2
         reach = int(min(spare // 2, shift * config.sample_rate))  # math.inf: the whole clip
         offset = centre + (rng or random).randint(-reach, reach)
-    return log_spectrogram(crop_or_tile(samples, config.num_samples, offset), config)
+    return crop_or_tile(samples, config.num_samples, offset)
+
+
+def load_spectrogram(path: Path, config: DataConfig, train: bool = False, rng: random.Random | None = None,
+                     shift_seconds: float | None = None) -> torch.Tensor:
+    """(1, F, T) log spectrogram of the window `load_audio_window` takes."""
+    return log_spectrogram(load_audio_window(path, config, train, rng, shift_seconds), config)
 
 
 def load_pair(clip: Clip, config: DataConfig, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,6 +106,45 @@ class ClipDataset(Dataset):
         for view, (image, audio) in enumerate(pairs[1:], start=1):
             item[f"image_{view}"], item[f"audio_{view}"] = image, audio
         return item
+
+
+class InferenceClipDataset(Dataset):
+    """Clips for inference in the cheapest form to decode in a worker and pass between processes: the test
+    transform's squashed image as (S, S, 3) uint8 and the centred audio window as (num_samples,) float32.
+
+    `model_inputs` finishes a collated batch where the model runs: normalisation and spectrograms for the whole
+    batch at once, on the GPU when there is one, so the workers only read files, decode and resize. The result
+    equals ClipDataset's test items (images to the bit, spectrograms to float rounding). draft: JPEGs at least
+    twice the image size decode in Pillow's draft mode (`load_image`), which inference may choose.
+    """
+
+    def __init__(self, clips: Sequence[Clip], config: DataConfig, draft: bool = False):
+        self.clips = list(clips)
+        self.config = config
+        self.draft = draft
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        clip, size = self.clips[index], self.config.image_size
+        try:
+            image = load_image(clip.image, draft_size=size if self.draft else None)
+            pixels = torch.from_numpy(np.array(squash_image(image, size)))
+            window = torch.from_numpy(load_audio_window(clip.audio, self.config))
+        except DecodeError as error:
+            return {"failed": (clip.id, str(error)), "index": index}
+        return {"index": index, "image": pixels, "audio": window}
+
+
+def model_inputs(batch: dict[str, Any], config: DataConfig, device: torch.device | str) -> dict[str, Any]:
+    """A collated InferenceClipDataset batch with "image" (B, 3, S, S) and "audio" (B, 1, F, T) on `device`,
+    as ClipDataset's test items would have given them; a batch whose clips all failed passes through."""
+    if "image" not in batch:
+        return batch
+    pixels = batch["image"].to(device, non_blocking=True)
+    waves = batch["audio"].to(device, non_blocking=True)
+    return {**batch, "image": normalise_pixels(pixels), "audio": log_spectrogram(waves, config)}
 
 
 def collate_skipping_failures(items: list[dict[str, Any]]) -> dict[str, Any]:
