@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 GUIDED_SUFFIX = re.compile(rf",{QUERY_GUIDED}(\d+)$")
 GUIDE_EF = 64  # efSearch of the guiding queries' search (measured at 100k: 64 gives the same recall as 128)
-EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512, 768, 1024)
 CALIBRATION_QUERIES = 300
 CALIBRATION_RECALL = 0.96  # a margin over the 0.95 goal: 300 queries measure recall to about +-0.01
 MEMBERSHIP_BLOCK = 1 << 20  # edges checked against existing lists per step ((block, width) booleans in memory)
