@@ -627,12 +627,12 @@ def _index_bench(index_dir: Path, factory: str | None, queries: dict[str, np.nda
     with PeakMemory() as search_memory:
         indexes = open_indexes(index_dir, gpu=gpu)
         sweep_name = search_param_name(choice["factory"])
-        values = _sweep_values(indexes.image, sweep_name, sweep_values)
         for name, (_, index_side) in DIRECTIONS.items():
             logger.info(f"{choice['factory']} {name}: latency, throughput, recall, sweep")
-            directions.append(_direction_bench(name, getattr(indexes, index_side), queries[name], exact[name],
-                                               latency_queries, batch_queries, recall_queries,
-                                               index_search_params(info, index_side), sweep_name, values, k))
+            index = getattr(indexes, index_side)
+            directions.append(_direction_bench(name, index, queries[name], exact[name], latency_queries,
+                                               batch_queries, recall_queries, index_search_params(info, index_side),
+                                               sweep_name, _sweep_values(index, sweep_name, sweep_values), k))
         indexes.store.close()
         del indexes
     own = {side: index_search_params(info, side) for side in INDEX_FILES}

@@ -4,15 +4,15 @@ autofaiss-style rule, kept apart from the code that trains and fills indexes so 
 alone. All indexes use inner product on L2-normalised vectors (= cosine similarity).
 
 - Exact `Flat` while a brute-force scan is cheap (<= 100k vectors; <= 1M on a GPU) and fits the budget.
-- Beyond that on CPU, `HNSW32,QueryGuided16` (indexing.cross_modal): an HNSW graph over the full vectors
-  whose level-0 lists gain RoarGraph-style edges from searches of the *paired* vectors of the query modality
-  (every store row holds both), which keeps cross-modal queries on course where a plain HNSW loses them.
-  CPU only: FAISS GPUs do not run HNSW, so a GPU keeps the IVF types below.
-- Where that graph does not fit the budget on CPU, `IVF{nlist},PQ{d/2}x4fs,RFlat`: inverted lists of 4-bit
-  fast-scan PQ codes (SIMD look-ups, d/4 bytes per vector) whose top k * 64 candidates are re-ranked exactly
-  against the full vectors (the refine stage keeps them, so it needs the flat vectors' memory).
-  On GPU, `IVF{nlist},Flat`.
-  nlist ~ 2 sqrt(n) on CPU, 4 sqrt(n) on GPU; nprobe = nlist / 20.
+- Beyond that on CPU, `IVF{nlist},PQ{d/2}x4fs,RFlat`: inverted lists of 4-bit fast-scan PQ codes (SIMD
+  look-ups, d/4 bytes per vector) whose top k * 64 candidates are re-ranked exactly against the full vectors
+  (the refine stage keeps them, so it needs the flat vectors' memory). On GPU, `IVF{nlist},Flat`.
+  nlist ~ 2 sqrt(n) on CPU, 4 sqrt(n) on GPU; nprobe = nlist / 20 here, which `build_indexes` then
+  calibrates per modality on the store's own paired vectors (indexing.faiss_index.calibrated_search_params).
+- `HNSW32,QueryGuided16` (indexing.cross_modal, by name only): HNSW with RoarGraph-style edges from the
+  paired vectors. Measured at 1M x 512 (README, Benchmarks) it lifts HNSW's cross-modal recall a lot (audio ->
+  image 0.65 -> 0.95 at efSearch 128) but stays behind the calibrated IVF above in both directions (image ->
+  audio 0.79 at efSearch 1024) and builds 7x slower, so it is not chosen automatically.
 - When the flat vectors exceed the budget: `IVF{nlist},SQ8` (1 byte per dimension, recall close to exact)
   if that fits, else `OPQ{m},IVF{nlist},PQ{m}` (m bytes per vector) with the largest m that fits. A refine
   stage would keep the full vectors in memory, which is exactly what the budget forbids.
@@ -118,10 +118,6 @@ def choose_index(num_vectors: int, dim: int, memory_budget_bytes: int | None = N
     if flat <= budget:
         if n <= flat_limit:
             return _made("Flat", n, f"{n} vectors <= {flat_limit}: exact search is fast enough", flat)
-        guided = estimate_bytes("hnsw", n, d)
-        if not gpu and guided <= budget:
-            return _made(f"HNSW{HNSW_M},{QUERY_GUIDED}{GUIDE_K}", n, f"{n} vectors > {flat_limit} on CPU: HNSW graph "
-                         "with query-guided edges from the paired vectors (cross-modal queries); CPU only", guided)
         fast_scan = estimate_bytes("ivf_pqfs_refine", n, d, nlist)
         if not gpu and d % 2 == 0 and fast_scan <= budget:
             return _made(f"IVF{nlist},PQ{d // 2}x4fs,RFlat", n, f"{n} vectors > {flat_limit} on CPU: fast-scan PQ "

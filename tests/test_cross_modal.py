@@ -9,10 +9,9 @@ import faiss
 import numpy as np
 import pytest
 
-from indexing.cross_modal import (EF_LADDER, add_query_guided_edges, calibrate_ef_search, insert_edges,
-                                  projected_edges, split_factory)
-from indexing.faiss_index import (INDEX_JSON, build_index, build_indexes, configure_faiss, load_index, open_indexes,
-                                  save_index)
+from indexing.cross_modal import add_query_guided_edges, insert_edges, projected_edges, split_factory
+from indexing.faiss_index import (CALIBRATION_LADDERS, INDEX_JSON, build_index, build_indexes, calibrate_search_param,
+                                  configure_faiss, load_index, open_indexes, save_index)
 from indexing.index_choice import choose_index
 from indexing.store import EmbeddingStore, l2_normalise
 
@@ -116,13 +115,13 @@ def test_calibration_picks_the_smallest_ef_search_that_reaches_the_target(
     index = faiss.IndexHNSWFlat(DIM, 8, faiss.METRIC_INNER_PRODUCT)
     index.add(audio[:NUM])
     ladder = (8, 16, 32, 64, 128, 256)
-    ef_search, recall = calibrate_ef_search(index, image[NUM:], exact, target=0.9, ladder=ladder)
+    ef_search, recall = calibrate_search_param(index, "efSearch", ladder, image[NUM:], exact, target=0.9)
     assert recall >= 0.9 and index.hnsw.efSearch == ef_search
     if ef_search > ladder[0]:
         below = ladder[ladder.index(ef_search) - 1]
         index.hnsw.efSearch = below
         assert recall_at_10(index.search(image[NUM:], 10)[1], exact) < 0.9
-    assert calibrate_ef_search(index, image[NUM:], exact, target=1.01, ladder=(8, 16))[0] == 16  # none reach: last
+    assert calibrate_search_param(index, "efSearch", (8, 16), image[NUM:], exact, target=1.01)[0] == 16  # the last
 
 
 def test_guided_graph_survives_save_and_load(guided_dir: Path, pairs: tuple[np.ndarray, np.ndarray],
@@ -145,13 +144,37 @@ def test_index_json_records_the_guided_choice(guided_dir: Path) -> None:
     assert info["choice"]["search_params"] == {"efSearch": 96}
     for entry in info["indexes"].values():  # efSearch calibrated per index on paired queries
         assert entry["ntotal"] == NUM and entry["calibration_recall"] >= 0.96
-        assert entry["search_params"]["efSearch"] in EF_LADDER
+        assert entry["search_params"]["efSearch"] in CALIBRATION_LADDERS["efSearch"]
 
 
-def test_automatic_choice_is_the_guided_graph_on_cpu_only() -> None:
-    cpu = choose_index(1_000_000, 512)
-    assert cpu.factory == "HNSW32,QueryGuided16" and "CPU only" in cpu.reason
-    assert cpu.build_params["efConstruction"] == 40 and cpu.search_params == {"efSearch": 96}
-    assert choose_index(3_000_000, 512, gpu=True).factory.startswith("IVF")  # FAISS GPUs do not run HNSW
-    tight = choose_index(1_000_000, 512, memory_budget_bytes=int(2.2e9))  # no room for the graph's links
-    assert tight.factory == "IVF2000,PQ256x4fs,RFlat"
+def test_automatic_ivf_gets_its_nprobe_calibrated_per_modality(tmp_path: Path, pairs: tuple[np.ndarray, np.ndarray],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import indexing.index_choice as index_choice
+
+    monkeypatch.setattr(index_choice, "FLAT_MAX_VECTORS", 1000)  # 4,000 vectors: IVF, as 1M are in production
+    image, audio = pairs
+    write_store(tmp_path, image[:NUM], audio[:NUM])
+    info = build_indexes(tmp_path, gpu=False)
+    assert info["choice"]["factory"] == "IVF102,PQ24x4fs,RFlat" and info["choice"]["search_params"]["nprobe"] == 16
+    for entry in info["indexes"].values():
+        assert entry["calibration_recall"] >= 0.96 and entry["search_params"]["k_factor_rf"] == 64
+        assert entry["search_params"]["nprobe"] in CALIBRATION_LADDERS["nprobe"] + (102,)
+    indexes = open_indexes(tmp_path, gpu=False)
+    try:
+        for side, queries, gallery, search in (("image", audio, image, indexes.audio_to_image),
+                                               ("audio", image, audio, indexes.image_to_audio)):
+            ivf = faiss.extract_index_ivf(getattr(indexes, side))
+            assert ivf.nprobe == info["indexes"][side]["search_params"]["nprobe"]  # re-applied on load
+            _, found = search(queries[NUM:], 10)
+            assert recall_at_10(found, exact_top_k(gallery[:NUM], queries[NUM:], 10)[1]) >= 0.9
+    finally:
+        indexes.store.close()
+
+
+def test_named_factories_keep_their_search_parameters(tmp_path: Path, pairs: tuple[np.ndarray, np.ndarray]) -> None:
+    image, audio = pairs
+    write_store(tmp_path, image[:NUM], audio[:NUM])
+    info = build_indexes(tmp_path, factory="IVF64,Flat", gpu=False)
+    assert all(entry["search_params"] == {"nprobe": 16} and "calibration_recall" not in entry
+               for entry in info["indexes"].values())
+    assert choose_index(1_000_000, 512).factory == "IVF2000,PQ256x4fs,RFlat"  # the graph is by name only

@@ -10,7 +10,7 @@ import pytest
 
 from indexing.faiss_index import (INDEX_JSON, build_index, build_indexes, load_index, num_gpus, open_indexes,
                                   save_index, search, to_gpu)
-from indexing.index_choice import choose_index, estimate_bytes, ivf_nlist
+from indexing.index_choice import choose_index, ivf_nlist
 from indexing.store import EmbeddingStore, FingerprintMismatch, StoreMeta, StoreRecords, StoreWriter, l2_normalise
 
 NUM = 3000
@@ -64,21 +64,17 @@ def recall_at_10(found: np.ndarray, exact: np.ndarray) -> float:
 def test_choose_index_by_size() -> None:
     assert choose_index(50_000, 512).factory == "Flat"
     assert choose_index(50_000, 512).train_size == 0
-    assert choose_index(500_000, 512).factory == "HNSW32,QueryGuided16"  # CPU: the cross-modal graph
-    def no_graph(n: int) -> int:  # a budget one byte short of the graph: fast-scan PQ + exact re-ranking
-        return estimate_bytes("hnsw", n, 512) - 1
-    middle = choose_index(500_000, 512, memory_budget_bytes=no_graph(500_000))
+    middle = choose_index(500_000, 512)  # CPU: fast-scan PQ + exact re-ranking, not HNSW (see index_choice)
     assert middle.factory == "IVF1414,PQ256x4fs,RFlat"
     assert middle.search_params == {"nprobe": 70, "k_factor_rf": 64}
     assert middle.train_size == 64 * 1414 and middle.build_params == {}
-    million = choose_index(1_000_000, 512, memory_budget_bytes=no_graph(1_000_000))
+    million = choose_index(1_000_000, 512)
     assert million.factory == "IVF2000,PQ256x4fs,RFlat" and million.search_params["nprobe"] == 100
-    ivf = choose_index(4_000_000, 512, memory_budget_bytes=no_graph(4_000_000))
+    ivf = choose_index(4_000_000, 512)
     assert ivf.factory == "IVF4000,PQ256x4fs,RFlat" and ivf_nlist(1_000_000) == 2000
     assert ivf_nlist(1_000_000, gpu=True) == 4000
     assert ivf.search_params == {"nprobe": 200, "k_factor_rf": 64} and ivf.train_size == 64 * 4000
-    assert choose_index(1_000_000, 129, memory_budget_bytes=estimate_bytes("hnsw", 1_000_000, 129) - 1).factory == (
-        "IVF2000,Flat")  # fast-scan PQ needs an even dimension
+    assert choose_index(1_000_000, 129).factory == "IVF2000,Flat"  # fast-scan PQ needs an even dimension
     assert choose_index(500_000, 512, gpu=True).factory == "Flat"
     assert choose_index(3_000_000, 512, gpu=True).factory == "IVF6928,Flat"
     hnsw = choose_index(500_000, 512, factory="HNSW32")  # still available by name
@@ -87,8 +83,7 @@ def test_choose_index_by_size() -> None:
 
 def test_choose_index_by_memory_budget() -> None:
     gib = 1 << 30
-    assert choose_index(4_000_000, 512, memory_budget_bytes=16 * gib).factory == "HNSW32,QueryGuided16"
-    assert choose_index(4_000_000, 512, memory_budget_bytes=9_000_000_000).factory == "IVF4000,PQ256x4fs,RFlat"
+    assert choose_index(4_000_000, 512, memory_budget_bytes=16 * gib).factory == "IVF4000,PQ256x4fs,RFlat"
     # 8.4 GB holds IVF-Flat (8.22 GB) but not the flat copy plus fast-scan codes (8.74 GB)
     assert choose_index(4_000_000, 512, memory_budget_bytes=8_400_000_000).factory == "IVF4000,Flat"
     assert choose_index(4_000_000, 512, memory_budget_bytes=3 * gib).factory == "IVF4000,SQ8"
