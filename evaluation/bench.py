@@ -44,14 +44,17 @@ import faiss
 import numpy as np
 import torch
 
-from indexing.embed import bare_forward_rate, index_dataset
+from indexing.embed import bare_forward_rate, index_dataset, store_meta_for
 from indexing.faiss_index import (INDEX_FILES, apply_search_params, build_indexes, configure_faiss,
                                   index_search_params, open_indexes, search)
 from indexing.store import EmbeddingStore, StoreMeta, StoreRecords, StoreWriter, l2_normalise
 from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval.config import DataConfig, get_config
 from jsa_retrieval.machine import machine_info
-from jsa_retrieval.dataset import ClipDataset, load_image_tensor, load_spectrogram, make_loader
+from jsa_retrieval.dataset import InferenceClipDataset, load_audio_window, make_loader
+from jsa_retrieval.decode import load_image
+from jsa_retrieval.inference import pick_device
+from jsa_retrieval.transforms import log_spectrogram, normalise_pixels, squash_image
 from jsa_retrieval.models import checkpoint_state, create_model, load_model
 from jsa_retrieval.synth import SynthConfig, generate
 
@@ -62,7 +65,6 @@ QUICK_VECTORS = 100_000
 DEFAULT_DIM = 512
 DEFAULT_CLIPS = 512
 QUICK_CLIPS = 256
-DECODE_SPLIT_CLIPS = 64  # clips timed one by one for the image / audio split of decoding
 NOISE_SIGMA = 0.6  # cos(copy, base) ~ 1 / sqrt(1 + 0.36) = 0.86
 COLLAPSED_MEAN_COSINE = 0.9  # bases closer than this on average are centred (see the module docstring)
 INDEXING_RATIO_GOAL = 0.8
@@ -141,10 +143,11 @@ def make_synthetic_data(out_dir: str | Path, clips: int, seed: int = 0) -> Path:
 # --------------------------------------------------------------------------------------------- indexing
 @dataclass
 class IndexingBench:
-    """Clips/s of the indexing pipeline against the model alone, and the decode costs that explain the gap.
+    """Clips/s of the indexing pipeline against the model alone, and where a clip's time goes.
 
     model_ms_per_clip is wall time with torch using every core; decode_ms_per_clip is the CPU time one worker
-    process spends per clip (1000 / its decode-only rate).
+    process spends per clip (1000 / its decode-only rate); the *_ms stages are per clip: worker stages on one
+    thread, the main process's batch stages (normalise, spectrogram, transfer) at the torch threads.
     """
 
     clips: int
@@ -155,8 +158,13 @@ class IndexingBench:
     bare_rate: float  # clips/s of encode_image + encode_audio on random tensors of the configured size
     decode_rate: float  # clips/s of the DataLoader alone (same workers and batch size, no model)
     decode_ms_per_clip: float
-    image_decode_ms: float  # read + resize + normalise one image, one thread
-    audio_decode_ms: float  # read + crop + log spectrogram of one track, one thread
+    image_decode_ms: float  # worker: read + decode one image (full decode unless draft), one thread
+    image_resize_ms: float  # worker: squash to the model's size (bicubic), one thread
+    audio_decode_ms: float  # worker: read + mix to mono + resample + centred window, one thread
+    normalise_ms: float  # main process: uint8 -> normalised float, per clip of a batch
+    spectrogram_ms: float  # main process: log spectrograms of the batch, per clip
+    transfer_ms: float  # main process: batch to the model's device (0 on the CPU)
+    store_write_ms: float  # StoreWriter.write + finalize, per clip
     seconds: float
 
     @property
@@ -168,70 +176,132 @@ class IndexingBench:
         return 1000.0 / self.bare_rate if self.bare_rate > 0 else math.inf
 
     @property
+    def batch_prep_ms(self) -> float:
+        """Main-process work per clip between the loader and the encoders (it does not overlap them)."""
+        return self.normalise_ms + self.spectrogram_ms + self.transfer_ms
+
+    @property
     def shared_core_ceiling(self) -> float:
         """Best ratio possible when decoding runs on the model's cores: the model needs t_model of every core
-        per clip, decoding t_decode of one, so a clip takes at least t_model + t_decode / cores of wall time."""
+        per clip, decoding t_decode of one and the batch preparation t_prep of every core, so a clip takes at
+        least t_model + t_prep + t_decode / cores of wall time."""
         model, decode = self.model_ms_per_clip, self.decode_ms_per_clip
         cores = max(self.torch_threads, 1)
-        return model / (model + decode / cores) if math.isfinite(model) else 0.0
+        return model / (model + self.batch_prep_ms + decode / cores) if math.isfinite(model) else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
-        values.update(ratio=self.ratio, model_ms_per_clip=self.model_ms_per_clip,
+        values.update(ratio=self.ratio, model_ms_per_clip=self.model_ms_per_clip, batch_prep_ms=self.batch_prep_ms,
                       shared_core_ceiling=self.shared_core_ceiling)
         return values
 
 
 def decode_rate(clips: Sequence[Clip], data_config: DataConfig, batch_size: int, workers: int) -> float:
     """Clips/s of the DataLoader that `index_dataset` uses (same dataset, workers and batch size), no model."""
-    loader = make_loader(ClipDataset(clips, data_config), batch_size, num_workers=workers)
+    loader = make_loader(InferenceClipDataset(clips, data_config), batch_size, num_workers=workers)
     started, count = time.perf_counter(), 0
     for batch in loader:
         count += len(batch["index"]) if "image" in batch else 0
     return count / (time.perf_counter() - started)
 
 
-def decode_split_ms(clips: Sequence[Clip], data_config: DataConfig) -> tuple[float, float]:
-    """Milliseconds per clip to decode the images and the audio of `clips`, on one thread as in a DataLoader
-    worker: which half of decoding to make cheaper."""
-    threads = torch.get_num_threads()
+@dataclass
+class StageTimes:
+    """Milliseconds per clip of each stage of `index_dataset` apart from the encoders (see IndexingBench)."""
+
+    image_decode: float
+    image_resize: float
+    audio_decode: float
+    normalise: float
+    spectrogram: float
+    transfer: float
+    store_write: float
+
+
+def _per_clip_ms(seconds: float, count: int) -> float:
+    return seconds * 1000 / max(count, 1)
+
+
+def stage_times(clips: Sequence[Clip], data_config: DataConfig, store_meta: StoreMeta, work_dir: Path,
+                device: torch.device) -> StageTimes:
+    """Where a clip's time goes outside the encoders: the worker stages one by one on one thread, as in a
+    DataLoader worker; the main process's stages on the batch of `clips` at the torch threads; the store write
+    of as many rows into `work_dir`."""
+    size, threads = data_config.image_size, torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         began = time.perf_counter()
-        for clip in clips:
-            load_image_tensor(clip.image, data_config)
-        middle = time.perf_counter()
-        for clip in clips:
-            load_spectrogram(clip.audio, data_config)
-        ended = time.perf_counter()
+        images = [load_image(clip.image) for clip in clips]
+        decoded = time.perf_counter()
+        pixels = torch.stack([torch.from_numpy(np.array(squash_image(image, size))) for image in images])
+        resized = time.perf_counter()
+        waves = torch.stack([torch.from_numpy(load_audio_window(clip.audio, data_config)) for clip in clips])
+        audio_done = time.perf_counter()
     finally:
         torch.set_num_threads(threads)
-    count = max(len(clips), 1)
-    return (middle - began) * 1000 / count, (ended - middle) * 1000 / count
+    marks = [time.perf_counter()]
+    pixels, waves = pixels.to(device), waves.to(device)
+    _synchronize(device)
+    marks.append(time.perf_counter())
+    normalise_pixels(pixels)
+    _synchronize(device)
+    marks.append(time.perf_counter())
+    log_spectrogram(waves, data_config)
+    _synchronize(device)
+    marks.append(time.perf_counter())
+    count = len(clips)
+    writer = StoreWriter(work_dir, store_meta)
+    vectors = np.random.default_rng(0).normal(size=(count, store_meta.dim)).astype(np.float32)
+    write_started = time.perf_counter()
+    writer.write(StoreRecords(ids=[clip.id for clip in clips], labels=[clip.label for clip in clips],
+                              image_paths=[str(clip.image) for clip in clips],
+                              audio_paths=[str(clip.audio) for clip in clips],
+                              image_vectors=vectors, audio_vectors=vectors), list(range(count)))
+    writer.finalize()
+    written = time.perf_counter()
+    return StageTimes(image_decode=_per_clip_ms(decoded - began, count),
+                      image_resize=_per_clip_ms(resized - decoded, count),
+                      audio_decode=_per_clip_ms(audio_done - resized, count),
+                      transfer=_per_clip_ms(marks[1] - marks[0], count) if device.type != "cpu" else 0.0,
+                      normalise=_per_clip_ms(marks[2] - marks[1], count),
+                      spectrogram=_per_clip_ms(marks[3] - marks[2], count),
+                      store_write=_per_clip_ms(written - write_started, count))
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def bench_indexing(data_dir: str | Path, checkpoint: str | Path, index_dir: str | Path, batch_size: int = 64,
                    workers: int = 2, bare_batches: int = 10, device: str | None = None) -> IndexingBench:
     """Index `data_dir` into `index_dir` (which must not hold a store yet) and compare with the bare model.
 
-    The bare rate is measured right before indexing so both see the same machine load.
+    The bare rate is measured right before and right after indexing, so both see the same machine load; their
+    harmonic mean (total clips over total time) is the reference.
     """
     started = time.perf_counter()
-    bare = bare_forward_rate(Path(checkpoint), batch_size=batch_size, batches=bare_batches, device=device)
+    bare_before = bare_forward_rate(Path(checkpoint), batch_size=batch_size, batches=bare_batches, device=device)
     summary = index_dataset(Path(data_dir), Path(checkpoint), Path(index_dir), batch_size=batch_size,
                             num_workers=workers, device=device, progress=False)
+    bare_after = bare_forward_rate(Path(checkpoint), batch_size=batch_size, batches=bare_batches, device=device)
+    bare = 2 / (1 / bare_before + 1 / bare_after)
     if summary.already_done:
         raise ValueError(f"{index_dir} already held {summary.already_done} embedded clips; give an empty folder")
-    _, config, _ = load_model(checkpoint)
+    model, config, _ = load_model(checkpoint)
     clips = read_dataset(data_dir).clips
     loader_rate = decode_rate(clips, config.data, batch_size, workers)
     one_worker = loader_rate if workers == 1 else decode_rate(clips, config.data, batch_size, min(workers, 1))
-    image_ms, audio_ms = decode_split_ms(clips[:DECODE_SPLIT_CLIPS], config.data)
+    with tempfile.TemporaryDirectory(prefix="jsar-stage-times-") as scratch:
+        stages = stage_times(clips[:batch_size], config.data, store_meta_for(checkpoint, config, model.model_name,
+                             model.vector_dim), Path(scratch), pick_device(device))
     return IndexingBench(clips=summary.embedded, batch_size=batch_size, workers=workers,
                          torch_threads=torch.get_num_threads(), index_rate=summary.clips_per_second,
                          bare_rate=bare, decode_rate=loader_rate, decode_ms_per_clip=1000.0 / one_worker,
-                         image_decode_ms=image_ms, audio_decode_ms=audio_ms,
-                         seconds=time.perf_counter() - started)
+                         image_decode_ms=stages.image_decode, image_resize_ms=stages.image_resize,
+                         audio_decode_ms=stages.audio_decode, normalise_ms=stages.normalise,
+                         spectrogram_ms=stages.spectrogram, transfer_ms=stages.transfer,
+                         store_write_ms=stages.store_write, seconds=time.perf_counter() - started)
 
 
 # ------------------------------------------------------------------------------------ structured vectors
@@ -703,14 +773,18 @@ def _indexing_rows(bench: IndexingBench) -> list[tuple[str, str, str, str]]:
         (section, f"index_dataset ({bench.clips} clips, batch {bench.batch_size}, {bench.workers} workers)",
          f"{bench.index_rate:.1f} clips/s", "decode in workers + encoders + store writes"),
         (section, "bare encoders, random tensors (same batch)", f"{bench.bare_rate:.1f} clips/s",
-         f"torch {bench.torch_threads} threads"),
+         f"torch {bench.torch_threads} threads; before and after indexing (harmonic mean)"),
         (section, "ratio index / bare", f"{bench.ratio:.2f}", ratio_note),
         (section, f"decode only (DataLoader, {bench.workers} workers)", f"{bench.decode_rate:.1f} clips/s", "no model"),
-        (section, "decode CPU per clip (one worker)", f"{bench.decode_ms_per_clip:.1f} ms",
-         f"image {bench.image_decode_ms:.1f} ms + audio {bench.audio_decode_ms:.1f} ms (one thread, in process)"),
+        (section, "decode CPU per clip (one worker)", f"{bench.decode_ms_per_clip:.2f} ms",
+         f"image decode {bench.image_decode_ms:.2f} + resize {bench.image_resize_ms:.2f} ms, audio read + window "
+         f"{bench.audio_decode_ms:.2f} ms (one thread, in process)"),
+        (section, "batch preparation per clip (main process)", f"{bench.batch_prep_ms:.2f} ms",
+         f"normalise {bench.normalise_ms:.2f} + spectrograms {bench.spectrogram_ms:.2f} + transfer "
+         f"{bench.transfer_ms:.2f} ms; store write {bench.store_write_ms:.2f} ms"),
         (section, "model wall time per clip (all cores)", f"{bench.model_ms_per_clip:.1f} ms", ""),
         (section, "ratio ceiling, decode sharing the cores", f"{bench.shared_core_ceiling:.2f}",
-         "t_model / (t_model + t_decode / cores)"),
+         "t_model / (t_model + t_prep + t_decode / cores)"),
     ]
 
 

@@ -114,8 +114,12 @@ class InferenceClipDataset(Dataset):
 
     `model_inputs` finishes a collated batch where the model runs: normalisation and spectrograms for the whole
     batch at once, on the GPU when there is one, so the workers only read files, decode and resize. The result
-    equals ClipDataset's test items (images to the bit, spectrograms to float rounding). draft: JPEGs at least
-    twice the image size decode in Pillow's draft mode (`load_image`), which inference may choose.
+    equals ClipDataset's test items (images to the bit, spectrograms to float rounding).
+
+    draft: JPEGs of at least 4x the image size decode in Pillow's draft mode (`load_image`) to no less than twice
+    the size, and bicubic makes the last >= 2x reduction. Measured on realsound test frames (480) at 64 px against
+    a full decode, with the seed-0 real model: embedding cosine mean 0.998, 1st percentile 0.990, min 0.985;
+    decoding to the size itself (no 2x margin) gave min 0.94. Off by default; inference may choose it.
     """
 
     def __init__(self, clips: Sequence[Clip], config: DataConfig, draft: bool = False):
@@ -129,7 +133,7 @@ class InferenceClipDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         clip, size = self.clips[index], self.config.image_size
         try:
-            image = load_image(clip.image, draft_size=size if self.draft else None)
+            image = load_image(clip.image, draft_size=2 * size if self.draft else None)
             pixels = torch.from_numpy(np.array(squash_image(image, size)))
             window = torch.from_numpy(load_audio_window(clip.audio, self.config))
         except DecodeError as error:

@@ -103,3 +103,13 @@ def test_draft_leaves_small_jpegs_and_other_formats_alone(tmp_path: Path) -> Non
     assert np.array_equal(np.asarray(load_image(photo, draft_size=64)), np.asarray(load_image(photo)))
     png = write_image(tmp_path / "big.png", size=256)
     assert load_image(png, draft_size=64).size == (256, 256)
+
+
+def test_drafting_dataset_keeps_twice_the_image_size_before_the_bicubic_squash(tmp_path: Path) -> None:
+    photo = smooth_photo(tmp_path / "photo.jpg", 256)
+    config = get_config("cpu").data
+    config.image_size = 64
+    clip = Clip(id="p", image=photo, audio=write_tone(tmp_path / "p.wav"))
+    drafted = InferenceClipDataset([clip], config, draft=True)[0]["image"].numpy()
+    assert np.array_equal(drafted, squash_image(load_image(photo, draft_size=128), 64))  # 1/2 scale, not 1/4
+    assert not np.array_equal(drafted, InferenceClipDataset([clip], config)[0]["image"].numpy())
