@@ -12,7 +12,7 @@ alone. All indexes use inner product on L2-normalised vectors (= cosine similari
 - `HNSW32,QueryGuided16` (indexing.cross_modal, by name only): HNSW with RoarGraph-style edges from the
   paired vectors. Measured at 1M x 512 (README, Benchmarks) it lifts HNSW's cross-modal recall a lot (audio ->
   image 0.65 -> 0.95 at efSearch 128) but stays behind the calibrated IVF above in both directions (image ->
-  audio 0.79 at efSearch 1024) and builds 7x slower, so it is not chosen automatically.
+  audio 0.79 at efSearch 1024) and builds 6x slower, so it is not chosen automatically.
 - When the flat vectors exceed the budget: `IVF{nlist},SQ8` (1 byte per dimension, recall close to exact)
   if that fits, else `OPQ{m},IVF{nlist},PQ{m}` (m bytes per vector) with the largest m that fits. A refine
   stage would keep the full vectors in memory, which is exactly what the budget forbids.
