@@ -134,8 +134,9 @@ def spectrogram_picture(spectrogram: np.ndarray, attention: np.ndarray | None, h
         weights = attention / (attention.max() + 1e-12)
         draw = ImageDraw.Draw(strip)
         step = picture.width / len(weights)
-        for i, weight in enumerate(weights):
-            draw.rectangle([i * step, 32 - 30 * weight, (i + 1) * step - 1, 31], fill=(220, 60, 30))
+        for i, weight in enumerate(weights):  # a bar under one pixel tall (or wide) is not drawn: PIL refuses it
+            if 30 * weight >= 1:
+                draw.rectangle([i * step, 32 - 30 * weight, max(i * step, (i + 1) * step - 1), 31], fill=(220, 60, 30))
     canvas = Image.new("RGB", (picture.width, height + 32))
     canvas.paste(picture, (0, 0))
     canvas.paste(strip, (0, height))

@@ -151,6 +151,15 @@ def test_image_search_gives_sound_hits_drawn_with_their_time_attention(client, e
     assert strip.height == 160 + 32  # spectrogram above, attention strip below (pictures.spectrogram_picture)
 
 
+def test_a_sound_hit_whose_attention_is_near_zero_in_places_is_still_drawn():
+    from jsa_retrieval.pictures import spectrogram_picture
+
+    spectrogram = np.random.default_rng(0).normal(size=(33, 101)).astype(np.float32)
+    picture = spectrogram_picture(spectrogram, np.array([0.9, 0.001, 0.0, 0.099], dtype=np.float32))
+    strip = np.asarray(picture)[160:]
+    assert picture.size == (101, 192) and (strip[:, :25] != 255).any() and (strip[:, 26:75] == 255).all()
+
+
 def test_vector_search_answers_like_the_indexes(client, engine):
     store = engine.indexes.store
     vector = store.read_rows("audio_vectors", [6])[0]
