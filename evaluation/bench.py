@@ -239,6 +239,8 @@ def stage_times(clips: Sequence[Clip], data_config: DataConfig, store_meta: Stor
         audio_done = time.perf_counter()
     finally:
         torch.set_num_threads(threads)
+    normalise_pixels(pixels[:1].to(device))  # warm-up: setting up kernels and FFT plans is not per-clip cost
+    log_spectrogram(waves[:1].to(device), data_config)
     marks = [time.perf_counter()]
     pixels, waves = pixels.to(device), waves.to(device)
     _synchronize(device)
