@@ -94,6 +94,18 @@ def test_audio_query_writes_overlays_sheet_and_json(setup):
     assert Image.open(saved["contact_sheet"]).width > 64
 
 
+def test_audio_search_with_maps_encodes_the_query_once_and_the_hits_in_one_batch(setup):
+    root, data, _, _ = setup
+    engine = Engine.open(root / "index")
+    calls = {"audio": [], "image": []}
+    encode_audio, encode_image = engine.model.encode_audio, engine.model.encode_image
+    engine.model.encode_audio = lambda x: calls["audio"].append(len(x)) or encode_audio(x)
+    engine.model.encode_image = lambda x: calls["image"].append(len(x)) or encode_image(x)
+    result = engine.search_audio(data / "audio" / "synth_000003.wav", k=5)
+    engine.write_outputs(result, root / "hits_once")
+    assert calls == {"audio": [1], "image": [5]}
+
+
 def test_hit_map_equals_localize_on_the_same_pair(setup):
     root, data, _, _ = setup
     engine = Engine.open(root / "index")
