@@ -34,7 +34,7 @@ import numpy as np
 from indexing.embed import index_dataset
 from indexing.engine import Engine
 from jsa_retrieval.machine import machine_info
-from serving.client import multipart_body
+from indexing.service.client import multipart_body
 
 from .bench import make_random_checkpoint, make_synthetic_data
 

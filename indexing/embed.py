@@ -21,7 +21,7 @@ from jsa_retrieval.dataset import FailureLog, InferenceClipDataset, make_loader,
 from jsa_retrieval.inference import iter_embeddings, pick_device
 from jsa_retrieval.files import file_sha256
 from jsa_retrieval.models import load_model
-from training import distributed
+from jsa_retrieval import distributed
 
 from .faiss_index import build_indexes
 from .store import StoreMeta, StoreRecords, StoreWriter, make_fingerprint

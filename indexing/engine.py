@@ -9,7 +9,7 @@ target query against the hit image's keys (Sec. 3.5), exactly what `localize()` 
 query's hits are sounds, drawn as spectrogram thumbnails with the audio target slot's attention over time.
 
 The batch methods (`encode_audio`, `encode_image` on stacked tensors, `image_hits`, `sound_hits` on (Q, d)
-vectors, `hit_pictures` for all hits of a query at once) are the same path the HTTP service (`serving/`)
+vectors, `hit_pictures` for all hits of a query at once) are the same path the HTTP service (`indexing/service/`)
 micro-batches concurrent requests through, so `jsar query` and the service give the same hits.
 """
 from __future__ import annotations

@@ -35,7 +35,7 @@ def _config(name: str, overrides: dict) -> "object":
     return config
 
 
-PACKAGES = ("jsa_retrieval", "training", "indexing", "serving", "evaluation")
+PACKAGES = ("jsa_retrieval", "training", "indexing", "evaluation")
 
 
 class _MessageFormatter(logging.Formatter):
@@ -229,7 +229,7 @@ def query(index_dir: Path | None, server: str | None, token: str | None, audio_p
     if server:
         if iqr or checkpoint or device:
             raise click.UsageError("--iqr, --checkpoint and --device are the service's settings, not the client's")
-        from serving.client import save_pictures, search_file
+        from indexing.service.client import save_pictures, search_file
 
         answer = search_file(server, given[0], "image" if image_path else "audio", k, token)
         if out_dir:
@@ -281,7 +281,7 @@ def _echo_hits(kind: str, hits: list[dict], as_json: bool, answer: dict, out_dir
 def serve(index_dir: Path, host: str, port: int, token: str | None, max_upload_mb: float, checkpoint: Path | None,
           device: str | None) -> None:
     try:
-        from serving.app import ServeConfig, open_service, run
+        from indexing.service.app import ServeConfig, open_service, run
     except ImportError as error:
         raise click.ClickException(f"jsar serve needs the [serve] extra: pip install 'jsar[serve]' ({error})")
     app = open_service(index_dir, host, token, checkpoint, device,

@@ -6,8 +6,8 @@ import pytest
 pytest.importorskip("fastapi", reason="the service needs the [serve] extra")
 
 from evaluation.bench_serve import LatencySummary, ServeBench, _metric, _run_load  # noqa: E402
-from serving.app import ServeConfig, create_app  # noqa: E402
-from serving.client import multipart_body  # noqa: E402
+from indexing.service.app import ServeConfig, create_app  # noqa: E402
+from indexing.service.client import multipart_body  # noqa: E402
 from test_serve import build_tiny_index, live_server  # noqa: E402
 
 

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from jsa_retrieval.config import TrainConfig
-from training.distributed import (cleanup_distributed, gather_with_grad, is_distributed, rank, setup_distributed,
+from jsa_retrieval.distributed import (cleanup_distributed, gather_with_grad, is_distributed, rank, setup_distributed,
                                   world_size)
 from training.false_negatives import reciprocal_false_negatives
 from training.losses import (alignment_loss, attention_matching, ezvsl_loss, info_nce, slot_divergence,

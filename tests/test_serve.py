@@ -22,8 +22,8 @@ from indexing.embed import index_dataset  # noqa: E402
 from indexing.engine import Engine  # noqa: E402
 from jsa_retrieval.cli import cli  # noqa: E402
 from jsa_retrieval.synth import SynthConfig, generate  # noqa: E402
-from serving.app import ServeConfig, check_bind, create_app, ServeError  # noqa: E402
-from serving.batcher import MicroBatcher  # noqa: E402
+from indexing.service.app import ServeConfig, check_bind, create_app, ServeError  # noqa: E402
+from indexing.service.batcher import MicroBatcher  # noqa: E402
 from test_engine import tiny_checkpoint  # noqa: E402
 
 TOKEN = "s3cret-token"

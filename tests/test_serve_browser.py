@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the service needs the [serve] extra")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
-from serving.app import ServeConfig, create_app  # noqa: E402
+from indexing.service.app import ServeConfig, create_app  # noqa: E402
 from test_serve import TOKEN, build_tiny_index, live_server  # noqa: E402
 
 CHROMIUM = next((path for path in (os.environ.get("JSAR_CHROMIUM"), shutil.which("chromium"),

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from jsa_retrieval.config import TrainConfig
 
-from .distributed import gather_with_grad, rank
+from jsa_retrieval.distributed import gather_with_grad, rank
 from .false_negatives import reciprocal_false_negatives
 from .losses import alignment_loss, attention_matching, ezvsl_loss, info_nce, slot_divergence, slot_reconstruction
 

@@ -31,7 +31,7 @@ from jsa_retrieval.dataset import ClipDataset, FailureLog, make_loader
 from jsa_retrieval.models import checkpoint_state, create_model
 
 from .checkpoint import load_training_state, save_checkpoint
-from .distributed import cleanup_distributed, is_distributed, rank, setup_distributed, world_size
+from jsa_retrieval.distributed import cleanup_distributed, is_distributed, rank, setup_distributed, world_size
 from .objectives import alignment_objective, ezvsl_objective, jsa_objective
 from .trunk_cache import cached_trunk_features
 from .validation import selection_score, validate
