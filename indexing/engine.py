@@ -26,7 +26,7 @@ from PIL import Image
 from jsa_retrieval.clips import VIDEO_SUFFIXES
 from jsa_retrieval.dataset import load_image_tensor, load_spectrogram
 from jsa_retrieval.decode import load_image
-from jsa_retrieval.inference import pick_device
+from jsa_retrieval.inference import pick_device, side_to
 from jsa_retrieval.maps import pair_maps
 from jsa_retrieval.pictures import contact_sheet, overlay_picture, spectrogram_picture
 from jsa_retrieval.models import load_model
@@ -161,7 +161,8 @@ class Engine:
         """(n, S, S) localization maps of one sound (`audio_side`, batch of one) in n images (n, 3, S, S), the
         image encoder run once over all of them: the same computation as `localize()` on each pair."""
         with torch.no_grad():
-            maps = pair_maps(self.model, audio_side, self.encode_image(images), self.config.data.image_size, iqr)
+            maps = pair_maps(self.model, side_to(audio_side, self.device), self.encode_image(images),
+                             self.config.data.image_size, iqr)
         return maps.full.cpu().numpy()
 
     def hit_map(self, audio_side, image_path: Path, iqr: bool = False) -> np.ndarray:

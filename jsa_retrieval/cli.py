@@ -52,11 +52,11 @@ def configure_logging(verbosity: int = 0) -> None:
     level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_MessageFormatter("%(message)s"))
+    handler._jsar = True  # type: ignore[attr-defined]
     for name in PACKAGES:
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if getattr(h, "_jsar", False)]:
             logger.removeHandler(old)
-        handler._jsar = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.setLevel(level)
         logger.propagate = False
@@ -234,7 +234,7 @@ def query(index_dir: Path | None, server: str | None, token: str | None, audio_p
         answer = search_file(server, given[0], "image" if image_path else "audio", k, token)
         if out_dir:
             save_pictures(server, answer, out_dir, token)
-        _echo_hits(answer["kind"], answer["hits"], as_json, answer, out_dir, "image_url", "audio_url")
+        _echo_hits(answer, as_json, out_dir, "image_url", "audio_url")
         return
     from indexing.engine import Engine
 
@@ -248,18 +248,17 @@ def query(index_dir: Path | None, server: str | None, token: str | None, audio_p
     if out_dir:
         engine.write_outputs(result, out_dir, iqr=iqr)
     answer = result.to_dict()
-    _echo_hits(result.kind, answer["hits"], as_json, answer, out_dir, "image_path", "audio_path")
+    _echo_hits(answer, as_json, out_dir, "image_path", "audio_path")
 
 
-def _echo_hits(kind: str, hits: list[dict], as_json: bool, answer: dict, out_dir: Path | None, image_key: str,
-               audio_key: str) -> None:
+def _echo_hits(answer: dict, as_json: bool, out_dir: Path | None, image_key: str, audio_key: str) -> None:
     """The hits as JSON or as a table whose last column is each hit's media (a path here, a URL from a service)."""
     if as_json:
         click.echo(json.dumps(answer, indent=2))
         return
     click.echo(f"{'rank':>4}  {'score':>7}  {'class':<20} {'id':<24} {'path' if image_key.endswith('path') else 'url'}")
-    for hit in hits:
-        where = hit[audio_key] if kind == "image" else hit[image_key]
+    for hit in answer["hits"]:
+        where = hit[audio_key] if answer["kind"] == "image" else hit[image_key]
         click.echo(f"{hit['rank']:>4}  {hit['score']:>7.4f}  {(hit['label'] or '-'):<20.20} {hit['id']:<24.24} {where}")
     if out_dir:
         click.echo(f"pictures and results.json in {out_dir}")

@@ -1,4 +1,4 @@
-"""Distributed helpers for training under `torchrun` (DistributedDataParallel).
+"""Distributed helpers for training and indexing under `torchrun` (process group, rank, world size, all-gather).
 
 Contrastive losses and false-negative mining need the whole global batch: `gather_with_grad` all-gathers a batch
 tensor as open_clip's `gather_features` does (with its default gather_with_grad=False): the other ranks' shards

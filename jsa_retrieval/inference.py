@@ -1,7 +1,7 @@
 """Batched inference over a DataLoader: the one loop that trainer validation, indexing and evaluation share."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Iterator
 
 import torch
@@ -45,6 +45,12 @@ def iter_embeddings(model: nn.Module, loader: DataLoader, device: torch.device,
         audio_side = _to_cpu(model.encode_audio(audio))
         yield EmbeddedBatch(batch["index"], batch["image"] if keep_images else torch.zeros(0),
                             image_side, audio_side, batch["failed"])
+
+
+def side_to(side, device: torch.device | str):
+    """A copy of an ImageSide / AudioSide with every tensor field on `device` (no copy where it already is)."""
+    return replace(side, **{f.name: getattr(side, f.name).to(device) for f in fields(side)
+                            if isinstance(getattr(side, f.name), torch.Tensor)})
 
 
 def _to_cpu(side):

@@ -53,3 +53,26 @@ def tiny_config(epochs: int = 2):
     config.train.batch_size, config.train.epochs, config.train.num_workers = 16, epochs, 0
     config.train.reciprocal_k = 3
     return config
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tmp_path_factory):
+    """(index folder, data folder) of 16 synthetic 64-px, 1-s clips under a tiny random model, built once for the
+    service's tests (they only read it)."""
+    from indexing.embed import index_dataset
+    from jsa_retrieval.synth import SynthConfig, generate
+    from test_engine import tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("served")
+    data = root / "data"
+    generate(data, SynthConfig(n_clips=16, seed=2, image_size=64, seconds=1.0), progress=False)
+    index_dataset(data, tiny_checkpoint(root / "model.pt"), root / "index", batch_size=8, num_workers=0, progress=False)
+    return root / "index", data
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_index):
+    """The `Engine` over `tiny_index`, opened once for the service's tests."""
+    from indexing.engine import Engine
+
+    return Engine.open(tiny_index[0], device="cpu")

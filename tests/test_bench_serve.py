@@ -8,19 +8,7 @@ pytest.importorskip("fastapi", reason="the service needs the [serve] extra")
 from evaluation.bench_serve import LatencySummary, ServeBench, _metric, _run_load  # noqa: E402
 from indexing.service.app import ServeConfig, create_app  # noqa: E402
 from indexing.service.client import multipart_body  # noqa: E402
-from test_serve import build_tiny_index, live_server  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny_index(tmp_path_factory):
-    return build_tiny_index(tmp_path_factory.mktemp("bench-serve"))
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_index):
-    from indexing.engine import Engine
-
-    return Engine.open(tiny_index[0], device="cpu")
+from test_serve import live_server  # noqa: E402
 
 
 def test_load_counts_good_answers_and_errors(engine, tiny_index):

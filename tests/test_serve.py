@@ -18,33 +18,11 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="the service needs the [serve] extra (fastapi, uvicorn, python-multipart)")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from indexing.embed import index_dataset  # noqa: E402
-from indexing.engine import Engine  # noqa: E402
 from jsa_retrieval.cli import cli  # noqa: E402
-from jsa_retrieval.synth import SynthConfig, generate  # noqa: E402
 from indexing.service.app import ServeConfig, check_bind, create_app, ServeError  # noqa: E402
 from indexing.service.batcher import MicroBatcher  # noqa: E402
-from test_engine import tiny_checkpoint  # noqa: E402
 
 TOKEN = "s3cret-token"
-
-
-def build_tiny_index(root):
-    """(index folder, data folder) of 16 synthetic 64-px, 1-s clips under a tiny random model: seconds to make."""
-    data = root / "data"
-    generate(data, SynthConfig(n_clips=16, seed=2, image_size=64, seconds=1.0), progress=False)
-    index_dataset(data, tiny_checkpoint(root / "model.pt"), root / "index", batch_size=8, num_workers=0, progress=False)
-    return root / "index", data
-
-
-@pytest.fixture(scope="module")
-def tiny_index(tmp_path_factory):
-    return build_tiny_index(tmp_path_factory.mktemp("serve"))
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_index):
-    return Engine.open(tiny_index[0], device="cpu")
 
 
 @pytest.fixture(scope="module")

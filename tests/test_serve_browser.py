@@ -11,7 +11,7 @@ pytest.importorskip("fastapi", reason="the service needs the [serve] extra")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
 from indexing.service.app import ServeConfig, create_app  # noqa: E402
-from test_serve import TOKEN, build_tiny_index, live_server  # noqa: E402
+from test_serve import TOKEN, live_server  # noqa: E402
 
 CHROMIUM = next((path for path in (os.environ.get("JSAR_CHROMIUM"), shutil.which("chromium"),
                                    shutil.which("chromium-browser"), "/usr/bin/chromium") if path and os.path.isfile(path)),
@@ -19,18 +19,6 @@ CHROMIUM = next((path for path in (os.environ.get("JSAR_CHROMIUM"), shutil.which
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary (Debian: apt-get install -y chromium; "
                                 "or set JSAR_CHROMIUM)")
 K = 6
-
-
-@pytest.fixture(scope="module")
-def tiny_index(tmp_path_factory):
-    return build_tiny_index(tmp_path_factory.mktemp("serve-browser"))
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_index):
-    from indexing.engine import Engine
-
-    return Engine.open(tiny_index[0], device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -177,8 +177,6 @@ class SearchService:
             raise HTTPException(404, f"no search {query_id!r} (unknown or expired): search again")
         if item_id not in {hit.id for hit in query.hits}:
             raise HTTPException(404, f"{item_id!r} is not a hit of search {query_id!r}")
-        if query.kind == "audio" and query.side is None:
-            raise HTTPException(404, "a vector search has no sound to draw a map with")
         with query.lock:  # the tiles of one page ask at once: draw the search's pictures once
             with self._cache_lock:
                 png = self.maps.get(key)
@@ -205,17 +203,16 @@ def _png_bytes(picture) -> bytes:
     return buffer.getvalue()
 
 
-def hit_json(hit: Hit, query_id: str | None, with_map: bool) -> dict[str, Any]:
-    """A hit as the API shows it: ids and URLs, never file paths."""
+def hit_json(hit: Hit, query_id: str | None) -> dict[str, Any]:
+    """A hit as the API shows it: ids and URLs, never file paths; a map URL when its search was remembered."""
     item = quote(hit.id, safe="")
     return {"rank": hit.rank, "id": hit.id, "label": hit.label, "score": hit.score,
             "image_url": f"/items/{item}/image", "audio_url": f"/items/{item}/audio",
-            "map_url": f"/maps/{query_id}/{item}.png" if with_map and query_id else None}
+            "map_url": f"/maps/{query_id}/{item}.png" if query_id else None}
 
 
-def search_json(query_id: str | None, kind: str, k: int, hits: list[Hit], started: float,
-                with_map: bool = True) -> dict[str, Any]:
-    return {"query_id": query_id, "kind": kind, "k": k, "hits": [hit_json(hit, query_id, with_map) for hit in hits],
+def search_json(query_id: str | None, kind: str, k: int, hits: list[Hit], started: float) -> dict[str, Any]:
+    return {"query_id": query_id, "kind": kind, "k": k, "hits": [hit_json(hit, query_id) for hit in hits],
             "took_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
@@ -415,9 +412,9 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
                                      f"(got {vector.size})")
         hits = await service.vector_batcher.submit((query.direction, vector, query.k))
         kind = "audio" if query.direction == "audio_to_image" else "image"
-        with_map = kind == "image"  # a sound hit's picture needs no query; an image hit's map needs the sound
-        query_id = service.remember(Query(kind, None, hits)) if with_map else None
-        return search_json(query_id, kind, query.k, hits, started, with_map)
+        # a sound hit's picture needs no query; an image hit's map needs the sound, which a vector does not carry
+        query_id = service.remember(Query(kind, None, hits)) if kind == "image" else None
+        return search_json(query_id, kind, query.k, hits, started)
 
     @app.get("/items/{item_id}", summary="An item's metadata")
     def item(item_id: str) -> dict[str, Any]:
