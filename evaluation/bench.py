@@ -44,9 +44,9 @@ import faiss
 import numpy as np
 import torch
 
-from indexing.embed import bare_forward_rate, index_dataset, store_meta_for
+from indexing.embed import bare_forward_rate, index_dataset
 from indexing.faiss_index import (INDEX_FILES, apply_search_params, build_indexes, configure_faiss,
-                                  index_search_params, open_indexes, search)
+                                  index_search_params, neighbour_recall_at_k, open_indexes, search)
 from indexing.store import EmbeddingStore, StoreMeta, StoreRecords, StoreWriter, l2_normalise
 from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval.config import DataConfig, get_config
@@ -286,17 +286,18 @@ def bench_indexing(data_dir: str | Path, checkpoint: str | Path, index_dir: str 
     bare_before = bare_forward_rate(Path(checkpoint), batch_size=batch_size, batches=bare_batches, device=device)
     summary = index_dataset(Path(data_dir), Path(checkpoint), Path(index_dir), batch_size=batch_size,
                             num_workers=workers, device=device, progress=False)
-    bare_after = bare_forward_rate(Path(checkpoint), batch_size=batch_size, batches=bare_batches, device=device)
-    bare = 2 / (1 / bare_before + 1 / bare_after)
     if summary.already_done:
         raise ValueError(f"{index_dir} already held {summary.already_done} embedded clips; give an empty folder")
-    model, config, _ = load_model(checkpoint)
+    bare_after = bare_forward_rate(Path(checkpoint), batch_size=batch_size, batches=bare_batches, device=device)
+    bare = 2 / (1 / bare_before + 1 / bare_after)
+    _, config, _ = load_model(checkpoint)
+    with EmbeddingStore.open(index_dir) as store:  # the store index_dataset just wrote knows its meta
+        meta = store.meta
     clips = read_dataset(data_dir).clips
     loader_rate = decode_rate(clips, config.data, batch_size, workers)
     one_worker = loader_rate if workers == 1 else decode_rate(clips, config.data, batch_size, min(workers, 1))
     with tempfile.TemporaryDirectory(prefix="jsar-stage-times-") as scratch:
-        stages = stage_times(clips[:batch_size], config.data, store_meta_for(checkpoint, config, model.model_name,
-                             model.vector_dim), Path(scratch), pick_device(device))
+        stages = stage_times(clips[:batch_size], config.data, meta, Path(scratch), pick_device(device))
     return IndexingBench(clips=summary.embedded, batch_size=batch_size, workers=workers,
                          torch_threads=torch.get_num_threads(), index_rate=summary.clips_per_second,
                          bare_rate=bare, decode_rate=loader_rate, decode_ms_per_clip=1000.0 / one_worker,
@@ -414,16 +415,6 @@ def cross_modal_queries(bases: BaseVectors, side: str, count: int, sigma: float 
 
 
 # ----------------------------------------------------------------------------------------------- search
-def neighbour_recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = TOP_K) -> float:
-    """Mean over queries of |found top-k ∩ truth top-k| / k; ids < 0 (no result) never count."""
-    if found.shape[0] != truth.shape[0]:
-        raise ValueError(f"found has {found.shape[0]} queries, truth {truth.shape[0]}")
-    if found.shape[0] == 0:
-        return 0.0
-    hits = [len(set(row[:k][row[:k] >= 0].tolist()) & set(exact[:k].tolist())) for row, exact in zip(found, truth)]
-    return float(np.mean(hits)) / k
-
-
 @dataclass
 class ExactNeighbours:
     """Top-k of the same queries by exact FAISS flat search and by numpy brute force, with their timings."""

@@ -143,7 +143,7 @@ def add_query_guided_edges(index: faiss.Index, query_blocks: Iterable[np.ndarray
     faiss.copy_array_to_vector(neighbours, hnsw.neighbors)
     stats = GuideStats(queries=int(hits_all.shape[0]), edges_added=added, free_slots_before=free_before,
                        seconds=time.perf_counter() - began)
-    logger.info("query-guided edges: %d queries, %d edges added (%.1f a node), %.1f s", stats.queries, added,
-                added / max(num_nodes, 1), stats.seconds)
+    logger.info("query-guided edges: %d queries, %d edges added (%.1f a node, %.1f free level-0 slots a node "
+                "before), %.1f s", stats.queries, added, added / max(num_nodes, 1), free_before, stats.seconds)
     return stats
 

@@ -91,22 +91,22 @@ def build_index(store: EmbeddingStore, field: str = "image_vectors", choice: Ind
             index.add(np.ascontiguousarray(block))
             bar.update(len(block))
     if guide_k and len(store) > 1:
-        guide_rows = int(choice.build_params.get("guide_rows", len(store)))
-        add_guided_edges(index, store, PAIRED_FIELD[field], guide_k, guide_rows, chunk_rows, seed)
+        add_guided_edges(index, store, PAIRED_FIELD[field], guide_k, guided_rows(len(store), choice, seed), chunk_rows)
     apply_search_params(index, choice.search_params)
     return index
 
 
-def _guide_rows(num_rows: int, guide_rows: int, seed: int) -> np.ndarray:
-    """The seeded, sorted rows whose paired vectors guide a graph."""
-    return np.sort(np.random.default_rng([seed, 1]).choice(num_rows, min(guide_rows, num_rows), replace=False))
+def guided_rows(num_rows: int, choice: IndexChoice, seed: int) -> np.ndarray:
+    """The seeded, sorted rows whose paired vectors guide a query-guided graph (the choice's `guide_rows` of them,
+    all rows when it names none)."""
+    count = min(int(choice.build_params.get("guide_rows", num_rows)), num_rows)
+    return np.sort(np.random.default_rng([seed, 1]).choice(num_rows, count, replace=False))
 
 
-def add_guided_edges(index: faiss.Index, store: EmbeddingStore, paired_field: str, guide_k: int, guide_rows: int,
-                     chunk_rows: int = 65536, seed: int = 0) -> GuideStats:
-    """Guide `index` (an HNSW over the other field) by `guide_rows` seeded rows of `paired_field`, read in row
-    order one chunk at a time."""
-    rows = _guide_rows(len(store), guide_rows, seed)
+def add_guided_edges(index: faiss.Index, store: EmbeddingStore, paired_field: str, guide_k: int, rows: np.ndarray,
+                     chunk_rows: int = 65536) -> GuideStats:
+    """Guide `index` (an HNSW over the other field) by the paired vectors of `rows` (sorted) in `paired_field`,
+    read in row order one chunk at a time."""
     blocks = (store.read_rows(paired_field, rows[start:start + chunk_rows])
               for start in range(0, rows.size, chunk_rows))
     with tqdm(total=rows.size, desc=f"query-guided edges <- {paired_field}", unit="query", leave=False,
@@ -133,7 +133,7 @@ def calibrated_search_params(index: faiss.Index, store: EmbeddingStore, field: s
     _, guide_k = split_factory(choice.factory)
     rows = np.arange(len(store))
     if guide_k:
-        guided = _guide_rows(len(store), int(choice.build_params.get("guide_rows", len(store))), seed)
+        guided = guided_rows(len(store), choice, seed)
         rows = np.setdiff1d(rows, guided) if guided.size < len(store) else rows
     rows = np.sort(np.random.default_rng([seed, 2]).choice(rows, min(CALIBRATION_QUERIES, rows.size), replace=False))
     queries = store.read_rows(PAIRED_FIELD[field], rows)
@@ -154,6 +154,16 @@ def calibration_ladder(index: faiss.Index) -> tuple[str | None, tuple[int, ...]]
     return None, ()
 
 
+def neighbour_recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Mean over queries of |found top-k ∩ truth top-k| / k; ids < 0 (no result) never count."""
+    if found.shape[0] != truth.shape[0]:
+        raise ValueError(f"found has {found.shape[0]} queries, truth {truth.shape[0]}")
+    if found.shape[0] == 0:
+        return 0.0
+    hits = [len(set(row[:k][row[:k] >= 0].tolist()) & set(exact[:k].tolist())) for row, exact in zip(found, truth)]
+    return float(np.mean(hits)) / k
+
+
 def calibrate_search_param(index: faiss.Index, name: str, ladder: Iterable[int], queries: np.ndarray,
                            exact_ids: np.ndarray, target: float = CALIBRATION_RECALL) -> tuple[int, float]:
     """Smallest value of `ladder` for parameter `name` whose recall@k of (Q, d) `queries` against `exact_ids`
@@ -163,7 +173,7 @@ def calibrate_search_param(index: faiss.Index, name: str, ladder: Iterable[int],
     for value in values:
         apply_search_params(index, {name: int(value)})
         found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
-        recall = float(np.mean([np.intersect1d(a, b).size for a, b in zip(found, exact_ids)])) / k
+        recall = neighbour_recall_at_k(found, exact_ids, k)
         if recall >= target:
             return int(value), recall
     return int(values[-1]), recall
@@ -334,7 +344,6 @@ def build_indexes(index_dir: str | Path, factory: str | None = None, memory_budg
             index = build_index(store, field, choice, chunk_rows, seed)
             searched = (calibrated_search_params(index, store, field, choice, chunk_rows, seed) if calibrate
                         else {"search_params": dict(choice.search_params)})
-            apply_search_params(index, searched["search_params"])
             save_index(index, index_dir / file_name)
             entries[name] = {"file": file_name, "field": field, "ntotal": int(index.ntotal),
                              "answers": "audio queries" if name == "image" else "image queries", **searched}

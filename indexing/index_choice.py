@@ -39,7 +39,6 @@ HNSW_M = 32
 HNSW_EF_SEARCH = 128
 HNSW_EF_CONSTRUCTION = 40  # 80 doubled 1M builds (4-8 min a modality); the guided graph is HNSW32 at 40 plus edges
 QUERY_GUIDED = "QueryGuided"  # factory suffix of the cross-modal graph: 'HNSW32,QueryGuided16'
-GUIDE_K = 16  # hits per guiding query projected onto edges (RoarGraph)
 GUIDE_ROWS = 300_000  # paired vectors that guide each graph (a seeded sample of the store's rows)
 GUIDED_EF_SEARCH = 96
 REFINE_K_FACTOR = 64  # shortlist k * 64 for the exact re-ranking of a refine stage

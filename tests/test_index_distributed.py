@@ -2,27 +2,16 @@
 single process makes, and every rank exits cleanly."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from evaluation.bench import make_random_checkpoint
 from indexing.embed import index_dataset
 from indexing.store import PARTS_DIR, EmbeddingStore
-from jsa_retrieval.config import cpu_config
 from jsa_retrieval.synth import SynthConfig, generate
-
-
-def tiny_checkpoint(root: Path) -> Path:
-    config = cpu_config()
-    config.data.image_size, config.data.audio_seconds = 64, 1.0
-    config.model.encoder_width, config.model.embed_dim, config.model.decoder_hidden = 8, 32, 32
-    config_file = root / "tiny.json"
-    config_file.write_text(json.dumps(config.to_dict()))
-    return make_random_checkpoint(root / "model.pt", config_name=str(config_file))
+from test_engine import tiny_checkpoint
 
 
 def read_store(index_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -34,7 +23,7 @@ def read_store(index_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
 def test_torchrun_two_ranks_write_the_single_process_store(tmp_path: Path) -> None:
     data = tmp_path / "data"
     generate(data, SynthConfig(n_clips=21, seed=5, image_size=64, seconds=1.0), progress=False)
-    checkpoint = tiny_checkpoint(tmp_path)
+    checkpoint = tiny_checkpoint(tmp_path / "model.pt")
     single = index_dataset(data, checkpoint, tmp_path / "single", batch_size=4, num_workers=0, device="cpu",
                            progress=False)
     assert single.rows == 21
