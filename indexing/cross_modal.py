@@ -24,7 +24,6 @@ recall at efSearch 128 rises from 0.65 (plain HNSW32) to 0.95; image -> audio st
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Iterable
@@ -32,24 +31,11 @@ from typing import Iterable
 import faiss
 import numpy as np
 
-from indexing.index_choice import QUERY_GUIDED
 
 logger = logging.getLogger(__name__)
 
-GUIDED_SUFFIX = re.compile(rf",{QUERY_GUIDED}(\d+)$")
 GUIDE_EF = 64  # guiding searches' efSearch; 128 lifted image->audio recall at 100k from 0.883 to 0.904 (2x the time)
 MEMBERSHIP_BLOCK = 1 << 20  # edges checked against existing lists per step ((block, width) booleans in memory)
-
-
-def split_factory(factory: str) -> tuple[str, int]:
-    """'HNSW32,QueryGuided16' -> ('HNSW32', 16); a factory without the suffix -> (factory, 0)."""
-    found = GUIDED_SUFFIX.search(factory)
-    if not found:
-        return factory, 0
-    guide_k = int(found.group(1))
-    if guide_k < 2:
-        raise ValueError(f"QueryGuided needs at least 2 hits per query to make an edge, got {factory!r}")
-    return factory[:found.start()], guide_k
 
 
 def projected_edges(hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -24,8 +24,8 @@ from tqdm import tqdm
 from jsa_retrieval.files import replace_atomically
 from jsa_retrieval.machine import usable_cores
 
-from indexing.cross_modal import GuideStats, add_query_guided_edges, split_factory
-from indexing.index_choice import QUANTIZER_TRAIN_SIZE, IndexChoice, choose_index
+from indexing.cross_modal import GuideStats, add_query_guided_edges
+from indexing.index_choice import QUANTIZER_TRAIN_SIZE, IndexChoice, choose_index, split_factory
 from indexing.store import VECTOR_FIELDS, EmbeddingStore, FingerprintMismatch, l2_normalise
 
 INDEX_JSON = "index.json"

@@ -39,6 +39,7 @@ HNSW_M = 32
 HNSW_EF_SEARCH = 128
 HNSW_EF_CONSTRUCTION = 40  # 80 doubled 1M builds (4-8 min a modality); the guided graph is HNSW32 at 40 plus edges
 QUERY_GUIDED = "QueryGuided"  # factory suffix of the cross-modal graph: 'HNSW32,QueryGuided16'
+GUIDED_SUFFIX = re.compile(rf",{QUERY_GUIDED}(\d+)$")
 GUIDE_ROWS = 300_000  # paired vectors that guide each graph (a seeded sample of the store's rows)
 GUIDED_EF_SEARCH = 96
 REFINE_K_FACTOR = 64  # shortlist k * 64 for the exact re-ranking of a refine stage
@@ -156,7 +157,7 @@ def choice_for_factory(factory: str, num_vectors: int, reason: str = "") -> Inde
         train_size = IVF_TRAIN_PER_LIST * nlist
         if hnsw:  # IVF with an HNSW coarse quantizer, e.g. 'IVF65536_HNSW32,Flat'
             search_params["quantizer_efSearch"] = HNSW_EF_SEARCH
-    elif hnsw and QUERY_GUIDED in factory:
+    elif hnsw and split_factory(factory)[1]:
         search_params["efSearch"] = GUIDED_EF_SEARCH
         build_params.update(efConstruction=HNSW_EF_CONSTRUCTION, guide_rows=min(GUIDE_ROWS, num_vectors))
     elif hnsw:
@@ -168,6 +169,18 @@ def choice_for_factory(factory: str, num_vectors: int, reason: str = "") -> Inde
         search_params["k_factor_rf"] = REFINE_K_FACTOR
     return IndexChoice(factory=factory, train_size=int(min(train_size, num_vectors)), search_params=search_params,
                        build_params=build_params, reason=reason)
+
+
+def split_factory(factory: str) -> tuple[str, int]:
+    """'HNSW32,QueryGuided16' -> ('HNSW32', 16); a factory without the suffix -> (factory, 0)."""
+    found = GUIDED_SUFFIX.search(factory)
+    if not found:
+        return factory, 0
+    guide_k = int(found.group(1))
+    if guide_k < 2:
+        raise ValueError(f"QueryGuided needs at least 2 hits per query to make an edge, got {factory!r}")
+    return factory[:found.start()], guide_k
+
 
 
 def _made(factory: str, num_vectors: int, reason: str, estimated_bytes: int) -> IndexChoice:

@@ -9,10 +9,10 @@ import faiss
 import numpy as np
 import pytest
 
-from indexing.cross_modal import add_query_guided_edges, insert_edges, projected_edges, split_factory
+from indexing.cross_modal import add_query_guided_edges, insert_edges, projected_edges
 from indexing.faiss_index import (CALIBRATION_LADDERS, INDEX_JSON, build_index, build_indexes, calibrate_search_param,
                                   configure_faiss, load_index, open_indexes, save_index)
-from indexing.index_choice import choose_index
+from indexing.index_choice import choose_index, split_factory
 from indexing.store import EmbeddingStore, l2_normalise
 
 from test_faiss_index import exact_top_k, recall_at_10, write_store  # noqa: E402
