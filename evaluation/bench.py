@@ -751,7 +751,7 @@ class BenchReport:
                 "table": self.table()}
 
 
-def _goal(met: bool) -> str:
+def goal_met(met: bool) -> str:
     return "met" if met else "MISSED"
 
 
@@ -761,7 +761,7 @@ def _gib(value: int) -> str:
 
 def _indexing_rows(bench: IndexingBench) -> list[tuple[str, str, str, str]]:
     section = "indexing"
-    ratio_note = f"goal >= {INDEXING_RATIO_GOAL}: {_goal(bench.ratio >= INDEXING_RATIO_GOAL)}"
+    ratio_note = f"goal >= {INDEXING_RATIO_GOAL}: {goal_met(bench.ratio >= INDEXING_RATIO_GOAL)}"
     return [
         (section, f"index_dataset ({bench.clips} clips, batch {bench.batch_size}, {bench.workers} workers)",
          f"{bench.index_rate:.1f} clips/s", "decode in workers + encoders + store writes"),
@@ -826,13 +826,13 @@ def _index_rows(section: str, bench: IndexBench, threads: int, raw_bytes: int,
         rows += [
             (section, f"{name} single query median / p95 / p99",
              f"{direction.median_ms:.2f} / {direction.p95_ms:.2f} / {direction.p99_ms:.2f} ms",
-             f"goal <= {LATENCY_GOAL_MS} ms: {_goal(latency_ok)}; exact flat {direction.flat_median_ms:.1f} ms "
+             f"goal <= {LATENCY_GOAL_MS} ms: {goal_met(latency_ok)}; exact flat {direction.flat_median_ms:.1f} ms "
              f"({direction.flat_median_ms / max(direction.median_ms, 1e-9):.0f}x)"),
             (section, f"{name} batch of {direction.batch_size}", f"{direction.batch_qps:,.0f} q/s",
              f"exact flat {direction.flat_qps:,.0f} q/s, numpy {direction.numpy_qps:,.0f} q/s"),
             (section, f"{name} recall@{TOP_K} vs flat / vs numpy",
              f"{direction.recall_vs_flat:.3f} / {direction.recall_vs_numpy:.3f}",
-             f"goal >= {RECALL_GOAL}: {_goal(recall_ok)}; flat vs numpy {direction.flat_vs_numpy:.3f}"),
+             f"goal >= {RECALL_GOAL}: {goal_met(recall_ok)}; flat vs numpy {direction.flat_vs_numpy:.3f}"),
         ]
         for point in direction.sweep:
             rows.append((section, f"{name} sweep {search_param_name(bench.factory)}={point.value}",

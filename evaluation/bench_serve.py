@@ -36,7 +36,7 @@ from indexing.engine import Engine
 from jsa_retrieval.machine import machine_info
 from indexing.service.client import multipart_body
 
-from .bench import make_random_checkpoint, make_synthetic_data
+from .bench import goal_met, make_random_checkpoint, make_synthetic_data
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +90,13 @@ class ServeBench:
 
     def rows(self) -> list[tuple[str, str, str]]:
         cold = statistics.median(self.cold_query_s)
-        met = lambda ok: "met" if ok else "MISSED"  # noqa: E731
         return [
             ("cold `jsar query` (new process, one search)", f"{cold * 1000:.0f} ms (median of {len(self.cold_query_s)})", ""),
             ("cold `jsar query --server` (client process)", f"{statistics.median(self.cold_client_s) * 1000:.0f} ms", ""),
             ("service start to healthy", f"{self.startup_s:.1f} s", "model and indexes loaded once"),
             ("warm audio search, 1 client", f"p50 {self.warm.p50_ms:.1f} ms, p99 {self.warm.p99_ms:.1f} ms "
              f"({self.warm.count} searches)", f"goal p50 <= {WARM_P50_GOAL_MS:.0f} ms: "
-             f"{met(self.warm.p50_ms <= WARM_P50_GOAL_MS)}; {cold * 1000 / self.warm.p50_ms:.0f}x faster than cold"),
+             f"{goal_met(self.warm.p50_ms <= WARM_P50_GOAL_MS)}; {cold * 1000 / self.warm.p50_ms:.0f}x faster than cold"),
             (f"warm audio search + {self.k} maps, 1 client", f"p50 {self.warm_with_maps.p50_ms:.0f} ms, "
              f"p99 {self.warm_with_maps.p99_ms:.0f} ms ({self.warm_with_maps.count})", "what the page does"),
             *([(f"in-process Engine: audio search + {self.k} maps written", f"p50 {self.engine_with_maps.p50_ms:.0f} ms, "
@@ -106,9 +105,9 @@ class ServeBench:
               if self.engine_with_maps else []),
             (f"load: {self.concurrency} clients, audio searches", f"{self.load.count} of {self.load_requests_asked} in "
              f"{self.load_seconds:.1f} s = {self.load_rate:.1f} searches/s",
-             f"goal >= {LOAD_RATE_GOAL:.0f}/s: {met(self.load_rate >= LOAD_RATE_GOAL)}"),
+             f"goal >= {LOAD_RATE_GOAL:.0f}/s: {goal_met(self.load_rate >= LOAD_RATE_GOAL)}"),
             ("load latency", f"p50 {self.load.p50_ms:.0f} ms, p99 {self.load.p99_ms:.0f} ms", ""),
-            ("load errors", str(self.load_errors), f"goal 0: {met(self.load_errors == 0)}"),
+            ("load errors", str(self.load_errors), f"goal 0: {goal_met(self.load_errors == 0)}"),
             ("mean micro-batch under load", f"{self.mean_batch:.1f} searches", ""),
             ("service RSS: start / before load / half / end",
              " / ".join(f"{value / 2**20:.0f}" for value in (self.rss_start, self.rss_before_load, self.rss_half_load,

@@ -26,6 +26,7 @@ from PIL import Image
 from jsa_retrieval.clips import VIDEO_SUFFIXES
 from jsa_retrieval.dataset import load_image_tensor, load_spectrogram
 from jsa_retrieval.decode import load_image
+from jsa_retrieval.files import hit_picture_name
 from jsa_retrieval.inference import pick_device, side_to
 from jsa_retrieval.maps import pair_maps
 from jsa_retrieval.pictures import contact_sheet, overlay_picture, spectrogram_picture
@@ -206,8 +207,7 @@ class Engine:
 
     @staticmethod
     def _save_hit(picture: Image.Image, hit: Hit, out_dir: Path) -> Image.Image:
-        safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in hit.id)
-        path = out_dir / f"hit_{hit.rank:02d}_{safe_id}.png"
+        path = out_dir / hit_picture_name(hit.rank, hit.id)
         picture.save(path)
         hit.picture = str(path)
         return picture

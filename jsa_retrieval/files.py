@@ -52,3 +52,10 @@ def file_sha256(path: str | Path, block_bytes: int = 1 << 22) -> str:
         for block in iter(lambda: handle.read(block_bytes), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def hit_picture_name(rank: int, item_id: str) -> str:
+    """File name of a search hit's picture, 'hit_RR_ID.png', the id reduced to characters safe in a file name:
+    `jsar query --out` and its `--server` client name them alike."""
+    safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in item_id)
+    return f"hit_{rank:02d}_{safe_id}.png"

@@ -11,6 +11,7 @@ from urllib.parse import urljoin
 from urllib.request import Request, urlopen
 
 from jsa_retrieval.errors import JsarError
+from jsa_retrieval.files import hit_picture_name
 
 
 class ServiceError(JsarError, OSError):
@@ -77,8 +78,7 @@ def save_pictures(server: str, answer: dict[str, Any], out_dir: Path, token: str
     out_dir.mkdir(parents=True, exist_ok=True)
     for hit in answer["hits"]:
         if hit.get("map_url"):
-            safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in hit["id"])
-            path = out_dir / f"hit_{hit['rank']:02d}_{safe_id}.png"
+            path = out_dir / hit_picture_name(hit["rank"], hit["id"])
             path.write_bytes(request_bytes(server, hit["map_url"], token=token))
             hit["picture"] = str(path)
     json_path = out_dir / "results.json"
