@@ -2,8 +2,9 @@
 
 Requests arrive on the event loop (or any thread) and wait on a future; one worker thread takes everything
 that queued while it was busy (up to `max_batch`) and runs it as one batch. Under light load a batch is one
-request and adds no delay; under heavy load batches grow, so throughput grows with load. Running the model on
-one thread also keeps torch from oversubscribing the cores with several concurrent forward passes.
+request and adds no delay; under heavy load batches grow, so throughput grows with load. Each batcher runs its
+model passes on its one thread, so concurrent searches of one kind never run forward passes side by side (the
+service has one batcher per kind, and map drawing runs in the request thread pool).
 """
 from __future__ import annotations
 
