@@ -63,20 +63,22 @@ class ClipDataset(Dataset):
     conceptually similar positives of the alignment baseline. `audio_shift` is the training window's reach in
     seconds around the centre (None: config.train_audio_jitter; math.inf: anywhere).
 
-    `image_features` (N, V, C, h, w), a frozen image trunk's output for each clip in V views (view 0 the test
-    transform, view 1 its mirror image), replaces decoding the image: "image" is then those features, one view
-    drawn at random in training.
+    `image_features`, a frozen image trunk's output for each clip (`CachedImageFeatures`, or a bare (N, V, C, h, w)
+    tensor of views), replaces decoding the image: "image" is then those features (see
+    `CachedImageFeatures.images`). A clip the cache has no features for fails as an undecodable image does.
     """
 
     def __init__(self, clips: Sequence[Clip], config: DataConfig, train: bool = False, views: int = 1,
                  partners: np.ndarray | None = None, audio_shift: float | None = None,
-                 image_features: torch.Tensor | None = None):
+                 image_features: CachedImageFeatures | torch.Tensor | None = None):
         self.clips = list(clips)
         self.config = config
         self.train = train
         self.views = views
         self.partners = partners
         self.audio_shift = audio_shift
+        if image_features is not None and not isinstance(image_features, CachedImageFeatures):
+            image_features = CachedImageFeatures(image_features)
         if image_features is not None and len(image_features) != len(self.clips):
             raise ValueError(f"{len(image_features)} cached image features for {len(self.clips)} clips")
         self.image_features = image_features
@@ -84,11 +86,11 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
-    def _image(self, index: int) -> torch.Tensor:
+    def _images(self, index: int, count: int) -> list[torch.Tensor]:
+        """`count` independently augmented images of clip `index` (decoded, or its cached trunk features)."""
         if self.image_features is None:
-            return load_image_tensor(self.clips[index].image, self.config, self.train)
-        views = self.image_features[index]
-        return views[random.randrange(len(views)) if self.train else 0].float()
+            return [load_image_tensor(self.clips[index].image, self.config, self.train) for _ in range(count)]
+        return self.image_features.images(index, count, self.train)
 
     def _audio(self, index: int) -> torch.Tensor:
         return load_spectrogram(self.clips[index].audio, self.config, self.train, shift_seconds=self.audio_shift)
@@ -96,16 +98,78 @@ class ClipDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         clip = self.clips[index]
         try:
-            pairs = [(self._image(index), self._audio(index)) for _ in range(self.views)]
+            pairs = [(image, self._audio(index)) for image in self._images(index, self.views)]
             if self.partners is not None:
                 image_partner, audio_partner = (int(j) for j in self.partners[index])
-                pairs.append((self._image(image_partner), self._audio(audio_partner)))
+                pairs.append((self._images(image_partner, 1)[0], self._audio(audio_partner)))
         except DecodeError as error:
             return {"failed": (clip.id, str(error)), "index": index}
         item: dict[str, Any] = {"index": index, "image": pairs[0][0], "audio": pairs[0][1]}
         for view, (image, audio) in enumerate(pairs[1:], start=1):
             item[f"image_{view}"], item[f"audio_{view}"] = image, audio
         return item
+
+
+class CachedImageFeatures:
+    """A frozen image trunk's output for each clip, in place of its decoded image (training's trunk cache).
+
+    views: (N, V, C, h, w), view 0 the test transform and view 1 its mirror image. crops: (N, K, C, h, w) or None,
+    K random training crops (resize, random crop, flip) per clip, so that two views of a clip differ as two
+    augmentations of its image would. failures: position -> reason for clips whose image could not be decoded;
+    they have no features, and reading one raises DecodeError as decoding the image would. The arrays may be
+    tensors, arrays, or memory-mapped .npy files (np.load(mmap_mode="r")): those pickle as their path, so a
+    worker process maps the file instead of receiving a copy of it.
+    """
+
+    def __init__(self, views: np.ndarray | torch.Tensor, crops: np.ndarray | None = None,
+                 failures: dict[int, str] | None = None):
+        if crops is not None and len(crops) != len(views):
+            raise ValueError(f"{len(crops)} cached crops for {len(views)} clips")
+        self.views, self.crops, self.failures = views, crops, dict(failures or {})
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def images(self, index: int, count: int, train: bool) -> list[torch.Tensor]:
+        """`count` float32 (C, h, w) features of clip `index`. Test: view 0. Training: distinct random crops when
+        crops are cached (drawn with replacement only past K), else for each a random one of the views."""
+        if index in self.failures:
+            raise DecodeError(self.failures[index])
+        if not train:
+            return [_float_tensor(self.views[index, 0])] * count
+        if self.crops is not None:
+            crops = self.crops.shape[1]
+            picks = random.sample(range(crops), count) if count <= crops else [random.randrange(crops)
+                                                                               for _ in range(count)]
+            return [_float_tensor(self.crops[index, pick]) for pick in picks]
+        return [_float_tensor(self.views[index, random.randrange(self.views.shape[1])]) for _ in range(count)]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"views": _portable(self.views), "crops": _portable(self.crops), "failures": self.failures}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.views, self.crops = _unportable(state["views"]), _unportable(state["crops"])
+        self.failures = state["failures"]
+
+
+def _float_tensor(features: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A float32 copy (a memory-mapped slice is read-only and must not stay tied to the map)."""
+    if isinstance(features, torch.Tensor):
+        return features.float()
+    return torch.from_numpy(np.array(features, dtype=np.float32))
+
+
+def _portable(array: Any) -> Any:
+    """A memory-mapped .npy file as ("npy", path) for pickling; anything else as it is."""
+    if isinstance(array, np.memmap) and array.filename is not None:
+        return ("npy", array.filename)
+    return array
+
+
+def _unportable(value: Any) -> Any:
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "npy":
+        return np.load(value[1], mmap_mode="r")
+    return value
 
 
 class InferenceClipDataset(Dataset):

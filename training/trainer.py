@@ -27,13 +27,13 @@ from tqdm import tqdm
 from jsa_retrieval import __version__
 from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval.config import JSARConfig
-from jsa_retrieval.dataset import ClipDataset, FailureLog, make_loader
+from jsa_retrieval.dataset import CachedImageFeatures, ClipDataset, FailureLog, make_loader
 from jsa_retrieval.distributed import cleanup_distributed, is_distributed, rank, setup_distributed, world_size
 from jsa_retrieval.models import checkpoint_state, create_model
 
 from .checkpoint import load_training_state, save_checkpoint
 from .objectives import alignment_objective, ezvsl_objective, jsa_objective
-from .trunk_cache import cached_trunk_features
+from .trunk_cache import ALIGNMENT_CROPS, cached_trunk_features
 from .validation import selection_score, validate
 
 logger = logging.getLogger(__name__)
@@ -122,8 +122,9 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
     model = create_model(config, model_name).to(device_)
     train_features = val_features = None
     if model.image_encoder.trunk_frozen:
-        train_features, val_features = _frozen_trunk_features(model, train_clips, val_clips, config, device_,
-                                                              feature_cache, progress and is_main)
+        train_features, val_features = _frozen_trunk_features(
+            model, train_clips, val_clips, config, device_, feature_cache, progress and is_main,
+            crops=ALIGNMENT_CROPS if model_name == "alignment" else 0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     warmup = max(1, train_cfg.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
@@ -241,19 +242,23 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
 
 
 def _frozen_trunk_features(model: nn.Module, train_clips: list[Clip], val_clips: list[Clip], config: JSARConfig,
-                           device: torch.device, cache_dir: Path | None,
-                           progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cached trunk output of the train and val clips; rank 0 computes and writes them, the other ranks read."""
+                           device: torch.device, cache_dir: Path | None, progress: bool,
+                           crops: int = 0) -> tuple[CachedImageFeatures, CachedImageFeatures]:
+    """Cached trunk output of the train clips (with `crops` random training crops each, the alignment baseline's
+    augmentation) and of the val clips (test views only); rank 0 computes and writes them, the other ranks
+    read them. Clips without features (undecodable or missing images) fail in the dataset and are reported."""
     trunk = model.image_encoder.trunk
     workers = min(2, config.train.num_workers)
+    splits = ((train_clips, crops), (val_clips, 0))
     if rank() == 0:
-        features = [cached_trunk_features(trunk, clips, config, device, cache_dir, workers, progress)
-                    for clips in (train_clips, val_clips)]
+        features = [cached_trunk_features(trunk, clips, config, device, cache_dir, workers, progress, crops=count)
+                    for clips, count in splits]
     if is_distributed():
         torch.distributed.barrier()
         if rank() != 0:
-            features = [cached_trunk_features(trunk, clips, config, device, cache_dir, workers, False, write=False)
-                        for clips in (train_clips, val_clips)]
+            features = [cached_trunk_features(trunk, clips, config, device, cache_dir, workers, False, write=False,
+                                              crops=count)
+                        for clips, count in splits]
     return features[0], features[1]
 
 

