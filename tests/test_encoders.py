@@ -108,7 +108,7 @@ def test_frozen_trunk_training_caches_features_once_and_round_trips_its_checkpoi
     cache = tmp_path / "cache"
     result = train(data, config, "jsa", tmp_path / "run", device="cpu", progress=False,
                    feature_cache=cache)
-    assert len(list(cache.glob("*.pt"))) == 2  # train and val clips
+    assert len(list(cache.glob("*-views.json"))) == 2  # train and val clips
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the trunk ran again although its features were cached")

