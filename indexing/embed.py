@@ -1,4 +1,5 @@
-"""Embed a dataset into the HDF5 store, then build its FAISS indexes: the library side of `jsar index`.
+"""Embed a dataset into the HDF5 store, then build its FAISS indexes (or push it to Milvus): the library side
+of `jsar index`.
 
 DataLoader workers read, decode and resize each clip (`InferenceClipDataset`); normalisation and spectrograms run
 per batch where the model runs (`model_inputs`), so the model is the bottleneck. The store writer keeps every batch in
@@ -24,6 +25,7 @@ from jsa_retrieval.models import load_model
 from jsa_retrieval import distributed
 
 from .faiss_index import build_indexes
+from .milvus_backend import MilvusTarget, check_reachable, push_store
 from .store import StoreMeta, StoreRecords, StoreWriter, make_fingerprint
 
 SKIPPED_REPORT = "skipped.tsv"
@@ -57,19 +59,22 @@ def store_meta_for(checkpoint: Path, config, model_name: str, dim: int) -> Store
 def index_dataset(data_dir: Path, checkpoint: Path, index_dir: Path, split: str | None = None,
                   annotations: Path | None = None, batch_size: int = 64, num_workers: int = 2,
                   device: str | None = None, factory: str | None = None, memory_budget: int | None = None,
-                  progress: bool = True, draft: bool = False) -> IndexSummary:
-    """Embed every clip of `data_dir` not yet in INDEX_DIR's store, finalise the store, build both indexes.
+                  progress: bool = True, draft: bool = False, milvus: MilvusTarget | None = None) -> IndexSummary:
+    """Embed every clip of `data_dir` not yet in INDEX_DIR's store, finalise the store, build both indexes
+    (FAISS; or with `milvus`, upsert the store into its collections instead: `milvus_backend.push_store`).
 
     draft: decode large JPEGs (>= 4x the image size) in Pillow's draft mode, several times cheaper, at a small
     cost in fidelity (`InferenceClipDataset`); off: every image decoded in full, as evaluation does.
     """
     index_dir = Path(index_dir)
+    if milvus is not None:
+        check_reachable(milvus)
     joined_here = not distributed.is_distributed()
     device_ = distributed.setup_distributed(device)  # joins torchrun's group (gloo on CPU, nccl on CUDA)
     rank, world = distributed.rank(), distributed.world_size()
     try:
         return _index_shard(data_dir, checkpoint, index_dir, split, annotations, batch_size, num_workers,
-                            device_, factory, memory_budget, progress and rank == 0, draft, rank, world)
+                            device_, factory, memory_budget, progress and rank == 0, draft, rank, world, milvus)
     finally:
         if joined_here:
             distributed.cleanup_distributed()
@@ -77,7 +82,8 @@ def index_dataset(data_dir: Path, checkpoint: Path, index_dir: Path, split: str 
 
 def _index_shard(data_dir: Path, checkpoint: Path, index_dir: Path, split: str | None, annotations: Path | None,
                  batch_size: int, num_workers: int, device_: torch.device, factory: str | None,
-                 memory_budget: int | None, progress: bool, draft: bool, rank: int, world: int) -> IndexSummary:
+                 memory_budget: int | None, progress: bool, draft: bool, rank: int, world: int,
+                 milvus: MilvusTarget | None = None) -> IndexSummary:
     """This rank's share of `index_dataset`; rank 0 merges the parts once every rank has flushed its own."""
     model, config, _ = load_model(checkpoint, map_location=device_)
     clips = read_dataset(data_dir, split, annotations).clips
@@ -116,7 +122,8 @@ def _index_shard(data_dir: Path, checkpoint: Path, index_dir: Path, split: str |
         return IndexSummary(index_dir, len(clips), embedded, len(done), len(skipped), 0, seconds, {})
     writer.finalize()
     (index_dir / SKIPPED_REPORT).write_text("".join(f"{i}\t{reason}\n" for i, reason in skipped))
-    info = build_indexes(index_dir, factory=factory, memory_budget=memory_budget)
+    info = (push_store(index_dir, milvus, progress=progress) if milvus is not None
+            else build_indexes(index_dir, factory=factory, memory_budget=memory_budget))
     return IndexSummary(index_dir, len(clips), embedded, len(done), len(skipped), info["store_rows"], seconds, info)
 
 

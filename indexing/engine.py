@@ -35,6 +35,7 @@ from jsa_retrieval.transforms import image_transform
 
 from .embed import store_meta_for
 from .faiss_index import RetrievalIndexes, open_indexes
+from .milvus_backend import MilvusIndexes, open_milvus_indexes, recorded_backend
 from .store import FingerprintMismatch
 
 
@@ -67,7 +68,7 @@ class QueryResult:
 class Engine:
     """A store's model and indexes, opened once and queried many times."""
 
-    def __init__(self, index_dir: Path, model: torch.nn.Module, config, indexes: RetrievalIndexes,
+    def __init__(self, index_dir: Path, model: torch.nn.Module, config, indexes: RetrievalIndexes | MilvusIndexes,
                  device: torch.device):
         self.index_dir = Path(index_dir)
         self.model = model
@@ -77,9 +78,13 @@ class Engine:
 
     @classmethod
     def open(cls, index_dir: Path, checkpoint: Path | None = None, device: str | None = None,
-             gpu: bool | None = None) -> "Engine":
-        """Load the indexes and the model that built the store; refuse a checkpoint with another fingerprint."""
-        indexes = open_indexes(index_dir, gpu=gpu)
+             gpu: bool | None = None, milvus_uri: str | None = None) -> "Engine":
+        """Load the indexes (FAISS, or the Milvus collections when index.json says so, at `milvus_uri` if given)
+        and the model that built the store; refuse a checkpoint with another fingerprint."""
+        if recorded_backend(index_dir) == "milvus":
+            indexes = open_milvus_indexes(index_dir, uri=milvus_uri)
+        else:
+            indexes = open_indexes(index_dir, gpu=gpu)
         meta = indexes.store.meta
         checkpoint = Path(checkpoint or meta.checkpoint)
         if not checkpoint.is_file():
@@ -120,12 +125,12 @@ class Engine:
         return self.encode_image(self.image_input(path).unsqueeze(0))
 
     def image_hits(self, audio_vectors: np.ndarray, k: int) -> list[list[Hit]]:
-        """(Q, d) audio vectors -> each query's best-matching images, one FAISS search for all Q."""
+        """(Q, d) audio vectors -> each query's best-matching images, one FAISS (or Milvus) search for all Q."""
         scores, rows = self.indexes.audio_to_image(audio_vectors, k)
         return [self._hits(s, r) for s, r in zip(scores, rows)]
 
     def sound_hits(self, image_vectors: np.ndarray, k: int) -> list[list[Hit]]:
-        """(Q, d) image vectors -> each query's best-matching sounds, one FAISS search for all Q."""
+        """(Q, d) image vectors -> each query's best-matching sounds, one FAISS (or Milvus) search for all Q."""
         scores, rows = self.indexes.image_to_audio(image_vectors, k)
         return [self._hits(s, r) for s, r in zip(scores, rows)]
 

@@ -125,6 +125,17 @@ def connect(uri: str, token: str | None = None, timeout: float = 10.0) -> Any:
         raise MilvusError(f"cannot reach Milvus at {uri}: {_message(error)}") from None
 
 
+def check_reachable(target: MilvusTarget) -> None:
+    """Fail in one line now (extra missing, bad URI, server down) rather than after hours of embedding."""
+    target = target.resolved()
+    client = connect(target.uri, target.token)
+    try:
+        with _milvus_errors(f"list collections at {target.uri}"):
+            client.list_collections()
+    finally:
+        client.close()
+
+
 def _message(error: Exception) -> str:
     return " ".join(str(getattr(error, "message", None) or error).split())
 

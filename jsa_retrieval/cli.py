@@ -168,10 +168,15 @@ def localize(image_path: Path, audio_path: Path, checkpoint: Path, iqr: bool, ou
     click.echo(f"wrote {written}")
 
 
-@cli.command(help="Embed every clip of DATA_DIR into an HDF5 store and build FAISS indexes in OUT."
-             + EXAMPLE + "jsar index data/synth --checkpoint runs/jsa/best.pt --out index/synth")
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@cli.command(help="Embed every clip of DATA_DIR into an HDF5 store and build FAISS indexes in OUT (or, with "
+             "--backend milvus, upsert it into Milvus collections); --push milvus loads OUT's existing store into "
+             "Milvus. Milvus's token comes from $JSAR_MILVUS_TOKEN."
+             + EXAMPLE + "jsar index data/synth --checkpoint runs/jsa/best.pt --out index/synth"
+             "\n  jsar index data/synth --checkpoint runs/jsa/best.pt --out index/synth --backend milvus "
+             "--milvus-uri index/milvus.db\n  jsar index --push milvus --out index/synth --milvus-uri http://milvus:19530")
+@click.argument("data_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The model to embed with (required unless --push).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--split", help="A split name (train/val/test) or a file of ids; default: every clip.")
 @click.option("--annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -182,20 +187,56 @@ def localize(image_path: Path, audio_path: Path, checkpoint: Path, iqr: bool, ou
 @click.option("--device", help="cpu, cuda, ... (default: cuda when available).")
 @click.option("--draft", is_flag=True, help="Decode JPEGs of 4x the image size or more at a reduced scale "
               "(faster; embedding cosine to a full decode 0.985 or more on real photos).")
-def index(data_dir: Path, checkpoint: Path, out_dir: Path, split: str | None, annotations: Path | None,
-          batch_size: int, workers: int, factory: str | None, memory_budget_gb: float | None,
-          device: str | None, draft: bool) -> None:
+@click.option("--backend", type=click.Choice(["faiss", "milvus"]), default="faiss", show_default=True,
+              help="Where searches run: FAISS files in OUT, or Milvus collections (needs --milvus-uri).")
+@click.option("--push", type=click.Choice(["milvus"]), help="Only upsert OUT's existing store into Milvus (resumes).")
+@click.option("--milvus-uri", help="A local .db file (Milvus Lite) or a cluster, e.g. http://host:19530.")
+@click.option("--milvus-collection", "milvus_prefix", default="jsar", show_default=True,
+              help="Collection name prefix; names end in the store's fingerprint and _image / _audio.")
+@click.option("--milvus-index", "milvus_index", help="FLAT, HNSW, IVF_FLAT, IVF_SQ8, IVF_PQ, DISKANN or AUTOINDEX "
+              "[FLAT for a .db file, HNSW for a cluster].")
+def index(data_dir: Path | None, checkpoint: Path | None, out_dir: Path, split: str | None,
+          annotations: Path | None, batch_size: int, workers: int, factory: str | None,
+          memory_budget_gb: float | None, device: str | None, draft: bool, backend: str, push: str | None,
+          milvus_uri: str | None, milvus_prefix: str, milvus_index: str | None) -> None:
+    if (push or backend == "milvus") and not milvus_uri:
+        raise click.UsageError("Milvus needs --milvus-uri (a .db file for Milvus Lite, or http://host:19530)")
+    if not push and milvus_uri and backend != "milvus":
+        raise click.UsageError("--milvus-uri goes with --backend milvus or --push milvus")
+    from indexing.milvus_backend import MilvusTarget
+
+    target = MilvusTarget(milvus_uri, milvus_prefix, milvus_index) if milvus_uri else None
+    if push:
+        if data_dir is not None or checkpoint is not None:
+            raise click.UsageError("--push loads OUT's existing store: give no DATA_DIR and no --checkpoint")
+        from indexing.milvus_backend import push_store
+
+        info = push_store(out_dir, target, progress=not _quiet())
+        _echo_milvus_push(info, out_dir)
+        return
+    if data_dir is None or checkpoint is None:
+        raise click.UsageError("give DATA_DIR and --checkpoint (or --push milvus to load an existing store)")
     from indexing.embed import index_dataset
 
     budget = None if memory_budget_gb is None else int(memory_budget_gb * 2**30)
     summary = index_dataset(data_dir, checkpoint, out_dir, split=split, annotations=annotations,
                             batch_size=batch_size, num_workers=workers, device=device, factory=factory,
-                            memory_budget=budget, draft=draft)
+                            memory_budget=budget, draft=draft, milvus=target)
     if summary.rows:
-        choice = summary.index_info["choice"]
+        info = summary.index_info
+        where = (f"Milvus {info['milvus']['index_type']} at {info['milvus']['uri']}" if target
+                 else f"index {info['choice']['factory']}")
         click.echo(f"{summary.rows} clips in {out_dir} ({summary.embedded} embedded now at "
                    f"{summary.clips_per_second:.1f} clips/s, {summary.already_done} already there, "
-                   f"{summary.skipped} skipped: see {out_dir}/skipped.tsv); index {choice['factory']}")
+                   f"{summary.skipped} skipped: see {out_dir}/skipped.tsv); {where}")
+
+
+def _echo_milvus_push(info: dict, out_dir: Path) -> None:
+    milvus, push = info["milvus"], info["milvus"]["last_push"]
+    rate = f" ({push['rows'] / push['seconds']:.0f} rows/s)" if push["seconds"] > 0 and push["rows"] else ""
+    click.echo(f"{info['store_rows']} rows of {out_dir} in Milvus at {milvus['uri']}: "
+               f"{', '.join(milvus['collections'].values())} ({milvus['index_type']}); {push['rows']} pushed now"
+               f"{rate}; `jsar query --index {out_dir}` searches there")
 
 
 @cli.command(help="Search an index by sound (--audio, --video) or by picture (--image), here or through a running "
@@ -216,9 +257,11 @@ def index(data_dir: Path, checkpoint: Path, out_dir: Path, split: str | None, an
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The store's model, when it moved since indexing.")
 @click.option("--device", help="cpu, cuda, ... (default: cuda when available).")
+@click.option("--milvus-uri", help="Where the index's Milvus collections are as seen from here, when not where "
+              "`jsar index` pushed them [index.json's]; token from $JSAR_MILVUS_TOKEN.")
 def query(index_dir: Path | None, server: str | None, token: str | None, audio_path: Path | None,
           image_path: Path | None, video_path: Path | None, k: int, out_dir: Path | None, as_json: bool, iqr: bool,
-          checkpoint: Path | None, device: str | None) -> None:
+          checkpoint: Path | None, device: str | None, milvus_uri: str | None) -> None:
     given = [p for p in (audio_path, image_path, video_path) if p is not None]
     if len(given) != 1:
         raise click.UsageError("give exactly one of --audio, --image, --video")
@@ -227,8 +270,9 @@ def query(index_dir: Path | None, server: str | None, token: str | None, audio_p
     if k < 1:
         raise click.BadParameter("k must be at least 1", param_hint="-k")
     if server:
-        if iqr or checkpoint or device:
-            raise click.UsageError("--iqr, --checkpoint and --device are the service's settings, not the client's")
+        if iqr or checkpoint or device or milvus_uri:
+            raise click.UsageError("--iqr, --checkpoint, --device and --milvus-uri are the service's settings, "
+                                   "not the client's")
         from indexing.service.client import save_pictures, search_file
 
         answer = search_file(server, given[0], "image" if image_path else "audio", k, token)
@@ -238,7 +282,7 @@ def query(index_dir: Path | None, server: str | None, token: str | None, audio_p
         return
     from indexing.engine import Engine
 
-    engine = Engine.open(index_dir, checkpoint=checkpoint, device=device)
+    engine = Engine.open(index_dir, checkpoint=checkpoint, device=device, milvus_uri=milvus_uri)
     if audio_path:
         result = engine.search_audio(audio_path, k)
     elif image_path:
