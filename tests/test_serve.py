@@ -19,7 +19,7 @@ pytest.importorskip("fastapi", reason="the service needs the [serve] extra (fast
 from fastapi.testclient import TestClient  # noqa: E402
 
 from jsa_retrieval.cli import cli  # noqa: E402
-from indexing.service.app import ServeConfig, check_bind, create_app, ServeError  # noqa: E402
+from indexing.service.app import ServeConfig, ServeError, check_bind, create_app, open_service  # noqa: E402
 from indexing.service.batcher import MicroBatcher  # noqa: E402
 
 TOKEN = "s3cret-token"
@@ -220,6 +220,14 @@ def test_public_bind_needs_a_token():
     for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
         check_bind(host, None)
     check_bind("0.0.0.0", TOKEN)
+
+
+def test_open_service_keeps_the_configs_token_when_no_token_argument_is_given(tiny_index):
+    app = open_service(tiny_index[0], host="0.0.0.0", config=ServeConfig(token=TOKEN, max_k=7))
+    assert app.state.service.config.token == TOKEN and app.state.service.config.max_k == 7
+    assert open_service(tiny_index[0], token="other", config=ServeConfig(token=TOKEN)).state.service.config.token == "other"
+    with pytest.raises(ServeError, match="--token"):
+        open_service(tiny_index[0], host="0.0.0.0", config=ServeConfig())
 
 
 def test_cli_serve_refuses_a_public_bind_without_token_in_one_line(tiny_index, monkeypatch):

@@ -1,0 +1,176 @@
+"""The HTTP routes: searches, stored items and their media, hit maps, liveness, metrics, the page and the API page.
+
+Every route on `router` needs the token (the `require_token` dependency); `open_router` holds the routes anyone
+may call. The routes reach the search service through `request.app.state.service`.
+"""
+from __future__ import annotations
+
+import mimetypes
+import time
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+
+from indexing.engine import Hit
+from jsa_retrieval import __version__
+
+from .auth import cookie_header, require_token
+from .search import Query, SearchService
+from .uploads import IMAGE_FORMATS, SOUND_FORMATS, decode_upload
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+router = APIRouter(dependencies=[Depends(require_token)])
+open_router = APIRouter()
+
+
+def search_service(request: Request) -> SearchService:
+    return request.app.state.service
+
+
+class VectorQuery(BaseModel):
+    vector: list[float] = Field(description="A query embedding of the store's dimension (L2-normalised here).")
+    direction: Literal["audio_to_image", "image_to_audio"] = Field(
+        description="audio_to_image: an audio vector searched among images; image_to_audio: the reverse.")
+    k: int = Field(10, ge=1)
+
+
+def hit_json(hit: Hit, query_id: str | None) -> dict[str, Any]:
+    """A hit as the API shows it: ids and URLs, never file paths; a map URL when its search was remembered."""
+    item = quote(hit.id, safe="")
+    return {"rank": hit.rank, "id": hit.id, "label": hit.label, "score": hit.score,
+            "image_url": f"/items/{item}/image", "audio_url": f"/items/{item}/audio",
+            "map_url": f"/maps/{query_id}/{item}.png" if query_id else None}
+
+
+def search_json(query_id: str | None, kind: str, k: int, hits: list[Hit], started: float) -> dict[str, Any]:
+    return {"query_id": query_id, "kind": kind, "k": k, "hits": [hit_json(hit, query_id) for hit in hits],
+            "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+def _check_k(service: SearchService, k: int) -> None:
+    if k > service.config.max_k:
+        raise HTTPException(422, f"k: at most {service.config.max_k}")
+
+
+async def _read_upload(upload: UploadFile) -> bytes:
+    data = await upload.read()
+    await upload.close()
+    return data
+
+
+K_FORM = Form(10, ge=1, description="Number of hits.")
+
+
+# ------------------------------------------------------------------------------------------------ searches
+@router.post("/search/audio", summary="A sound or video file -> the images whose sound source matches")
+async def search_audio(file: UploadFile = File(...), k: int = K_FORM,
+                       service: SearchService = Depends(search_service)) -> dict[str, Any]:
+    started = time.perf_counter()
+    _check_k(service, k)
+    data = await _read_upload(file)
+    spectrogram = await run_in_threadpool(decode_upload, data, SOUND_FORMATS, "sound", service.engine.audio_input)
+    del data
+    hits, side = await service.audio_batcher.submit((spectrogram, k))
+    return search_json(service.remember(Query("audio", side, hits)), "audio", k, hits, started)
+
+
+@router.post("/search/image", summary="An image file -> the sounds that belong to it")
+async def search_image(file: UploadFile = File(...), k: int = K_FORM,
+                       service: SearchService = Depends(search_service)) -> dict[str, Any]:
+    started = time.perf_counter()
+    _check_k(service, k)
+    data = await _read_upload(file)
+    image = await run_in_threadpool(decode_upload, data, IMAGE_FORMATS, "image", service.engine.image_input)
+    del data
+    hits = await service.image_batcher.submit((image, k))
+    return search_json(service.remember(Query("image", None, hits)), "image", k, hits, started)
+
+
+@router.post("/search/vector", summary="An embedding and a direction -> hits (clip-retrieval's k-NN service)")
+async def search_vector(query: VectorQuery, service: SearchService = Depends(search_service)) -> dict[str, Any]:
+    started = time.perf_counter()
+    _check_k(service, query.k)
+    dim = service.engine.indexes.store.dim
+    vector = np.asarray(query.vector, dtype=np.float32)
+    if vector.shape != (dim,) or not np.isfinite(vector).all() or not np.any(vector):
+        raise HTTPException(422, f"vector: {dim} finite numbers, not all zero, expected (got {vector.size})")
+    hits = await service.vector_batcher.submit((query.direction, vector, query.k))
+    kind = "audio" if query.direction == "audio_to_image" else "image"
+    # a sound hit's picture needs no query; an image hit's map needs the sound, which a vector does not carry
+    query_id = service.remember(Query(kind, None, hits)) if kind == "image" else None
+    return search_json(query_id, kind, query.k, hits, started)
+
+
+# ------------------------------------------------------------------------------------------------ items, maps
+@router.get("/items/{item_id}", summary="An item's metadata")
+def item(item_id: str, service: SearchService = Depends(search_service)) -> dict[str, Any]:
+    record = service.record(item_id)
+    quoted = quote(record.id, safe="")
+    return {"id": record.id, "label": record.label, "row": record.row,
+            "image_url": f"/items/{quoted}/image", "audio_url": f"/items/{quoted}/audio"}
+
+
+@router.get("/items/{item_id}/image", summary="An item's stored image (or video)")
+def item_image(item_id: str, service: SearchService = Depends(search_service)) -> FileResponse:
+    return _media(service.record(item_id).image_path)
+
+
+@router.get("/items/{item_id}/audio", summary="An item's stored sound (or video)")
+def item_audio(item_id: str, service: SearchService = Depends(search_service)) -> FileResponse:
+    return _media(service.record(item_id).audio_path)
+
+
+def _media(path: str) -> FileResponse:
+    """A file the store records (never a path from the request)."""
+    media = Path(path)
+    if not media.is_file():
+        raise HTTPException(404, "the stored file for this item is missing on the server")
+    return FileResponse(media, media_type=mimetypes.guess_type(media.name)[0] or "application/octet-stream")
+
+
+@router.get("/maps/{query_id}/{item_id}.png", summary="A search hit's localization map over its image (sound "
+            "query) or its spectrogram with the attention over time (image query)")
+def hit_map(query_id: str, item_id: str, service: SearchService = Depends(search_service)) -> Response:
+    png = service.map_png(query_id, item_id)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
+
+
+# ------------------------------------------------------------------------------------------------ the service
+@open_router.get("/health", summary="Liveness (no token needed)")
+def health(service: SearchService = Depends(search_service)) -> dict[str, Any]:
+    store = service.engine.indexes.store
+    return {"status": "ok", "items": len(store), "model": store.meta.model_name, "dim": store.dim,
+            "uptime_s": round(time.time() - service.started_at, 1), "version": __version__}
+
+
+@router.get("/metrics", summary="Prometheus metrics: requests, latencies, errors, batch sizes, memory")
+def prometheus_metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/", include_in_schema=False)
+def page(request: Request) -> FileResponse:
+    response = FileResponse(STATIC / "index.html", media_type="text/html")
+    if getattr(request.state, "token_from_query", False):
+        response.headers.append("set-cookie", cookie_header(request.app.state.service.config.token))
+    return response
+
+
+@router.get("/openapi.json", include_in_schema=False)
+def openapi_schema(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
+
+
+@router.get("/docs", include_in_schema=False)
+def api_page(request: Request) -> HTMLResponse:
+    return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{request.app.title} - Swagger UI")

@@ -1,0 +1,135 @@
+"""The search service behind the HTTP routes: the micro-batchers that feed the `Engine`, the searches remembered
+under a query id, and their hits' map pictures, drawn on demand (all hits of a search at once) and cached within a
+byte budget."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from cachetools import TTLCache
+from starlette.exceptions import HTTPException
+
+from indexing.engine import Engine, Hit
+
+from .batcher import MicroBatcher
+from .config import ServeConfig
+
+
+@dataclass
+class Query:
+    """A search remembered under its id: enough to draw its hits' pictures later."""
+
+    kind: str  # 'audio' (hits are images) | 'image' (hits are sounds)
+    side: Any  # the query's AudioSide (batch of one, CPU) for an audio query; None otherwise
+    hits: list[Hit]
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+def side_row(side: Any, row: int) -> Any:
+    """Row `row` of an AudioSide / ImageSide as a batch of one on the CPU."""
+    return replace(side, **{f.name: getattr(side, f.name)[row:row + 1].cpu() for f in fields(side)
+                            if isinstance(getattr(side, f.name), torch.Tensor)})
+
+
+def hits_by_k(search: Callable[[np.ndarray, int], list[list[Hit]]], vectors: np.ndarray,
+              ks: list[int]) -> list[list[Hit]]:
+    """One FAISS search per distinct k over all queries that asked for it, so each query gets exactly the hits a
+    search of its own would (an approximate index's top 10 need not be the first 10 of its top 50)."""
+    found: list[list[Hit]] = [[] for _ in ks]
+    for k in sorted(set(ks)):
+        rows = [i for i, wanted in enumerate(ks) if wanted == k]
+        for i, hits in zip(rows, search(vectors[rows], k)):
+            found[i] = hits
+    return found
+
+
+class SearchService:
+    """The engine behind the HTTP routes: batchers, remembered queries and cached map pictures."""
+
+    def __init__(self, engine: Engine, config: ServeConfig, on_batch: Callable[[str, int], None]):
+        self.engine = engine
+        self.config = config
+        self.started_at = time.time()
+        store = engine.indexes.store
+        self.rows = {item_id: row for row, item_id in enumerate(store.ids())}
+        self.queries: TTLCache = TTLCache(config.query_cache_size, config.cache_ttl_s)
+        self.maps: TTLCache = TTLCache(config.map_cache_bytes, config.cache_ttl_s, getsizeof=len)
+        self._cache_lock = threading.Lock()
+        self.audio_batcher = MicroBatcher(self._audio_batch, config.max_batch, config.batch_wait_s, "jsar-audio",
+                                          lambda size: on_batch("audio", size))
+        self.image_batcher = MicroBatcher(self._image_batch, config.max_batch, config.batch_wait_s, "jsar-image",
+                                          lambda size: on_batch("image", size))
+        self.vector_batcher = MicroBatcher(self._vector_batch, config.max_batch, config.batch_wait_s, "jsar-vector",
+                                           lambda size: on_batch("vector", size))
+
+    def close(self) -> None:
+        for batcher in (self.audio_batcher, self.image_batcher, self.vector_batcher):
+            batcher.close()
+
+    def _audio_batch(self, items: list[tuple[torch.Tensor, int]]) -> list[tuple[list[Hit], Any]]:
+        side = self.engine.encode_audio(torch.stack([spectrogram for spectrogram, _ in items]))
+        hits = hits_by_k(self.engine.image_hits, side.vector.cpu().numpy(), [k for _, k in items])
+        return [(hits[i], side_row(side, i)) for i in range(len(items))]
+
+    def _image_batch(self, items: list[tuple[torch.Tensor, int]]) -> list[list[Hit]]:
+        side = self.engine.encode_image(torch.stack([image for image, _ in items]))
+        return hits_by_k(self.engine.sound_hits, side.vector.cpu().numpy(), [k for _, k in items])
+
+    def _vector_batch(self, items: list[tuple[str, np.ndarray, int]]) -> list[list[Hit]]:
+        found: list[list[Hit]] = [[] for _ in items]
+        for direction, search in (("audio_to_image", self.engine.image_hits), ("image_to_audio", self.engine.sound_hits)):
+            rows = [i for i, item in enumerate(items) if item[0] == direction]
+            if rows:
+                hits = hits_by_k(search, np.stack([items[i][1] for i in rows]), [items[i][2] for i in rows])
+                for i, found_hits in zip(rows, hits):
+                    found[i] = found_hits
+        return found
+
+    def remember(self, query: Query) -> str:
+        query_id = uuid.uuid4().hex
+        with self._cache_lock:
+            self.queries[query_id] = query
+        return query_id
+
+    def map_png(self, query_id: str, item_id: str) -> bytes:
+        """The picture of one hit of a remembered search; the first request draws all of that search's hits."""
+        key = (query_id, item_id)
+        with self._cache_lock:
+            png = self.maps.get(key)
+            query = self.queries.get(query_id)
+        if png is not None:
+            return png
+        if query is None:
+            raise HTTPException(404, f"no search {query_id!r} (unknown or expired): search again")
+        if item_id not in {hit.id for hit in query.hits}:
+            raise HTTPException(404, f"{item_id!r} is not a hit of search {query_id!r}")
+        with query.lock:  # the tiles of one page ask at once: draw the search's pictures once
+            with self._cache_lock:
+                png = self.maps.get(key)
+            if png is not None:
+                return png
+            pictures = self.engine.hit_pictures(query.kind, query.side, query.hits)
+            encoded = {hit.id: _png_bytes(picture) for hit, picture in zip(query.hits, pictures)}
+            with self._cache_lock:
+                for hit_id, data in encoded.items():
+                    if len(data) <= self.maps.maxsize:
+                        self.maps[(query_id, hit_id)] = data
+        return encoded[item_id]
+
+    def record(self, item_id: str):
+        row = self.rows.get(item_id)
+        if row is None:
+            raise HTTPException(404, f"no item {item_id!r} in this index")
+        return self.engine.indexes.store.record(row)
+
+
+def _png_bytes(picture) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
