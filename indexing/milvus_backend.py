@@ -117,6 +117,10 @@ def connect(uri: str, token: str | None = None, timeout: float = 10.0) -> Any:
     except ImportError as error:
         raise MilvusNotInstalled(EXTRA_HINT) from error
     if is_lite_uri(uri):
+        try:
+            import milvus_lite  # noqa: F401  (pymilvus alone, the [milvus-client] extra, reaches only a cluster)
+        except ImportError as error:
+            raise MilvusNotInstalled(f"a .db URI runs Milvus Lite; {EXTRA_HINT}") from error
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
     token = os.environ.get(TOKEN_ENV, "") if token is None else token
     try:
