@@ -21,7 +21,6 @@ import numpy as np
 from jsa_retrieval import metrics
 
 DIRECTIONS = ("audio_to_image", "image_to_audio")
-_EXACT_BLOCK_BYTES = 1 << 28  # similarity block of the exact ranking: 256 MB of float32
 
 
 @dataclass
@@ -88,32 +87,6 @@ class RetrievalReport:
 # Pure ranking and scoring
 # --------------------------------------------------------------------------------------------------------------
 
-def exact_ranking(queries: np.ndarray, gallery: np.ndarray, k: int,
-                  block_bytes: int = _EXACT_BLOCK_BYTES) -> np.ndarray:
-    """Exact top-k gallery rows (Q, min(k, G)) by inner product, with metrics.rank_by_similarity's tie rule.
-
-    Scores are computed a block of queries at a time (at most `block_bytes` of float32 similarities). Within
-    a block only the columns that reach some row's k-th largest score can be in any row's top k, so
-    rank_by_similarity (a full stable argsort) runs on those columns alone; they are kept in ascending
-    order, so ties still go to the lower gallery index. Cost: Q·G·d multiply-adds.
-    """
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    gallery = np.ascontiguousarray(gallery, dtype=np.float32)
-    if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
-        raise ValueError(f"queries (Q, d) and gallery (G, d) must share d, got {queries.shape} and {gallery.shape}")
-    width = min(int(k), gallery.shape[0])
-    if width < 1:
-        raise ValueError(f"k must be at least 1 and the gallery non-empty (k={k}, G={gallery.shape[0]})")
-    rows_per_block = max(1, block_bytes // (4 * gallery.shape[0]))
-    ranked = np.empty((queries.shape[0], width), dtype=np.int64)
-    for start in range(0, queries.shape[0], rows_per_block):
-        scores = queries[start:start + rows_per_block] @ gallery.T  # (q, G)
-        kth = -np.partition(-scores, width - 1, axis=1)[:, width - 1:width]  # each row's k-th largest score
-        candidates = np.flatnonzero((scores >= kth).any(axis=0))
-        ranked[start:start + len(scores)] = candidates[metrics.rank_by_similarity(scores[:, candidates], width)]
-    return ranked
-
-
 def _known(labels: Sequence[Any]) -> np.ndarray:
     """Boolean (N,): which labels name a class (not None, not '')."""
     return np.array([label is not None and str(label) != "" for label in labels], dtype=bool)
@@ -152,6 +125,8 @@ def recall_from_vectors(audio_vectors: np.ndarray, image_vectors: np.ndarray, la
 
     Labelled items are the queries; every item is in the gallery. Raises when no item is labelled.
     """
+    from indexing.faiss_index import exact_top_k  # the one exact search, beside the indexes it checks
+
     known = _known(labels)
     if not known.any():
         raise ValueError("no item has a class label: class-level Recall@K needs labels")
@@ -159,7 +134,7 @@ def recall_from_vectors(audio_vectors: np.ndarray, image_vectors: np.ndarray, la
     results = {}
     for name, queries, gallery in (("audio_to_image", audio_vectors, image_vectors),
                                    ("image_to_audio", image_vectors, audio_vectors)):
-        ranked = exact_ranking(np.asarray(queries)[known], gallery, depth)
+        ranked = exact_top_k([(0, np.asarray(gallery))], np.asarray(queries)[known], depth)
         results[name] = score_ranking(ranked, _label_array(labels)[known], labels, ks, curve_max_k)
     return results
 
@@ -187,22 +162,16 @@ def compare_rankings(index_ranked: np.ndarray, exact_ranked: np.ndarray, query_l
 # The evaluator over a store and its indexes
 # --------------------------------------------------------------------------------------------------------------
 
-def _all_vectors(store: Any, field: str) -> np.ndarray:
-    """Every row of a vector field (N, d) float32, read chunk by chunk."""
-    blocks = [block for _, block in store.iter_chunks(field)]
-    return np.concatenate(blocks) if blocks else np.zeros((0, store.dim), np.float32)
-
-
 def evaluate_retrieval(index_dir: str | Path, ks: Sequence[int] = (1, 5, 10), check_exact: bool = True,
                        curve_max_k: int = 10, gpu: bool | None = None) -> RetrievalReport:
     """Class-level Recall@K of both directions through the FAISS indexes of INDEX_DIR (`jsar eval retrieval`).
 
     Every labelled store row is a query, searched in one batch per direction with k = max(ks, curve_max_k)
     (GPU indexes take k <= 2048). With `check_exact` the same queries are also ranked exactly against all
-    vectors in memory (N x d float32 per modality; Q x N x d multiply-adds), and the report says how often
-    the index's hit@K agrees with the exact one and by how much its recall differs.
+    vectors (`faiss_index.exact_top_k`, reading the store chunk by chunk; Q x N x d multiply-adds), and the
+    report says how often the index's hit@K agrees with the exact one and by how much its recall differs.
     """
-    from indexing.faiss_index import open_indexes  # FAISS only when an index is evaluated
+    from indexing.faiss_index import exact_top_k, open_indexes  # FAISS only when an index is evaluated
 
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
@@ -230,10 +199,8 @@ def evaluate_retrieval(index_dir: str | Path, ks: Sequence[int] = (1, 5, 10), ch
             exact = {}
             for name, query_field, gallery_field in (("audio_to_image", "audio_vectors", "image_vectors"),
                                                      ("image_to_audio", "image_vectors", "audio_vectors")):
-                gallery = _all_vectors(store, gallery_field)
-                exact_ranked = exact_ranking(store.read_rows(query_field, rows), gallery, depth)
+                exact_ranked = exact_top_k(store.iter_chunks(gallery_field), store.read_rows(query_field, rows), depth)
                 exact[name] = compare_rankings(index_ranked[name], exact_ranked, query_labels, labels, ks)
-                del gallery
         choice = indexes.info.get("choice", {})
         return RetrievalReport(
             index_dir=str(index_dir), model_name=store.meta.model_name, fingerprint=store.meta.fingerprint,

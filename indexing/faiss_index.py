@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from jsa_retrieval.files import replace_atomically
 from jsa_retrieval.machine import usable_cores
+from jsa_retrieval.metrics import rank_by_similarity
 
 from indexing.cross_modal import GuideStats, add_query_guided_edges
 from indexing.index_choice import QUANTIZER_TRAIN_SIZE, IndexChoice, choose_index, split_factory
@@ -37,6 +38,7 @@ PROGRESS_MIN_ROWS = 100_000  # smaller indexes build in about a second: no bar
 CALIBRATION_LADDERS = {"nprobe": (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512),
                        "efSearch": (16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512, 768, 1024)}
 CALIBRATION_QUERIES = 300
+EXACT_BLOCK_BYTES = 1 << 28  # similarities of exact search held at once: 256 MB of float32
 CALIBRATION_RECALL = 0.96  # a margin over the 0.95 goal: 300 queries measure recall@10 to about +-0.01
 
 logger = logging.getLogger(__name__)
@@ -137,7 +139,7 @@ def calibrated_search_params(index: faiss.Index, store: EmbeddingStore, field: s
         rows = np.setdiff1d(rows, guided) if guided.size < len(store) else rows
     rows = np.sort(np.random.default_rng([seed, 2]).choice(rows, min(CALIBRATION_QUERIES, rows.size), replace=False))
     queries = store.read_rows(PAIRED_FIELD[field], rows)
-    exact = exact_top_k(store, field, queries, k, chunk_rows)
+    exact = exact_top_k(store.iter_chunks(field, chunk_rows), queries, k)
     value, recall = calibrate_search_param(index, name, ladder, queries, exact)
     logger.info("%s over %s: %s %d reaches recall@%d %.3f on %d paired queries", choice.factory, field, name, value,
                 k, recall, rows.size)
@@ -179,15 +181,46 @@ def calibrate_search_param(index: faiss.Index, name: str, ladder: Iterable[int],
     return int(values[-1]), recall
 
 
-def exact_top_k(store: EmbeddingStore, field: str, queries: np.ndarray, k: int, chunk_rows: int = 65536) -> np.ndarray:
-    """(Q, k) store rows of the exact inner-product top k of (Q, d) queries over `field`, one chunk in memory."""
-    heap = faiss.ResultHeap(queries.shape[0], k, keep_max=True)
-    for start, block in store.iter_chunks(field, chunk_rows):
-        scores, ids = faiss.knn(np.ascontiguousarray(queries, dtype=np.float32), np.ascontiguousarray(block),
-                                min(k, block.shape[0]), metric=faiss.METRIC_INNER_PRODUCT)
-        heap.add_result(scores, np.where(ids >= 0, ids + start, -1))
-    heap.finalize()
-    return heap.I
+def exact_top_k(blocks: Iterable[tuple[int, np.ndarray]], queries: np.ndarray, k: int,
+                block_bytes: int = EXACT_BLOCK_BYTES) -> np.ndarray:
+    """(Q, min(k, N)) gallery rows of the exact inner-product top k of (Q, d) `queries`, most similar first.
+
+    The gallery comes as (first row, (n, d) block) pairs in row order (`store.iter_chunks(field)`, or
+    `[(0, vectors)]`), so a store is never loaded whole. Ties go to the lower row (`metrics.rank_by_similarity`'s
+    rule), so the ranking is reproducible and does not depend on an index or a BLAS. Scores are computed a slice
+    of queries at a time (at most `block_bytes` of float32 similarities); within a block only the columns that
+    reach some query's k-th largest score can enter any top k, and only those are merged with the best so far
+    by a stable sort (earlier blocks first, so ties still go to the lower row). Cost: Q·N·d multiply-adds.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if queries.ndim != 2 or k < 1:
+        raise ValueError(f"need (Q, d) queries and k >= 1, got {queries.shape} and k={k}")
+    best_scores = np.zeros((queries.shape[0], 0), np.float32)
+    best_rows = np.zeros((queries.shape[0], 0), np.int64)
+    for start, block in blocks:
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        if block.ndim != 2 or block.shape[1] != queries.shape[1]:
+            raise ValueError(f"queries (Q, d) and gallery (N, d) must share d, got {queries.shape} and {block.shape}")
+        if block.shape[0] == 0:
+            continue
+        width = min(k, best_rows.shape[1] + block.shape[0])
+        merged_scores = np.empty((queries.shape[0], width), np.float32)
+        merged_rows = np.empty((queries.shape[0], width), np.int64)
+        step = max(1, block_bytes // (4 * block.shape[0]))
+        for first in range(0, queries.shape[0], step):
+            part = slice(first, first + step)
+            scores = queries[part] @ block.T  # (q, n)
+            depth = min(k, block.shape[0])
+            kth = -np.partition(-scores, depth - 1, axis=1)[:, depth - 1:depth]  # each query's k-th best here
+            columns = np.flatnonzero((scores >= kth).any(axis=0))
+            candidates = np.concatenate([best_scores[part], scores[:, columns]], axis=1)
+            rows = np.concatenate([best_rows[part], np.broadcast_to(columns + start, (len(scores), columns.size))],
+                                  axis=1)
+            order = rank_by_similarity(candidates, width)
+            merged_scores[part] = np.take_along_axis(candidates, order, axis=1)
+            merged_rows[part] = np.take_along_axis(rows, order, axis=1)
+        best_scores, best_rows = merged_scores, merged_rows
+    return best_rows
 
 
 def _prepare_for_training(index: faiss.Index, build_params: dict[str, int]) -> None:

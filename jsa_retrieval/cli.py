@@ -517,23 +517,26 @@ def demo(out_dir: Path, n_clips: int, train_minutes: float, epochs: int | None, 
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the report as JSON.")
-def bench(only: str | None, sweep: str | None, requests: int | None, concurrency: int, **options) -> None:
-    if only == "serve":
-        from evaluation.bench_serve import run_serve_bench
-
-        click.echo(run_serve_bench(options["work_dir"], options["data_dir"], options["checkpoint"], options["clips"],
-                                   options["quick"], requests, concurrency, seed=options["seed"],
-                                   json_path=options["json_path"]).table())
-        return
-    from evaluation.bench import run_benchmarks
+def bench(only: str | None, sweep: str | None, requests: int | None, concurrency: int, vectors: int | None,
+          dim: int, factory: str | None, compare: tuple[str, ...], vectors_from: Path | None, sigma: float,
+          latency_queries: int, batch_queries: int | None, recall_queries: int | None, **options) -> None:
+    from evaluation.bench import BenchConfig, FaissSettings, ServeSettings, run_benchmarks
 
     try:
-        sweep_values = [int(value) for value in sweep.split(",")] if sweep else None
+        sweep_values = tuple(int(value) for value in sweep.split(",")) if sweep else None
     except ValueError as error:
         raise click.BadParameter("takes integers separated by commas", param_hint="--sweep") from error
-    report = run_benchmarks(**options, sweep_values=sweep_values, indexing=only != "faiss",
-                            faiss_scale=only != "indexing")
-    click.echo(report.table())
+    config = BenchConfig(**options, serve=ServeSettings(requests=requests, concurrency=concurrency),
+                         faiss=FaissSettings(vectors=vectors, dim=dim, factory=factory, compare=compare,
+                                             vectors_from=vectors_from, sigma=sigma, latency_queries=latency_queries,
+                                             batch_queries=batch_queries, recall_queries=recall_queries,
+                                             sweep_values=sweep_values))
+    if only == "serve":
+        from evaluation.bench.serve import run_serve_bench
+
+        click.echo(run_serve_bench(config).table())
+        return
+    click.echo(run_benchmarks(config, indexing=only != "faiss", faiss_scale=only != "indexing").table())
 
 
 def main() -> None:

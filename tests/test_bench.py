@@ -9,9 +9,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from evaluation.bench import (BenchReport, PeakMemory, bench_faiss_scale, exact_neighbours,
-                              make_random_checkpoint, mean_pairwise_cosine, noisy_copies, orthogonal_map,
-                              prepare_bases, neighbour_recall_at_k, run_benchmarks, write_structured_store)
+from evaluation.bench import (BenchConfig, BenchReport, FaissSettings, bench_faiss_scale, make_random_checkpoint,
+                              run_benchmarks)
+from evaluation.bench.faiss_scale import exact_neighbours
+from evaluation.bench.memory import PeakMemory
+from evaluation.bench.report import render_table
+from evaluation.bench.vectors import (mean_pairwise_cosine, noisy_copies, orthogonal_map, prepare_bases,
+                                      write_structured_store)
+from indexing.faiss_index import neighbour_recall_at_k
 from indexing.store import EmbeddingStore, l2_normalise
 from jsa_retrieval.cli import cli
 from jsa_retrieval.config import cpu_config
@@ -54,9 +59,11 @@ def test_random_checkpoint_loads_in_the_trainer_format(clips_and_checkpoint: tup
 def test_run_benchmarks_reports_positive_rates_and_exact_recall_of_one(
         clips_and_checkpoint: tuple[Path, Path], tmp_path: Path) -> None:
     data, checkpoint = clips_and_checkpoint
-    report = run_benchmarks(data_dir=data, checkpoint=checkpoint, work_dir=tmp_path / "work", batch_size=4,
-                            workers=0, vectors=1500, dim=48, latency_queries=8, batch_queries=40,
-                            recall_queries=30, json_path=tmp_path / "bench.json")
+    config = BenchConfig(data_dir=data, checkpoint=checkpoint, work_dir=tmp_path / "work", batch_size=4, workers=0,
+                         json_path=tmp_path / "bench.json",
+                         faiss=FaissSettings(vectors=1500, dim=48, latency_queries=8, batch_queries=40,
+                                             recall_queries=30))
+    report = run_benchmarks(config)
     indexing = report.indexing
     assert indexing.clips == 12 and indexing.workers == 0
     for rate in (indexing.index_rate, indexing.bare_rate, indexing.decode_rate, indexing.decode_ms_per_clip):
@@ -86,9 +93,10 @@ def test_run_benchmarks_reports_positive_rates_and_exact_recall_of_one(
 
 def test_ivf_benchmark_sweeps_nprobe_and_is_exact_when_every_list_is_probed(tmp_path: Path) -> None:
     image, audio = spread_bases(40, 24)
-    bench = bench_faiss_scale(tmp_path / "scale", image, audio, vectors=4000, dim=64, factory="IVF32,Flat",
-                              latency_queries=5, batch_queries=50, recall_queries=50, sweep_values=[1, 4, 32, 64])
-    assert bench.factory == "IVF32,Flat" and bench.search_params == {"nprobe": 16}
+    settings = FaissSettings(vectors=4000, dim=64, factory="IVF32,Flat", latency_queries=5, batch_queries=50,
+                             recall_queries=50, sweep_values=(1, 4, 32, 64))
+    bench = bench_faiss_scale(tmp_path / "scale", image, audio, settings)
+    assert bench.factory == "IVF32,Flat" and bench.search_params == {"nprobe": 16} and bench.sweep_param == "nprobe"
     assert not bench.bases["centred"]
     for direction in bench.directions:
         assert 0.0 <= direction.recall_vs_flat <= 1.0 and direction.flat_vs_numpy == 1.0
@@ -102,12 +110,13 @@ def test_ivf_benchmark_sweeps_nprobe_and_is_exact_when_every_list_is_probed(tmp_
 
 def test_compared_indexes_share_the_store_and_the_exact_neighbours(tmp_path: Path) -> None:
     image, audio = spread_bases(60, 24)
-    bench = bench_faiss_scale(tmp_path / "scale", image, audio, vectors=3000, dim=48, factory="Flat",
-                              compare=["HNSW32,QueryGuided16"], latency_queries=5, batch_queries=50,
-                              recall_queries=50, sweep_values=[16, 64])
+    settings = FaissSettings(vectors=3000, dim=48, factory="Flat", compare=("HNSW32,QueryGuided16",),
+                             latency_queries=5, batch_queries=50, recall_queries=50, sweep_values=(16, 64))
+    bench = bench_faiss_scale(tmp_path / "scale", image, audio, settings)
     assert bench.factory == "Flat" and [index.factory for index in bench.compared] == ["HNSW32,QueryGuided16"]
     assert 1 > bench.pair_cosine > bench.random_cosine + 0.2  # the gap the benchmark reports
     guided = bench.compared[0]
+    assert bench.sweep_param is None and guided.sweep_param == "efSearch"
     assert set(guided.rss) == {"build", "search"} and guided.build_seconds > 0 and not guided.automatic
     assert any("efSearch" in key for key in guided.search_params)  # calibrated per index (one value, or each)
     for exact, found in zip(bench.directions, guided.directions):
@@ -117,6 +126,11 @@ def test_compared_indexes_share_the_store_and_the_exact_neighbours(tmp_path: Pat
     table = BenchReport({"usable_cores": 2, "load_average": [0.0], "torch_version": "t", "torch_threads": 2,
                          "faiss_version": "f"}, None, bench, 1.0).table()
     assert "HNSW32,QueryGuided16" in table and "cross-modal gap" in table
+
+
+def test_one_renderer_pads_every_column_but_the_note() -> None:
+    table = render_table("head", ("a", "bb", "note"), [("xxx", "y", "free text"), ("z", "wwww", "")])
+    assert table.splitlines() == ["head", "", "a    bb    note", "---  ----  ----", "xxx  y     free text", "z    wwww"]
 
 
 def test_recall_at_k_counts_the_overlap_and_ignores_missing_ids() -> None:

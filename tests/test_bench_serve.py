@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the service needs the [serve] extra")
 
-from evaluation.bench_serve import LatencySummary, ServeBench, _metric, _run_load  # noqa: E402
+from evaluation.bench.serve import LatencySummary, ServeBench, _metric, run_load  # noqa: E402
 from indexing.service.app import ServeConfig, create_app  # noqa: E402
 from indexing.service.client import multipart_body  # noqa: E402
 from test_serve import live_server  # noqa: E402
@@ -15,8 +15,8 @@ def test_load_counts_good_answers_and_errors(engine, tiny_index):
     wav = (tiny_index[1] / "audio" / "synth_000001.wav").read_bytes()
     bodies = [multipart_body({"k": "3"}, "file", "a.wav", wav), multipart_body({"k": "3"}, "file", "b.wav", b"junk")]
     with live_server(create_app(engine, ServeConfig())) as url:
-        latencies, errors, seconds = _run_load(int(url.rsplit(":", 1)[1]), bodies, requests=10, concurrency=3,
-                                               max_seconds=60)
+        latencies, errors, seconds = run_load(int(url.rsplit(":", 1)[1]), bodies, requests=10, concurrency=3,
+                                              max_seconds=60)
     assert len(latencies) == 5 and errors == 5 and seconds > 0 and all(t > 0 for t in latencies)
 
 

@@ -19,7 +19,7 @@ from evaluation.localization import evaluate_localization
 from evaluation.object_prior import load_object_prior, ogl_fuse
 from evaluation.reports import write_report
 from evaluation.scoring import compare_runs
-from evaluation.retrieval import evaluate_retrieval, exact_ranking, recall_from_vectors
+from evaluation.retrieval import evaluate_retrieval, recall_from_vectors
 
 from conftest import write_tone
 
@@ -327,15 +327,6 @@ def test_figures_are_written_as_png(vggss_report, tmp_path):
 # ------------------------------------------------------------------------------------------------------------
 # Retrieval
 # ------------------------------------------------------------------------------------------------------------
-
-def test_exact_ranking_equals_full_stable_argsort_with_ties():
-    rng = np.random.default_rng(0)
-    gallery = rng.integers(-2, 3, (40, 4)).astype(np.float32)  # many equal scores
-    queries = rng.integers(-2, 3, (25, 4)).astype(np.float32)
-    expected = metrics.rank_by_similarity(queries @ gallery.T, 7)
-    np.testing.assert_array_equal(exact_ranking(queries, gallery, 7, block_bytes=4 * 40 * 3), expected)
-    assert exact_ranking(queries, gallery, 100).shape == (25, 40)
-
 
 def test_recall_from_vectors_by_hand():
     # audio 0 (dog) is nearest to image 1 (car); audio 1, 2 are nearest to their own image; item 3 unlabelled.

@@ -8,8 +8,10 @@ import faiss
 import numpy as np
 import pytest
 
+from indexing import faiss_index
 from indexing.faiss_index import (INDEX_JSON, build_index, build_indexes, load_index, num_gpus, open_indexes,
                                   save_index, search, to_gpu)
+from jsa_retrieval.metrics import rank_by_similarity
 from indexing.index_choice import choose_index, ivf_nlist
 from indexing.store import EmbeddingStore, FingerprintMismatch, StoreMeta, StoreRecords, StoreWriter, l2_normalise
 
@@ -145,6 +147,24 @@ def test_budget_constrained_choices_keep_the_true_neighbour(store: EmbeddingStor
     if "SQ8" in choice.factory:
         assert recall_at_10(ids, exact) >= 0.95
     assert np.mean([exact[i, 0] in ids[i] for i in range(len(ids))]) >= 0.95
+
+
+def test_exact_search_equals_a_full_stable_sort_with_ties_across_blocks() -> None:
+    rng = np.random.default_rng(0)
+    gallery = rng.integers(-2, 3, (40, 4)).astype(np.float32)  # many equal scores
+    queries = rng.integers(-2, 3, (25, 4)).astype(np.float32)
+    expected = rank_by_similarity(queries @ gallery.T, 7)  # ties go to the lower row
+    blocks = [(start, gallery[start:start + 9]) for start in range(0, 40, 9)]
+    np.testing.assert_array_equal(faiss_index.exact_top_k(blocks, queries, 7, block_bytes=4 * 9 * 3), expected)
+    np.testing.assert_array_equal(faiss_index.exact_top_k([(0, gallery)], queries, 7), expected)
+    assert faiss_index.exact_top_k([(0, gallery)], queries, 100).shape == (25, 40)
+
+
+def test_exact_search_over_a_store_reads_it_chunk_by_chunk(store: EmbeddingStore,
+                                                            pairs: tuple[np.ndarray, np.ndarray]) -> None:
+    image, audio = pairs
+    found = faiss_index.exact_top_k(store.iter_chunks("image_vectors", 700), audio[:50], 10)
+    np.testing.assert_array_equal(found, rank_by_similarity(audio[:50] @ image.T, 10))
 
 
 def test_build_streams_the_store_in_chunks(store: EmbeddingStore, monkeypatch: pytest.MonkeyPatch) -> None:

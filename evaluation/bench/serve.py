@@ -1,4 +1,4 @@
-"""`jsar bench --only serve`: the service against a new process per search, measured side by side in one run.
+"""`jsar bench serve`: the service against a new process per search, measured side by side in one run.
 
 A `jsar serve` process is started on 127.0.0.1 over a synthetic index (random-weight cpu-config JSA, which is
 fine for speed), then:
@@ -33,16 +33,17 @@ import numpy as np
 
 from indexing.embed import index_dataset
 from indexing.engine import Engine
-from jsa_retrieval.machine import machine_info
 from indexing.service.client import multipart_body
+from jsa_retrieval.machine import machine_info
 
-from .bench import goal_met, make_random_checkpoint, make_synthetic_data
+from .config import DEFAULT_SERVE_CLIPS, QUICK_SERVE_CLIPS, BenchConfig, ServeSettings
+from .report import goal_met, render_table
+from .workspace import checkpoint_or_random, clips_or_synthetic, workspace
 
 logger = logging.getLogger(__name__)
 
 WARM_P50_GOAL_MS = 50.0
 LOAD_RATE_GOAL = 40.0
-DEFAULT_SERVE_CLIPS, QUICK_SERVE_CLIPS = 2000, 256
 
 
 @dataclass
@@ -119,14 +120,7 @@ class ServeBench:
         load = (self.machine.get("load_average") or [0.0])[0]
         header = (f"jsar serve benchmark: {self.clips} clips, k {self.k}, {self.machine.get('usable_cores', '?')} cores, "
                   f"load average {load:.2f} at start")
-        rows = [("measure", "value", "note")] + self.rows()
-        widths = [max(len(row[i]) for row in rows) for i in range(2)]
-        lines = [header, ""]
-        for number, row in enumerate(rows):
-            lines.append(f"{row[0].ljust(widths[0])}  {row[1].ljust(widths[1])}  {row[2]}".rstrip())
-            if number == 0:
-                lines.append(f"{'-' * widths[0]}  {'-' * widths[1]}  ----")
-        return "\n".join(lines)
+        return render_table(header, ("measure", "value", "note"), self.rows())
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "load_rate": self.load_rate, "table": self.table()}
@@ -191,9 +185,10 @@ def _wait_healthy(port: int, process: subprocess.Popen, timeout: float) -> None:
     raise TimeoutError(f"jsar serve did not answer /health within {timeout:.0f} s")
 
 
-def _run_load(port: int, bodies: list[tuple[bytes, str]], requests: int, concurrency: int,
+def run_load(port: int, bodies: list[tuple[bytes, str]], requests: int, concurrency: int,
               max_seconds: float) -> tuple[list[float], int, float]:
-    """`requests` searches spread over `concurrency` threads; (latencies of the good ones, errors, seconds)."""
+    """The load generator: `requests` searches of `bodies` (multipart audio uploads, in turn) spread over
+    `concurrency` keep-alive clients, stopping after `max_seconds`; (latencies of the good ones, errors, seconds)."""
     latencies: list[float] = []
     errors = [0]
     counter = iter(range(requests))
@@ -263,21 +258,15 @@ def engine_search_with_maps(index_dir: Path, checkpoint: Path, wavs: list[Path],
     return LatencySummary.of(seconds)
 
 
-def run_serve_bench(work_dir: str | Path | None = None, data_dir: str | Path | None = None,
-                    checkpoint: str | Path | None = None, clips: int | None = None, quick: bool = False,
-                    requests: int | None = None, concurrency: int = 16, k: int = 10, warm_requests: int = 100,
-                    map_requests: int = 20, cold_runs: int = 3, max_seconds: float = 300.0, seed: int = 0,
-                    json_path: str | Path | None = None) -> ServeBench:
+def run_serve_bench(config: BenchConfig | None = None) -> ServeBench:
     """Index (or reuse WORK/serve-index), start `jsar serve` on 127.0.0.1, measure, stop it; the figures."""
-    clips = clips or (QUICK_SERVE_CLIPS if quick else DEFAULT_SERVE_CLIPS)
-    requests = requests or (200 if quick else 2000)
-    temporary = tempfile.TemporaryDirectory(prefix="jsar-bench-serve-") if work_dir is None else None
-    root = Path(temporary.name if temporary else work_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    config = config or BenchConfig()
+    settings = config.serve.resolved(config.quick)
     machine = machine_info("cpu")
-    try:
-        checkpoint = Path(checkpoint or make_random_checkpoint(root / "random-cpu-jsa.pt", seed=seed))
-        data_dir = Path(data_dir or make_synthetic_data(root / "synthetic", clips, seed))
+    with workspace(config.work_dir, prefix="jsar-bench-serve-") as root:
+        checkpoint = checkpoint_or_random(root, config.checkpoint, config.seed)
+        data_dir = clips_or_synthetic(root, config.data_dir,
+                                      config.clip_count(DEFAULT_SERVE_CLIPS, QUICK_SERVE_CLIPS), config.seed)
         index_dir = root / "serve-index"
         if (index_dir / "index.json").is_file():
             logger.info(f"reusing the index in {index_dir}")
@@ -285,16 +274,29 @@ def run_serve_bench(work_dir: str | Path | None = None, data_dir: str | Path | N
             logger.info(f"indexing {data_dir} into {index_dir}")
             index_dataset(data_dir, checkpoint, index_dir, num_workers=1, progress=False)
         wavs = sorted((data_dir / "audio").glob("*.wav"))[:64]
-        bodies = [multipart_body({"k": str(k)}, "file", wav.name, wav.read_bytes()) for wav in wavs]
-
-        logger.info(f"in-process Engine: {map_requests} audio searches with their maps")
-        engine_maps = engine_search_with_maps(index_dir, checkpoint, wavs, k, map_requests)
+        logger.info(f"in-process Engine: {settings.map_requests} audio searches with their maps")
+        engine_maps = engine_search_with_maps(index_dir, checkpoint, wavs, settings.k, settings.map_requests)
         logger.info("cold jsar query, new process per search")
         cold_query = [_timed_process(_jsar("query", "--index", str(index_dir), "--checkpoint", str(checkpoint),
-                                           "--audio", str(wavs[i % len(wavs)]), "-k", str(k), "--device", "cpu"))
-                      for i in range(cold_runs)]
-        port = _free_port()
-        log_file = open(root / "serve.log", "w")
+                                           "--audio", str(wavs[i % len(wavs)]), "-k", str(settings.k),
+                                           "--device", "cpu"))
+                      for i in range(settings.cold_runs)]
+        figures = measure_service(index_dir, checkpoint, wavs, settings, root / "serve.log")
+        bench = ServeBench(clips=json.loads((index_dir / "index.json").read_text())["store_rows"], k=settings.k,
+                           concurrency=settings.concurrency, cold_query_s=cold_query, machine=machine,
+                           engine_with_maps=engine_maps, load_requests_asked=settings.requests, **figures)
+    if config.json_path:
+        Path(config.json_path).write_text(json.dumps(bench.to_dict(), indent=2) + "\n")
+    return bench
+
+
+def measure_service(index_dir: Path, checkpoint: Path, wavs: list[Path], settings: ServeSettings,
+                    log_path: Path) -> dict[str, Any]:
+    """Start `jsar serve` over `index_dir` on a free port, measure it as ServeBench says (client processes, warm
+    searches with and without maps, the load in two halves, its /metrics), stop it; the ServeBench fields."""
+    bodies = [multipart_body({"k": str(settings.k)}, "file", wav.name, wav.read_bytes()) for wav in wavs]
+    port = _free_port()
+    with open(log_path, "w") as log_file:
         started = time.perf_counter()
         server = subprocess.Popen(_jsar("serve", "--index", str(index_dir), "--checkpoint", str(checkpoint),
                                         "--port", str(port), "--device", "cpu"), stdout=log_file, stderr=log_file)
@@ -304,17 +306,19 @@ def run_serve_bench(work_dir: str | Path | None = None, data_dir: str | Path | N
             client = SearchClient(port)
             rss_start = _metric(client.get("/metrics")[1].decode(), "process_resident_memory_bytes")
             cold_client = [_timed_process(_jsar("query", "--server", f"http://127.0.0.1:{port}", "--audio",
-                                                str(wavs[i % len(wavs)]), "-k", str(k))) for i in range(cold_runs)]
+                                                str(wavs[i % len(wavs)]), "-k", str(settings.k)))
+                           for i in range(settings.cold_runs)]
             _sequential(client, bodies, 10, with_maps=False)  # warm-up
-            logger.info(f"warm: {warm_requests} searches, then {map_requests} with their maps, one client")
-            warm = _sequential(client, bodies, warm_requests, with_maps=False)
-            warm_maps = _sequential(client, bodies, map_requests, with_maps=True)
+            logger.info(f"warm: {settings.warm_requests} searches, then {settings.map_requests} with their maps")
+            warm = _sequential(client, bodies, settings.warm_requests, with_maps=False)
+            warm_maps = _sequential(client, bodies, settings.map_requests, with_maps=True)
             metrics_before = client.get("/metrics")[1].decode()
             client.close()
-            logger.info(f"load: {requests} searches from {concurrency} clients, in two halves")
+            logger.info(f"load: {settings.requests} searches from {settings.concurrency} clients, in two halves")
             load, errors, seconds, rss_half = [], 0, 0.0, 0
-            for half in (requests // 2, requests - requests // 2):  # RSS after each half: flat or growing?
-                latencies, failed, took = _run_load(port, bodies, half, concurrency, max_seconds - seconds)
+            for half in (settings.requests // 2, settings.requests - settings.requests // 2):  # RSS: flat or growing?
+                latencies, failed, took = run_load(port, bodies, half, settings.concurrency,
+                                                   settings.max_seconds - seconds)
                 load, errors, seconds = load + latencies, errors + failed, seconds + took
                 client = SearchClient(port)
                 metrics_after = client.get("/metrics")[1].decode()
@@ -323,22 +327,12 @@ def run_serve_bench(work_dir: str | Path | None = None, data_dir: str | Path | N
         finally:
             server.terminate()
             server.wait(timeout=30)
-            log_file.close()
-        batches = (_metric(metrics_after, "jsar_batch_size_count", '{batcher="audio"}')
-                   - _metric(metrics_before, "jsar_batch_size_count", '{batcher="audio"}'))
-        searches = (_metric(metrics_after, "jsar_batch_size_sum", '{batcher="audio"}')
-                    - _metric(metrics_before, "jsar_batch_size_sum", '{batcher="audio"}'))
-        bench = ServeBench(
-            clips=json.loads((index_dir / "index.json").read_text())["store_rows"], k=k, concurrency=concurrency, cold_query_s=cold_query, cold_client_s=cold_client,
-            startup_s=startup, warm=LatencySummary.of(warm), warm_with_maps=LatencySummary.of(warm_maps),
-            load=LatencySummary.of(load), load_seconds=seconds, load_errors=errors, load_requests_asked=requests,
-            mean_batch=searches / batches if batches else float("nan"), rss_start=int(rss_start),
-            rss_before_load=int(_metric(metrics_before, "process_resident_memory_bytes")), rss_half_load=rss_half,
-            rss_after_load=int(_metric(metrics_after, "process_resident_memory_bytes")), machine=machine,
-            engine_with_maps=engine_maps)
-        if json_path:
-            Path(json_path).write_text(json.dumps(bench.to_dict(), indent=2) + "\n")
-        return bench
-    finally:
-        if temporary is not None:
-            temporary.cleanup()
+    batches = (_metric(metrics_after, "jsar_batch_size_count", '{batcher="audio"}')
+               - _metric(metrics_before, "jsar_batch_size_count", '{batcher="audio"}'))
+    searches = (_metric(metrics_after, "jsar_batch_size_sum", '{batcher="audio"}')
+                - _metric(metrics_before, "jsar_batch_size_sum", '{batcher="audio"}'))
+    return dict(cold_client_s=cold_client, startup_s=startup, warm=LatencySummary.of(warm),
+                warm_with_maps=LatencySummary.of(warm_maps), load=LatencySummary.of(load), load_seconds=seconds,
+                load_errors=errors, mean_batch=searches / batches if batches else float("nan"),
+                rss_start=int(rss_start), rss_before_load=int(_metric(metrics_before, "process_resident_memory_bytes")),
+                rss_half_load=rss_half, rss_after_load=int(_metric(metrics_after, "process_resident_memory_bytes")))
