@@ -1,5 +1,6 @@
 import math
 import random
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -11,6 +12,7 @@ from jsa_retrieval.clips import Clip
 from jsa_retrieval.config import get_config
 from jsa_retrieval.dataset import (ClipDataset, FailureLog, collate_skipping_failures, load_pair,
                                    load_spectrogram)
+from jsa_retrieval import decode
 from jsa_retrieval.decode import DecodeError, load_audio, load_image
 from jsa_retrieval.transforms import crop_or_tile, log_spectrogram
 
@@ -168,3 +170,122 @@ def test_training_audio_window_is_the_centred_one_within_its_jitter(tmp_path):
     assert min(loud(j) for j in jittered) > 0.8 * loud(centred)  # ... but every window holds nearly all the tone
     anywhere = [load_spectrogram(path, config, train=True, rng=rng, shift_seconds=math.inf) for _ in range(20)]
     assert min(loud(a) for a in anywhere) < 0.1 * loud(centred)  # the alignment baseline's wide shift
+
+
+# ------------------------------------------------------------------------------------------------ hostile files
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height grey pixels and whose data is missing: only a decoder that reads
+    the pixels would notice, so refusing it shows the size was checked from the header."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_an_image_over_the_pixel_cap_is_refused_from_its_header_in_one_line(tmp_path):
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_header(13_000, 13_000))
+    with pytest.raises(DecodeError, match=r"13000 x 13000 pixels is larger than 16,777,216 pixels") as caught:
+        load_image(path)
+    assert "\n" not in str(caught.value)
+    path.write_bytes(png_header(40_000, 40_000))  # over Pillow's own bomb limit too: still our one line
+    with pytest.raises(DecodeError, match="larger than 16,777,216 pixels"):
+        load_image(path)
+
+
+def test_a_jpeg_over_the_pixel_cap_is_decoded_at_a_draft_scale_that_fits(tmp_path, monkeypatch):
+    monkeypatch.setattr(decode, "MAX_IMAGE_PIXELS", 40 * 40)
+    image = load_image(write_image(tmp_path / "big.jpg", size=128))
+    assert image.mode == "RGB" and image.size == (32, 32)  # 1/4 scale: the largest that fits 1,600 pixels
+    with pytest.raises(DecodeError, match="128 x 128 pixels is larger than 1,600"):
+        load_image(write_image(tmp_path / "big.png", size=128))
+    with pytest.raises(DecodeError, match="32 x 32 pixels are larger than 1,000"):
+        monkeypatch.setattr(decode, "MAX_IMAGE_PIXELS", 1000)
+        load_image(write_mp4(tmp_path / "clip.mp4"))
+
+
+def test_transparent_images_are_composited_over_black_as_before(tmp_path):
+    from PIL import Image
+
+    pixels = np.random.default_rng(1).integers(0, 256, (48, 48, 4), dtype=np.uint8)
+    Image.fromarray(pixels, "RGBA").save(tmp_path / "alpha.png")
+    expected = Image.alpha_composite(Image.new("RGBA", (48, 48), (0, 0, 0, 255)), Image.fromarray(pixels, "RGBA"))
+    assert np.array_equal(np.asarray(load_image(tmp_path / "alpha.png")), np.asarray(expected.convert("RGB")))
+
+
+@pytest.mark.parametrize("rate", [4_001, 44_101, 12_345, 99_991, 767_999, 2_000, 44_100, 48_000])
+def test_any_sample_rate_resamples_with_a_bounded_filter_and_a_tiny_time_error(rate):
+    ratio = decode.resample_ratio(rate, 16_000)
+    assert ratio.numerator <= decode.MAX_RESAMPLE_PHASES and ratio.denominator <= decode.MAX_RESAMPLE_PHASES
+    assert abs(float(ratio) / (16_000 / rate) - 1) < 1e-3
+    if rate in (44_100, 48_000):
+        assert ratio == Fraction(16_000, rate)  # usual rates: exactly today's filter
+
+
+def test_a_4001_hz_wav_is_read_through_a_small_kernel(tmp_path, monkeypatch):
+    calls = []
+    original = decode.audio_functional.resample
+
+    def spy(waveform, orig_freq, new_freq):
+        calls.append((orig_freq, new_freq, waveform.numel()))
+        return original(waveform, orig_freq, new_freq)
+
+    monkeypatch.setattr(decode.audio_functional, "resample", spy)
+    path = write_tone(tmp_path / "odd.wav", seconds=2.0, rate=4001, freq=500)
+    samples = load_audio(path, 16000)
+    assert calls and all(orig <= 1000 and new <= 1000 for orig, new, _ in calls)  # not 4001 x 16000 phases
+    assert abs(samples.size - 2 * 16000) <= 8
+    peak = np.argmax(np.abs(np.fft.rfft(samples))) * 16000 / samples.size
+    assert abs(peak - 500) < 2
+
+
+def test_long_audio_is_resampled_in_pieces_equal_to_one_piece(monkeypatch):
+    samples = np.random.default_rng(0).standard_normal(200_000).astype(np.float32)
+    whole = decode.audio_functional.resample(torch.from_numpy(samples), 441, 160).numpy()
+    monkeypatch.setattr(decode, "_RESAMPLE_WORK", 20_000)
+    sizes = []
+    original = decode.audio_functional.resample
+    monkeypatch.setattr(decode.audio_functional, "resample",
+                        lambda wave, orig, new: sizes.append(wave.numel()) or original(wave, orig, new))
+    pieces = decode.resample(samples, 44_100, 16_000)
+    assert len(sizes) > 5 and max(sizes) < 30_000
+    np.testing.assert_allclose(pieces, whole, atol=1e-6)
+
+
+@pytest.mark.parametrize("rate", [5_000_001, 1_000])
+def test_sample_rates_outside_the_range_are_refused_in_one_line(tmp_path, rate):
+    path = write_tone(tmp_path / "odd.wav", seconds=0.01, rate=rate)
+    with pytest.raises(DecodeError, match=f"sample rate {rate:,} Hz is outside 2,000-768,000 Hz"):
+        load_audio(path, 16000)
+
+
+def test_any_failure_while_resampling_stays_a_decode_error(tmp_path, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("kernel\ntoo large")
+
+    monkeypatch.setattr(decode.audio_functional, "resample", broken)
+    with pytest.raises(DecodeError, match=r"tone.wav: cannot read audio \(kernel too large\)"):
+        load_audio(write_tone(tmp_path / "tone.wav", rate=22050), 16000)
+
+
+def test_audio_longer_than_the_cap_is_read_from_its_middle_block_by_block(tmp_path, monkeypatch):
+    monkeypatch.setattr(decode, "MAX_AUDIO_FRAMES", 4000)
+    monkeypatch.setattr(decode, "_BLOCK_FRAMES", 1000)
+    ramp = np.arange(10_000, dtype=np.float32) / 10_000
+    soundfile.write(tmp_path / "ramp.wav", np.stack([ramp, ramp / 2], axis=1), 16000, subtype="FLOAT")
+    samples = load_audio(tmp_path / "ramp.wav", 16000)
+    np.testing.assert_allclose(samples, 0.75 * ramp[3000:7000], atol=1e-6)
+    assert load_audio(write_mp4(tmp_path / "clip.mp4"), 16000).size == 4000  # the PyAV path keeps the cap too
+
+
+def test_dataset_skips_and_lists_a_clip_with_a_refused_rate(tmp_path):
+    config = get_config("cpu").data
+    good = Clip("good", write_image(tmp_path / "g.jpg"), write_tone(tmp_path / "g.wav", seconds=1.0))
+    odd = Clip("odd", write_image(tmp_path / "o.jpg"), write_tone(tmp_path / "o.wav", seconds=0.01, rate=5_000_001))
+    batch = collate_skipping_failures([ClipDataset([good, odd], config)[i] for i in range(2)])
+    log = FailureLog()
+    log.add(batch)
+    assert batch["index"].tolist() == [0] and log.failures[0][0] == "odd"
+    assert "5,000,001 Hz" in log.failures[0][1]
