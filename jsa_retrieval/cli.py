@@ -539,6 +539,35 @@ def bench(only: str | None, sweep: str | None, requests: int | None, concurrency
     click.echo(run_benchmarks(config, indexing=only != "faiss", faiss_scale=only != "indexing").table())
 
 
+@cli.group(help="Build the real data sets jsar is developed and reported on.", name="data")
+def data_group() -> None:
+    pass
+
+
+@data_group.command(help="Build realsound in OUT_DIR: Tux Paint's stamp photos and their recordings pasted on Plasma "
+                         "wallpapers (16 classes; 2,200 / 200 / 480 clips; VGG-SS layout, boxes and masks from "
+                         "the alpha, the scene kind per clip). SOURCE is the folder the two Debian packages were "
+                         "extracted into: apt-get download tuxpaint-stamps-default plasma-workspace-wallpapers; "
+                         "for f in *.deb; do dpkg -x \"$f\" x; done."
+                         + EXAMPLE + "jsar data realsound data/realsound --source /tmp/rs/x")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--source", type=click.Path(path_type=Path), help="The extracted packages' folder (dpkg -x).")
+@click.option("--seed", default=1, show_default=True, help="The published set's seed is 1.")
+@click.option("--train", "n_train", type=click.IntRange(0), default=2200, show_default=True)
+@click.option("--val", "n_val", type=click.IntRange(0), default=200, show_default=True)
+@click.option("--test-per-class", type=click.IntRange(0), default=30, show_default=True)
+def realsound(out_dir: Path, source: Path | None, seed: int, n_train: int, n_val: int, test_per_class: int) -> None:
+    from .realsound import HOW_TO_GET, SourceMissing, build_realsound
+
+    if source is None:
+        raise SourceMissing(f"jsar data realsound needs --source, the extracted Debian packages; get them with: "
+                            f"{HOW_TO_GET}")
+    summary = build_realsound(source, out_dir, n_train, n_val, test_per_class, seed, progress=not _quiet())
+    splits = ", ".join(f"{name} {count}" for name, count in summary.split_counts.items())
+    click.echo(f"wrote realsound to {summary.out_dir} ({splits}; {summary.classes} classes, {summary.backgrounds} "
+               f"backgrounds, {summary.with_silent_object} clips with a silent object in view)")
+
+
 def main() -> None:
     """Console entry point: runs the click group, turning expected failures into one-line errors."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")  # other libraries
