@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 KS = (1, 5, 10)
 LOCALIZATION_KEYS = (("ap50", "cIoU (AP50)"), ("auc", "AUC"), ("mean_ciou", "mean cIoU"))
+SCENE_COLUMNS = (("true", "AP50 silent object in view"), ("false", "AP50 one object"))
 FLAG_COLUMNS = (("use_match", "L_match"), ("use_div", "L_div"), ("use_false_negatives", "FN mitigation"),
                 ("share_initial_slots", "shared slots"))
 RUN_FILE = "run.json"
@@ -54,9 +55,33 @@ RUN_FILE = "run.json"
 # What is trained
 # --------------------------------------------------------------------------------------------------------------
 
+PAPER_METHOD: tuple[tuple[str, Any], ...] = (
+    ("model.location_head", False), ("model.localization_map", "cross"), ("train.match_target", "intra"),
+    ("train.lambda_off_target", 0.0))
+"""The paper's JSA whatever the preset: no location head, Eq. 8's teacher, the map ca^{a,v}."""
+LISTENING_METHOD: tuple[tuple[str, Any], ...] = (
+    ("model.location_head", True), ("model.localization_map", "fused"), ("train.match_target", "audio_gated"))
+"""Beyond the paper (README "Maps that listen"): the location head, the audio-gated matching target and the
+fused map; the `real` preset's default."""
+
+
+def apply_settings(config: JSARConfig, settings: Sequence[tuple[str, Any]]) -> JSARConfig:
+    """Set dotted config fields ("model.fusion_beta", 2.0) in place; an unknown field is a ValueError."""
+    for dotted, value in settings:
+        part, _, name = dotted.partition(".")
+        section = getattr(config, part, None)
+        if section is None or not hasattr(section, name):
+            raise ValueError(f"unknown configuration field {dotted!r}")
+        setattr(section, name, value)
+    return config
+
+
 @dataclass(frozen=True)
 class RunSpec:
-    """One row of the experiment: a model and, for JSA, which parts of the method it keeps (Tables 5-6)."""
+    """One row of the experiment: a model and, for JSA, which parts of the method it keeps (Tables 5-6).
+
+    `settings` are further config fields the run trains with; `inference` are model fields changed only when
+    scoring; a run with `checkpoint_of` trains nothing and scores that run's best.pt with its `inference`."""
 
     name: str
     label: str
@@ -65,6 +90,9 @@ class RunSpec:
     use_div: bool = True
     use_false_negatives: bool = True
     share_initial_slots: bool = True
+    settings: tuple[tuple[str, Any], ...] = PAPER_METHOD
+    inference: tuple[tuple[str, Any], ...] = ()
+    checkpoint_of: str | None = None
 
     def configure(self, base: JSARConfig, seed: int, epochs: int | None) -> JSARConfig:
         """A copy of `base` with this run's switches, the shared seed and the epoch cap.
@@ -81,6 +109,7 @@ class RunSpec:
             config.train.use_div = self.use_div
             config.train.use_false_negatives = self.use_false_negatives
             config.model.share_initial_slots = self.share_initial_slots
+            apply_settings(config, self.settings)
         return config
 
 
@@ -92,9 +121,16 @@ RUNS: dict[str, RunSpec] = {spec.name: spec for spec in (
     RunSpec("jsa_no_div", "JSA w/o L_div", "jsa", use_div=False),
     RunSpec("jsa_no_fn", "JSA w/o FN mitigation", "jsa", use_false_negatives=False),
     RunSpec("jsa_unshared", "JSA, unshared initial slots", "jsa", share_initial_slots=False),
+    RunSpec("jsa_release_inference", "JSA, release inference (logits x 0.1, IQR alpha 0.4)", "jsa",
+            inference=(("model.infer_logit_scale", 0.1), ("model.iqr_alpha", 0.4)), checkpoint_of="jsa"),
+    RunSpec("jsa_listen", "JSA + maps that listen (ours)", "jsa", settings=LISTENING_METHOD),
+    RunSpec("jsa_listen_cross", "JSA + maps that listen, map ca^{a,v} only", "jsa", settings=LISTENING_METHOD,
+            inference=(("model.localization_map", "cross"),), checkpoint_of="jsa_listen"),
 )}
-DEFAULT_RUNS: tuple[str, ...] = tuple(RUNS)
-"""JSA first, so that an experiment stopped early has the main method's row."""
+DEFAULT_RUNS: tuple[str, ...] = ("jsa", "ezvsl", "alignment", "jsa_no_match", "jsa_no_div", "jsa_no_fn",
+                                 "jsa_unshared")
+"""The paper's comparison and ablations (Tables 1, 5, 6); JSA first, so that an experiment stopped early has the
+main method's row. `jsar eval reproduce --runs` adds the others by name."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -189,16 +225,24 @@ def train_run(spec: RunSpec, data_dir: Path, run_dir: Path, config: JSARConfig, 
 # Evaluation stage
 # --------------------------------------------------------------------------------------------------------------
 
+SCENE_FIELD = "silent_object_in_view"
+"""realsound's record of whether a silent object of another class is in view: the by-scene columns."""
+
+
 def evaluate_checkpoint(checkpoint: Path, clips: Sequence[Clip], thresholds: Sequence[str],
                         ks: Sequence[int] = KS, device: str | None = None, batch_size: int = 32,
-                        num_workers: int = 2) -> dict[str, Any]:
-    """Localization under each threshold mode and exact Recall@K, from one model pass over `clips`
-    (collect → `scoring.score_outputs`, as `jsar eval compare`). Returns {'config', 'model_name',
-    'best_epoch', 'checkpoint_sha'} and `scoring.summary_dict`'s keys."""
+                        num_workers: int = 2, inference: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
+    """Localization under each threshold mode (overall and, where the clips record it, by scene kind), exact
+    Recall@K and source-presence AUROC, from one model pass over `clips` (collect → `scoring.score_outputs`, as
+    `jsar eval compare`). `inference` changes model config fields for scoring only. Returns {'config',
+    'model_name', 'best_epoch', 'checkpoint_sha'} and `scoring.summary_dict`'s keys."""
     where = pick_device(device)
     model, config, meta = load_model(checkpoint, map_location=where)
-    outputs = collect_outputs(model, clips, config.data, where, batch_size, num_workers, iqr_alpha_for(model, config))
-    scores = score_outputs(clips, outputs, thresholds, ks)
+    apply_settings(config, inference)
+    group_by = SCENE_FIELD if any(SCENE_FIELD in clip.extra for clip in clips) else None
+    outputs = collect_outputs(model, clips, config.data, where, batch_size, num_workers, iqr_alpha_for(model, config),
+                              presence=True)
+    scores = score_outputs(clips, outputs, thresholds, ks, group_by=group_by)
     best_epoch = None if meta.get("epoch") is None else int(meta["epoch"]) + 1
     return {"model_name": model.model_name, "config": config.to_dict(),
             "checkpoint_sha": checkpoint_short_sha(checkpoint), "best_epoch": best_epoch, **summary_dict(scores)}
@@ -230,6 +274,8 @@ class ExperimentRow:
     retrieval: dict[str, dict[int, float]] | None
     n_localization: int
     n_retrieval: int
+    localization_by_group: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
+    presence_auroc: float | None = None
 
 
 @dataclass
@@ -269,6 +315,12 @@ def experiment_table(rows: Sequence[ExperimentRow], threshold: str, retrieval: b
         for column, prefix in (("plain", ""), ("+IQR", "+IQR ")):
             for key, heading in LOCALIZATION_KEYS:
                 record[prefix + heading] = scores.get(column, {}).get(key)
+        for group, heading in SCENE_COLUMNS:
+            if any(row.localization_by_group for row in rows):
+                by_group = row.localization_by_group.get(threshold, {}).get(group, {})
+                record[heading] = by_group.get("plain", {}).get("ap50")
+        if any(row.presence_auroc is not None for row in rows):
+            record["presence AUROC"] = row.presence_auroc
         if retrieval:
             for direction, arrow in ARROWS.items():
                 for k in KS:
@@ -398,13 +450,25 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
     }
     report = ExperimentReport(out_dir, threshold, other, header)
 
-    trained = [train_run(RUNS[name], data_dir, out_dir / name, RUNS[name].configure(base, seed, None),
-                         max_minutes_per_run, device, progress) for name in runs]
+    trained_by_name: dict[str, TrainedRun] = {}
+    for name in sorted(runs, key=lambda name: RUNS[name].checkpoint_of is not None):  # trained runs first
+        spec = RUNS[name]
+        if spec.checkpoint_of is not None:
+            if spec.checkpoint_of not in trained_by_name:
+                raise ValueError(f"run {name!r} scores {spec.checkpoint_of!r}'s checkpoint: add that run too")
+            source = trained_by_name[spec.checkpoint_of]
+            trained_by_name[name] = TrainedRun(spec, source.run_dir, source.best_path, "shared", None,
+                                               source.epochs_trained)
+        else:
+            trained_by_name[name] = train_run(spec, data_dir, out_dir / name, spec.configure(base, seed, None),
+                                              max_minutes_per_run, device, progress)
+    trained = [trained_by_name[name] for name in runs]
     workers = min(2, base.train.num_workers)
     for run in trained:
         logger.info("%s: scoring %s on %d %s clips", run.spec.name, run.best_path, len(test_clips), test_split)
         scores = evaluate_checkpoint(run.best_path, test_clips, (threshold, other), device=device,
-                                     batch_size=min(32, base.train.batch_size), num_workers=workers)
+                                     batch_size=min(32, base.train.batch_size), num_workers=workers,
+                                     inference=run.spec.inference)
         report.rows.append(ExperimentRow(
             run=run.spec.name, label=run.spec.label, model_name=scores["model_name"],
             **_flags(scores["model_name"], scores["config"]), status=run.status,
@@ -412,7 +476,8 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
             epochs=run.epochs_trained, best_epoch=scores["best_epoch"], checkpoint=str(run.best_path),
             checkpoint_sha=scores["checkpoint_sha"], localization=scores["localization"],
             retrieval=scores["retrieval"], n_localization=scores["n_localization"],
-            n_retrieval=scores["n_retrieval"]))
+            n_retrieval=scores["n_retrieval"], localization_by_group=scores["localization_by_group"],
+            presence_auroc=scores["presence_auroc"]))
     write_experiment(report)
     logger.info("wrote %s", report.files["markdown"])
     return report

@@ -109,6 +109,8 @@ class LocalizationReport:
     per_clip: dict[str, Any] = field(default_factory=dict)
     examples: list[LocalizationExample] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    group_by: str | None = None
+    groups: dict[str, dict[str, ColumnScores]] = field(default_factory=dict)
 
     kind = "localization"
 
@@ -121,6 +123,9 @@ class LocalizationReport:
         values["kind"] = self.kind
         values["columns"] = {name: asdict(scores) for name, scores in self.columns.items()}
         values["failures"] = [list(failure) for failure in self.failures]
+        values["group_by"] = self.group_by
+        values["groups"] = {group: {name: asdict(scores) for name, scores in columns.items()}
+                            for group, columns in self.groups.items()}
         return values
 
 
@@ -291,6 +296,25 @@ def score_localization(clips: Sequence[Clip], outputs: ModelOutputs, threshold: 
     return ScoredLocalization(scores, per_clip, examples, unreadable)
 
 
+def group_value(clip: Clip, field_name: str) -> str:
+    """A clip's value of an annotation field as a group name ('missing' when the record lacks it)."""
+    if field_name == "class":
+        value = clip.label
+    else:
+        value = clip.extra.get(field_name)
+    return "missing" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def score_by_group(clips: Sequence[Clip], outputs: ModelOutputs, group_by: str, threshold: str,
+                   upsample_mode: str = "bicubic", eval_size: int = EVAL_SIZE) -> dict[str, dict[str, ColumnScores]]:
+    """`score_localization`'s column scores separately for each value of `group_by` (an extra key of the
+    annotation records, e.g. realsound's `silent_object_in_view`, or `class`), groups in sorted order."""
+    values = np.array([group_value(clips[int(p)], group_by) for p in outputs.positions])
+    return {value: score_localization(clips, outputs.subset(np.flatnonzero(values == value)), threshold,
+                                      upsample_mode, eval_size, keep_examples=0).columns
+            for value in sorted(set(values.tolist()))}
+
+
 def _score_sample(accumulator: _ColumnAccumulator, pred: np.ndarray, gt: np.ndarray, threshold: str,
                   is_mask: bool) -> None:
     binary = metrics.threshold_map(pred, threshold, gt=gt)
@@ -346,13 +370,14 @@ def evaluate_localization(checkpoint: str | Path | tuple[nn.Module, JSARConfig],
                           threshold: str = "median", upsample_mode: str = "bicubic", iqr_alpha: float | None = None,
                           ogl: str | None = None, ogl_weights: str | Path | None = None, batch_size: int = 32,
                           num_workers: int = 2, keep_examples: int = 8, eval_size: int = EVAL_SIZE,
-                          device: str | torch.device | None = None) -> LocalizationReport:
+                          device: str | torch.device | None = None, group_by: str | None = None) -> LocalizationReport:
     """Localization scores of a checkpoint (or a (model, config) pair) on an annotated dataset.
 
     `threshold` is 'median' (EZ-VSL et al.), 'fixed' (0.6, the JSA release) or 'adaptive' (the ground
     truth's area); `upsample_mode` is any F.interpolate mode; `iqr_alpha` defaults to the config's (0.6);
     `ogl` names the object-prior backbone ('resnet18' or 'efficientnet-lite0', `ogl_weights` a local
     ResNet-18 .pth) or None for no OGL columns. Clips without ground truth are skipped and counted.
+    `group_by` names an extra key of the annotation records (or `class`): every column is scored per value too.
     """
     if threshold not in metrics.THRESHOLD_MODES:
         raise ValueError(f"unknown threshold mode {threshold!r}; choose one of {metrics.THRESHOLD_MODES}")
@@ -368,6 +393,7 @@ def evaluate_localization(checkpoint: str | Path | tuple[nn.Module, JSARConfig],
     prior = load_object_prior(ogl, ogl_weights, device) if ogl else None
     outputs = collect_outputs(model, annotated, config.data, device, batch_size, num_workers, alpha, prior)
     scored = score_localization(annotated, outputs, threshold, upsample_mode, eval_size, keep_examples)
+    groups = score_by_group(annotated, outputs, group_by, threshold, upsample_mode, eval_size) if group_by else {}
     failures = list(outputs.failures.failures) + scored.unreadable
     if failures:
         log.warning("%d clip(s) skipped as unreadable (first: %s)", len(failures), failures[0][1])
@@ -379,5 +405,5 @@ def evaluate_localization(checkpoint: str | Path | tuple[nn.Module, JSARConfig],
         n_clips=len(collection), n_evaluated=len(scored.per_clip["ids"]),
         n_skipped_no_gt=len(collection) - len(annotated), n_skipped_unreadable=len(failures),
         n_missing_files=len(collection.missing), columns=scored.columns, per_clip=scored.per_clip,
-        examples=scored.examples, failures=failures,
+        examples=scored.examples, failures=failures, group_by=group_by, groups=groups,
     )

@@ -107,6 +107,19 @@ def localization_table(report: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def group_table(report: dict[str, Any]) -> pd.DataFrame | None:
+    """One row per (group value, column) of a localization report made with --group-by, plus the overall rows."""
+    if not report.get("groups"):
+        return None
+    rows = []
+    for group, columns in [("all", report["columns"]), *report["groups"].items()]:
+        for name, scores in columns.items():
+            rows.append({report["group_by"]: group, "column": name, "cIoU (AP50)": scores["ap50"],
+                         "AUC": scores["auc"], "mean cIoU": scores["mean_ciou"],
+                         "pointing": scores["pointing_game"], "n": scores["n"]})
+    return pd.DataFrame(rows)
+
+
 def retrieval_table(report: dict[str, Any]) -> pd.DataFrame:
     """One row: A→I R@1/5/10 and I→A R@1/5/10 (through the index), with the number of queries."""
     row: dict[str, Any] = {"model": report["model_name"], "n": report["n_evaluated"]}
@@ -257,6 +270,9 @@ def write_report(report: Any, out_dir: str | Path, title: str, draw_figures: boo
     if kind == "localization":
         table = localization_table(values)
         lines += ["## Localization", "", markdown_table(table)]
+        groups = group_table(values)
+        if groups is not None:
+            lines += ["", f"### By {values['group_by']}", "", markdown_table(groups)]
         examples = getattr(report, "examples", None)
         if draw_figures and examples:
             pictures.localization_grid(examples, out_dir / "examples.png")

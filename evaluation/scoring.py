@@ -11,11 +11,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from jsa_retrieval.clips import Clip, read_dataset
-from jsa_retrieval.collect import ModelOutputs, collect_outputs
-from jsa_retrieval.metrics import THRESHOLD_MODES
+from jsa_retrieval.collect import ModelOutputs, collect_outputs, presence_pairs
+from jsa_retrieval.metrics import THRESHOLD_MODES, presence_auroc
 
 from .localization import (
-    EVAL_SIZE, ColumnScores, has_ground_truth, iqr_alpha_for, load_evaluated_model, score_localization,
+    EVAL_SIZE, ColumnScores, has_ground_truth, iqr_alpha_for, load_evaluated_model, score_by_group,
+    score_localization,
 )
 from .object_prior import OBJECT_BACKBONES, load_object_prior
 from .reports import ComparisonReport
@@ -32,13 +33,17 @@ class OutputScores:
     n_localization: int = 0
     n_retrieval: int = 0
     n_unreadable: int = 0
+    localization_by_group: dict[str, dict[str, dict[str, ColumnScores]]] = field(default_factory=dict)
+    presence_auroc: float | None = None
+    n_presence: tuple[int, int] = (0, 0)
 
 
 def score_outputs(clips: Sequence[Clip], outputs: ModelOutputs, thresholds: Sequence[str],
                   ks: Sequence[int] = (1, 5, 10), upsample_mode: str = "bicubic",
-                  eval_size: int = EVAL_SIZE) -> OutputScores:
-    """Localization of the clips with ground truth under each threshold mode, and exact Recall@K both ways of
-    the labelled clips. `clips` is the list `outputs.positions` indexes."""
+                  eval_size: int = EVAL_SIZE, group_by: str | None = None) -> OutputScores:
+    """Localization of the clips with ground truth under each threshold mode (and per value of `group_by`),
+    exact Recall@K both ways of the labelled clips, and, when `outputs` holds presence blocks, the AUROC of
+    source presence (present vs absent pairs). `clips` is the list `outputs.positions` indexes."""
     for threshold in thresholds:
         if threshold not in THRESHOLD_MODES:
             raise ValueError(f"unknown threshold mode {threshold!r}; choose one of {THRESHOLD_MODES}")
@@ -50,12 +55,19 @@ def score_outputs(clips: Sequence[Clip], outputs: ModelOutputs, thresholds: Sequ
                                         keep_examples=0)
             scores.localization[threshold] = scored.columns
             scores.n_localization = len(scored.per_clip["ids"])
+            if group_by:
+                scores.localization_by_group[threshold] = score_by_group(
+                    clips, outputs.subset(with_gt), group_by, threshold, upsample_mode, eval_size)
         scores.n_unreadable += len(scored.unreadable)
     labels = [clips[int(p)].label for p in outputs.positions]
     if any(labels):
         directions = recall_from_vectors(outputs.audio_vectors, outputs.image_vectors, labels, ks)
         scores.retrieval = {name: {int(k): float(v) for k, v in d.recall.items()} for name, d in directions.items()}
         scores.n_retrieval = sum(1 for label in labels if label)
+    present, absent = presence_pairs(clips, outputs)
+    if present.size and absent.size:
+        scores.presence_auroc = presence_auroc(present, absent)
+        scores.n_presence = (int(present.size), int(absent.size))
     return scores
 
 
@@ -103,8 +115,13 @@ def compare_runs(checkpoints: Sequence[str | Path], data_dir: str | Path, split:
 
 def summary_dict(scores: OutputScores) -> dict[str, Any]:
     """The experiment's compact form: {threshold: {column: {ap50, auc, mean_ciou, n}}} and the recall table."""
-    return {"localization": {threshold: {column: {"ap50": s.ap50, "auc": s.auc, "mean_ciou": s.mean_ciou, "n": s.n}
-                                         for column, s in columns.items()}
-                             for threshold, columns in scores.localization.items()},
+    def compact(columns: dict[str, ColumnScores]) -> dict[str, dict[str, float]]:
+        return {column: {"ap50": s.ap50, "auc": s.auc, "mean_ciou": s.mean_ciou, "pointing": s.pointing_game,
+                         "n": s.n} for column, s in columns.items()}
+
+    return {"localization": {threshold: compact(columns) for threshold, columns in scores.localization.items()},
+            "localization_by_group": {threshold: {group: compact(columns) for group, columns in groups.items()}
+                                      for threshold, groups in scores.localization_by_group.items()},
             "retrieval": scores.retrieval, "n_localization": scores.n_localization,
-            "n_retrieval": scores.n_retrieval, "n_unreadable": scores.n_unreadable}
+            "n_retrieval": scores.n_retrieval, "n_unreadable": scores.n_unreadable,
+            "presence_auroc": scores.presence_auroc, "n_presence": list(scores.n_presence)}

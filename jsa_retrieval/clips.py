@@ -13,6 +13,7 @@ import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,6 +46,7 @@ class Clip:
     boxes: np.ndarray | None = None
     flickr_boxes: list[np.ndarray] | None = None
     mask: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # other keys of its annotation record / labels.csv row
 
     @property
     def gt_kind(self) -> str | None:
@@ -107,21 +109,29 @@ def clip_box(box: list[float]) -> np.ndarray:
     return np.clip(values, 0.0, 1.0)  # float64: float32 can move int(b * 224) by a pixel
 
 
-def read_vggss_annotations(path: Path) -> dict[str, tuple[str | None, np.ndarray]]:
-    """`vggss.json`: a list of {"file", "class", "bbox": [[xmin, ymin, xmax, ymax], ...]} normalised to [0, 1]."""
+ANNOTATION_KEYS = ("file", "class", "bbox")
+
+
+def read_vggss_annotations(path: Path) -> dict[str, tuple[str | None, np.ndarray, dict[str, Any]]]:
+    """`vggss.json`: a list of {"file", "class", "bbox": [[xmin, ymin, xmax, ymax], ...]} normalised to [0, 1].
+
+    Any other key of a record (e.g. realsound's `silent_object_in_view`) is kept as the clip's `extra`, for
+    `jsar eval localization --group-by`."""
     with open(path) as handle:
         records = json.load(handle)
-    annotations: dict[str, tuple[str | None, np.ndarray]] = {}
+    annotations: dict[str, tuple[str | None, np.ndarray, dict[str, Any]]] = {}
     for record in records:
         boxes = [clip_box(b) for b in record.get("bbox", []) if len(b) == 4]
         array = np.stack(boxes) if boxes else np.zeros((0, 4))
-        annotations[str(record["file"])] = (record.get("class"), array)
+        extra = {key: value for key, value in record.items() if key not in ANNOTATION_KEYS}
+        annotations[str(record["file"])] = (record.get("class"), array, extra)
     return annotations
 
 
-def _read_labels_csv(path: Path) -> dict[str, str]:
+def _read_labels_csv(path: Path) -> dict[str, dict[str, str]]:
+    """labels.csv rows by id: `class` and any other column."""
     with open(path, newline="") as handle:
-        return {row["id"]: row["class"] for row in csv.DictReader(handle)}
+        return {row["id"]: row for row in csv.DictReader(handle)}
 
 
 def _first_existing(*candidates: Path) -> Path | None:
@@ -149,8 +159,10 @@ def read_vggss(root: Path, split: str | Path | None = None, annotations: Path | 
         if image is None or audio is None:
             missing.append(clip_id)
             continue
-        label, boxes = known.get(clip_id, (None, None))
-        clips.append(Clip(clip_id, image, audio, label=label or labels.get(clip_id), boxes=boxes))
+        label, boxes, extra = known.get(clip_id, (None, None, {}))
+        row = labels.get(clip_id, {})
+        extra = {**{k: v for k, v in row.items() if k not in ("id", "class")}, **extra}
+        clips.append(Clip(clip_id, image, audio, label=label or row.get("class"), boxes=boxes, extra=extra))
     return ClipCollection(root, "vggss", clips, missing)
 
 

@@ -6,7 +6,7 @@ only the scoring differs. Coarse maps are 7 x 7 floats, so even 100k clips fit i
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,6 +20,7 @@ from .dataset import ClipDataset, FailureLog, make_loader
 from .inference import iter_embeddings
 from .errors import JsarError
 from .maps import coarse_map
+from .metrics import presence_targets
 
 
 class NothingDecoded(JsarError, ValueError):
@@ -31,7 +32,9 @@ class ModelOutputs:
     """Collected results for the clips that decoded, in clip-list order.
 
     positions (n,) index into the clip list; image_vectors / audio_vectors (n, d) float32; plain, refined and
-    objects (n, h, w) coarse maps (refined None without IQR, objects None without an object prior).
+    objects (n, h, w) coarse maps (refined None without IQR, objects None without an object prior);
+    presence: per batch, (positions (B,), model.presence_matrix (B, B) of every sound against every picture of
+    that batch), when asked for (source-presence calibration and AUROC).
     """
 
     positions: np.ndarray
@@ -41,9 +44,11 @@ class ModelOutputs:
     refined: torch.Tensor | None
     objects: torch.Tensor | None
     failures: FailureLog
+    presence: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
     def subset(self, rows: np.ndarray) -> "ModelOutputs":
-        """The outputs at `rows` (indices into this object's arrays, not clip positions)."""
+        """The outputs at `rows` (indices into this object's arrays, not clip positions; presence blocks are
+        not carried over)."""
         index = torch.as_tensor(rows, dtype=torch.long)
         return ModelOutputs(self.positions[rows], self.image_vectors[rows], self.audio_vectors[rows],
                             self.plain[index], None if self.refined is None else self.refined[index],
@@ -59,17 +64,18 @@ def has_iqr(model: nn.Module) -> bool:
 def collect_outputs(model: nn.Module, clips: Sequence[Clip], data_config: DataConfig, device: torch.device,
                     batch_size: int = 32, num_workers: int = 2, iqr_alpha: float | None = None,
                     object_prior: Any | None = None, progress: bool = True,
-                    image_features: torch.Tensor | None = None) -> ModelOutputs:
+                    image_features: torch.Tensor | None = None, presence: bool = False) -> ModelOutputs:
     """Encode every clip once and keep its vectors and coarse maps; failed decodes are counted, not fatal.
 
     `iqr_alpha` (JSA only) adds the refined maps; `object_prior` (anything with `object_map(images, grid)`,
     e.g. evaluation's OGL prior) adds object maps; `image_features` is a frozen trunk's cached output for
-    `clips` (training's trunk cache), used instead of decoding the images.
+    `clips` (training's trunk cache), used instead of decoding the images. `presence` keeps each batch's
+    sound-by-picture presence matrix.
     """
     loader = make_loader(ClipDataset(clips, data_config, train=False, image_features=image_features), batch_size,
                          num_workers=num_workers, device=device)
     failures = FailureLog()
-    positions, image_vectors, audio_vectors, plain, refined, objects = [], [], [], [], [], []
+    positions, image_vectors, audio_vectors, plain, refined, objects, presence_blocks = [], [], [], [], [], [], []
     with_iqr = has_iqr(model) and iqr_alpha is not None
     batches = iter_embeddings(model, loader, device, keep_images=object_prior is not None)
     for batch in tqdm(batches, total=len(loader), desc="encoding clips", leave=False, disable=not progress):
@@ -80,6 +86,9 @@ def collect_outputs(model: nn.Module, clips: Sequence[Clip], data_config: DataCo
         image_vectors.append(batch.image.vector.numpy())
         audio_vectors.append(batch.audio.vector.numpy())
         plain.append(coarse_map(model, batch.audio, batch.image).float().cpu())
+        if presence:
+            presence_blocks.append((batch.indices.numpy(),
+                                    model.presence_matrix(batch.audio, batch.image).float().cpu().numpy()))
         if with_iqr:
             refined.append(coarse_map(model, batch.audio, batch.image, iqr=True, alpha=iqr_alpha).float().cpu())
         if object_prior is not None:
@@ -97,4 +106,21 @@ def collect_outputs(model: nn.Module, clips: Sequence[Clip], data_config: DataCo
         refined=torch.cat(refined)[index] if refined else None,
         objects=torch.cat(objects)[index] if objects else None,
         failures=failures,
+        presence=presence_blocks,
     )
+
+
+def presence_pairs(clips: Sequence[Clip], outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray]:
+    """(present scores, absent scores) from the collected presence blocks: present where the picture shows the
+    sound's class as its sounding object, absent where it holds no object of that class (a clip's silent
+    object's class, `extra["silent_class"]`, counts as held); undecided pairs are left out."""
+    present, absent = [], []
+    for positions, matrix in outputs.presence:
+        batch = [clips[int(p)] for p in positions]
+        classes = [{clip.label, clip.extra.get("silent_class")} - {None, ""} for clip in batch]
+        targets = presence_targets([clip.label for clip in batch], classes)
+        present.append(matrix[targets == 1.0])
+        absent.append(matrix[targets == 0.0])
+    if not present:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(present), np.concatenate(absent)

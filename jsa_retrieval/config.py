@@ -56,6 +56,14 @@ class ModelConfig:
     share_modality_weights: bool = False  # separate k/v/q/GRU/MLP per modality: 6.84 M JSA parameters (App. A)
     decoder_hidden: int = 1024  # reconstruction decoders g_v, g_a (training only)
     iqr_alpha: float = 0.6  # Eq. 14
+    infer_logit_scale: float = 1.0  # slot-softmax logits x this for maps at inference (JSA release: 0.1)
+    # Sound-conditioned maps (beyond the paper; README "Maps that listen"). location_head adds 1x1 heads whose
+    # cosine c(x) = cos(h_v(v_x), h_a(p^a)) is trained with EZ-VSL's multiple-instance InfoNCE; localization_map
+    # picks the map every jsar command shows and scores: 'cross' (the paper's ca^{a,v}), 'fused'
+    # (N(ca) * N([c]+)^fusion_beta) or 'location' (c alone).
+    location_head: bool = False
+    localization_map: str = "cross"
+    fusion_beta: float = 1.0
     projection_dim: int = 128  # alignment baseline projection heads p_v, p_a
 
     @property
@@ -86,6 +94,15 @@ class TrainConfig:
     num_workers: int = 4
     amp: bool = True  # only takes effect on CUDA
     alignment_neighbors: int = 4  # top-k pool for the alignment baseline's conceptual positives
+    # Beyond the paper (needs model.location_head): 'intra' is Eq. 8's target sg(ia^{v,v}); 'audio_gated' is
+    # sg(ia * g / sum(ia * g)) with g = sigmoid((N(c) - gate_margin) / gate_temperature), N the per-sample
+    # min-max of the location head's map c, ramped in linearly over gate_ramp_epochs.
+    match_target: str = "intra"
+    gate_margin: float = 0.5
+    gate_temperature: float = 0.1
+    gate_ramp_epochs: float = 2.0
+    lambda_location: float = 1.0  # weight of the location head's multiple-instance InfoNCE
+    lambda_off_target: float = 0.0  # a mismatched sound's target-slot mass on the image's objects (negatives)
 
 
 @dataclass
@@ -159,6 +176,24 @@ def real_config() -> JSARConfig:
     # epochs) and 35 % slower
     config.model.image_layer4_stride = 2
     return config
+
+
+MATCH_TARGETS = ("intra", "audio_gated")
+LOCALIZATION_MAPS = ("cross", "fused", "location")
+
+
+def check_config(config: JSARConfig) -> None:
+    """Refuse settings that contradict each other, with one line naming the fix."""
+    model, train = config.model, config.train
+    if model.localization_map not in LOCALIZATION_MAPS:
+        raise ValueError(f"model.localization_map must be one of {LOCALIZATION_MAPS}, got {model.localization_map!r}")
+    if train.match_target not in MATCH_TARGETS:
+        raise ValueError(f"train.match_target must be one of {MATCH_TARGETS}, got {train.match_target!r}")
+    if not model.location_head and (model.localization_map != "cross" or train.match_target != "intra"):
+        raise ValueError("localization_map 'fused'/'location' and match_target 'audio_gated' need "
+                         "model.location_head = true")
+    if model.infer_logit_scale <= 0:
+        raise ValueError(f"model.infer_logit_scale must be positive, got {model.infer_logit_scale}")
 
 
 PRESETS = {"paper": paper_config, "cpu": cpu_config, "real": real_config}

@@ -355,3 +355,47 @@ def recall_by_category(ranked_labels: Any, query_labels: Any,
         key = label.item() if isinstance(label, np.generic) else label
         result[key] = {int(k): float(np.mean(rows[:, :k].any(axis=1))) for k in ks}
     return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Source presence: does the picture show the sound's source at all?
+# --------------------------------------------------------------------------------------------------------------
+
+def presence_targets(audio_labels: Sequence[Any], image_classes: Sequence[set]) -> np.ndarray:
+    """(A, I) float matrix: 1 where image j shows the sounding class of audio i (its own sounding object), 0
+    where it holds no object of that class at all, NaN where it is undecided (the class only as a silent object,
+    or an audio without a label). `image_classes[j]` is the set of sounding and silent classes in image j."""
+    targets = np.full((len(audio_labels), len(image_classes)), np.nan)
+    for i, label in enumerate(audio_labels):
+        if label is None:
+            continue
+        for j, classes in enumerate(image_classes):
+            if label not in classes:
+                targets[i, j] = 0.0
+        targets[i, i] = 1.0 if label in image_classes[i] else targets[i, i]
+    return targets
+
+
+def presence_auroc(present: Any, absent: Any) -> float:
+    """Area under the ROC curve of presence scores: the probability that a random present pair scores above a
+    random absent one (ties count half). NaN when either side is empty."""
+    from sklearn.metrics import roc_auc_score
+
+    present, absent = np.asarray(present, dtype=np.float64), np.asarray(absent, dtype=np.float64)
+    if present.size == 0 or absent.size == 0:
+        return float("nan")
+    return float(roc_auc_score(np.r_[np.ones(present.size), np.zeros(absent.size)], np.r_[present, absent]))
+
+
+def presence_cut(present: Any, absent: Any) -> float:
+    """The score above which a pair is called "source visible": the threshold of largest Youden's J
+    (true-positive rate minus false-positive rate) on calibration pairs, midway between the two scores it
+    separates so that it does not sit on a calibration sample."""
+    present, absent = np.sort(np.asarray(present, dtype=np.float64)), np.sort(np.asarray(absent, dtype=np.float64))
+    if present.size == 0 or absent.size == 0:
+        raise ValueError("presence calibration needs present and absent pairs")
+    values = np.unique(np.r_[present, absent])
+    candidates = np.r_[values[0] - 1.0, (values[:-1] + values[1:]) / 2, values[-1] + 1.0]
+    tpr = 1.0 - np.searchsorted(present, candidates, side="right") / present.size
+    fpr = 1.0 - np.searchsorted(absent, candidates, side="right") / absent.size
+    return float(candidates[int(np.argmax(tpr - fpr))])

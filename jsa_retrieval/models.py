@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import JSARConfig
+from .config import JSARConfig, check_config
 from .files import file_sha256
 from .encoders import AudioEncoder, ImageEncoder
 from .slot_attention import JointSlotAttention, SlotAttentionOutput, slot_attention_weights
@@ -27,22 +27,26 @@ CHECKPOINT_KEYS = ("model_name", "config", "model")
 @dataclass
 class ImageSide:
     """vector (B, d) L2-normalised retrieval embedding; keys (B, hw, d) per-location keys/features for maps;
-    intra_map (B, hw) JSA's ia^{v,v} (None for baselines); grid (h, w) of the keys."""
+    intra_map (B, hw) JSA's ia^{v,v} (None for baselines); grid (h, w) of the keys; location_keys (B, hw, d)
+    L2-normalised h_v(v) of JSA's location head (None without one)."""
 
     vector: torch.Tensor
     keys: torch.Tensor
     intra_map: torch.Tensor | None
     grid: tuple[int, int]
+    location_keys: torch.Tensor | None = None
 
 
 @dataclass
 class AudioSide:
     """vector (B, d) L2-normalised retrieval embedding; queries (B, S, d) (JSA: Q^a; baselines: (B, 1, d) global
-    audio vector); time_attention (B, t) attention over audio tokens summing to one (JSA: ia^{a,a})."""
+    audio vector); time_attention (B, t) attention over audio tokens summing to one (JSA: ia^{a,a});
+    location_query (B, d) L2-normalised h_a(p^a) of JSA's location head (None without one)."""
 
     vector: torch.Tensor
     queries: torch.Tensor
     time_attention: torch.Tensor | None
+    location_query: torch.Tensor | None = None
 
 
 @dataclass
@@ -67,6 +71,8 @@ class JSAForward:
     audio_target: torch.Tensor  # (B, d) p^a
     image_off_target: torch.Tensor  # (B, d) r^v
     audio_off_target: torch.Tensor  # (B, d) r^a
+    location_keys: torch.Tensor | None = None  # (B, hw, d) L2-normalised h_v(v), with a location head
+    location_query: torch.Tensor | None = None  # (B, d) L2-normalised h_a(sg(p^a)), with a location head
 
 
 @dataclass
@@ -89,6 +95,49 @@ def build_image_encoder(config: JSARConfig, image_weights: str | None = None) ->
     return ImageEncoder(settings.embed_dim, settings.encoder_width, settings.image_layer4_stride,
                         image_weights or settings.image_weights, backbone=settings.image_encoder,
                         freeze=settings.freeze_image)
+
+
+def min_max(maps: torch.Tensor) -> torch.Tensor:
+    """Per-sample min-max of coarse maps (B, ...) to [0, 1]; a constant map becomes zeros (N in the fusion rule)."""
+    flat = maps.flatten(1)
+    low, high = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
+    return ((flat - low) / (high - low).clamp_min(1e-12)).reshape(maps.shape)
+
+
+def fuse_maps(cross: torch.Tensor, location: torch.Tensor, beta: float) -> torch.Tensor:
+    """M = N(ca) * N([c]+)^beta: JSA's extent, kept only where the sound-conditioned cosine c is positive.
+
+    cross, location: (B, h, w). Where the picture holds one object, c peaks on it and M keeps ca's shape; a
+    silent object that c does not mark is removed. A pair whose c is nowhere positive gives a zero map."""
+    positive = location.clamp_min(0)
+    gate = torch.where(positive.flatten(1).amax(dim=1).view(-1, *[1] * (location.dim() - 1)) > 0,
+                       min_max(positive), torch.zeros_like(positive))
+    return min_max(cross) * gate ** beta
+
+
+class LocationHead(nn.Module):
+    """1 x 1 heads h_v (image features) and h_a (audio target slot) whose cosine c(x) is a map conditioned on the
+    sound, trained like EZ-VSL (multiple-instance InfoNCE). Beyond the paper: Eq. 8's teacher ia^{v,v} is computed
+    from the image alone and marks every object; c is what tells which one sounds."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.image = nn.Linear(dim, dim)  # h_v
+        self.audio = nn.Linear(dim, dim)  # h_a
+
+    def keys(self, image_features: torch.Tensor) -> torch.Tensor:
+        """(B, hw, d) encoder features -> (B, hw, d) L2-normalised location keys."""
+        return F.normalize(self.image(image_features), dim=-1)
+
+    def query(self, audio_target: torch.Tensor) -> torch.Tensor:
+        """(B, d) audio target slot -> (B, d) L2-normalised query; the slot is detached so the retrieval vector
+        stays trained by Eq. 7 alone."""
+        return F.normalize(self.audio(audio_target.detach()), dim=-1)
+
+
+def location_cosine(location_keys: torch.Tensor, location_query: torch.Tensor) -> torch.Tensor:
+    """c(x) = cos(h_v(v_x), h_a(p^a)): (B or 1, hw, d), (B or 1, d) -> (B, hw)."""
+    return (location_keys @ location_query.unsqueeze(-1)).squeeze(-1)
 
 
 def target_column(attention: torch.Tensor, num_target: int) -> torch.Tensor:
@@ -142,24 +191,55 @@ class JSAModel(nn.Module):
         dim, hidden = settings.embed_dim, settings.decoder_hidden
         self.image_decoder = SlotDecoder(height * width, dim, dim, hidden)  # g_v
         self.audio_decoder = SlotDecoder(time, dim, dim, hidden)  # g_a
+        self.location_head = LocationHead(dim) if settings.location_head else None
 
     def encode_image(self, images: torch.Tensor) -> ImageSide:
         """images (B, 3, S, S) -> target image slot p^v as vector, K^v as keys, ia^{v,v} as intra_map."""
         features, grid = self.image_encoder(images)
         decomposition = self.slot_attention(features, "image")
         return ImageSide(vector=F.normalize(self._target(decomposition), dim=-1), keys=decomposition.keys,
-                         intra_map=target_column(decomposition.attention, self.num_target), grid=grid)
+                         intra_map=target_column(decomposition.attention, self.num_target), grid=grid,
+                         location_keys=None if self.location_head is None else self.location_head.keys(features))
 
     def encode_audio(self, spectrograms: torch.Tensor) -> AudioSide:
         """spectrograms (B, 1, F, T) -> target audio slot p^a as vector, Q^a as queries, ia^{a,a} over time."""
         decomposition = self.slot_attention(self.audio_encoder(spectrograms), "audio")
-        return AudioSide(vector=F.normalize(self._target(decomposition), dim=-1), queries=decomposition.queries,
-                         time_attention=target_column(decomposition.attention, self.num_target))
+        target = self._target(decomposition)
+        return AudioSide(vector=F.normalize(target, dim=-1), queries=decomposition.queries,
+                         time_attention=target_column(decomposition.attention, self.num_target),
+                         location_query=None if self.location_head is None else self.location_head.query(target))
+
+    def attention_map(self, audio: AudioSide, image: ImageSide) -> torch.Tensor:
+        """ca^{a,v} (Sec. 3.5): audio target query vs image keys, Eq. 3-4 -> (B, h, w); batch 1 broadcasts.
+        Logits are scaled by config.model.infer_logit_scale (1.0: the paper)."""
+        attention = slot_attention_weights(audio.queries, image.keys, self.slot_attention.eps,
+                                           self.config.model.infer_logit_scale)  # Â^{a,v}
+        return target_column(attention, self.num_target).reshape(-1, *image.grid)
+
+    def location_map(self, audio: AudioSide, image: ImageSide) -> torch.Tensor:
+        """c = cos(h_v(v_x), h_a(p^a)) -> (B, h, w), the location head's sound-conditioned map."""
+        if audio.location_query is None or image.location_keys is None:
+            raise ValueError("this JSA model has no location head (model.location_head is off)")
+        return location_cosine(image.location_keys, audio.location_query).reshape(-1, *image.grid)
+
+    def presence_matrix(self, audio: AudioSide, image: ImageSide) -> torch.Tensor:
+        """(A, I) how strongly each picture shows each sound's source: with a location head its peak cosine
+        max_x c(x) (the map's own evidence), else the target slots' cosine. The trainer calibrates a cut on val
+        (checkpoint meta `presence_cut`) below which a hit is marked "source not visible"."""
+        if self.location_head is None:
+            return audio.vector @ image.vector.T
+        return torch.einsum("jxd,id->ijx", image.location_keys, audio.location_query).amax(dim=-1)
 
     def cross_map(self, audio: AudioSide, image: ImageSide) -> torch.Tensor:
-        """ca^{a,v} (Sec. 3.5): audio target query vs image keys, Eq. 3-4 -> (B, h, w); batch 1 broadcasts."""
-        attention = slot_attention_weights(audio.queries, image.keys, self.slot_attention.eps)  # Â^{a,v}
-        return target_column(attention, self.num_target).reshape(-1, *image.grid)
+        """The map jsar shows and scores for a (sound, picture) pair -> (B, h, w), per config.model.localization_map:
+        'cross' is the paper's ca^{a,v}; 'fused' is N(ca) * N([c]+)^beta; 'location' is c alone."""
+        choice = self.config.model.localization_map
+        if choice == "cross":
+            return self.attention_map(audio, image)
+        if choice == "location":
+            return self.location_map(audio, image)
+        return fuse_maps(self.attention_map(audio, image), self.location_map(audio, image),
+                         self.config.model.fusion_beta)
 
     def refined_map(self, audio: AudioSide, image: ImageSide, alpha: float | None = None) -> torch.Tensor:
         """Eq. 14 (IQR): alpha * ca^{a,v} + (1 - alpha) * ia^{v,v} -> (B, h, w); alpha defaults to the config's."""
@@ -187,6 +267,8 @@ class JSAModel(nn.Module):
             image_target=self._target(image), audio_target=self._target(audio),
             image_off_target=image.slots[:, self.num_target:].mean(dim=1),
             audio_off_target=audio.slots[:, self.num_target:].mean(dim=1),
+            location_keys=None if self.location_head is None else self.location_head.keys(image_features),
+            location_query=None if self.location_head is None else self.location_head.query(self._target(audio)),
         )
 
     def _target(self, decomposition: SlotAttentionOutput) -> torch.Tensor:
@@ -228,6 +310,10 @@ class _CosineMapModel(nn.Module):
     def refined_map(self, audio: AudioSide, image: ImageSide, alpha: float | None = None) -> torch.Tensor:
         """Baselines have no image query: the refined map is the cross map."""
         return self.cross_map(audio, image)
+
+    def presence_matrix(self, audio: AudioSide, image: ImageSide) -> torch.Tensor:
+        """(A, I) source presence: the peak over locations of the cosine map (EZ-VSL's own matching score)."""
+        return torch.einsum("jxd,id->ijx", image.keys, audio.queries[:, 0]).amax(dim=-1)
 
 
 class EZVSLModel(_CosineMapModel):
@@ -299,6 +385,7 @@ def create_model(config: JSARConfig, model_name: str = "jsa", image_weights: str
     (load_model passes 'none' because the checkpoint supplies every weight)."""
     if model_name not in _MODELS:
         raise ValueError(f"unknown model {model_name!r}; choose one of {MODEL_NAMES}")
+    check_config(config)
     return _MODELS[model_name](config, image_weights)
 
 

@@ -16,23 +16,25 @@ from torch import nn
 MODALITIES = ("image", "audio")
 
 
-def slot_softmax(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+def slot_softmax(queries: torch.Tensor, keys: torch.Tensor, logit_scale: float = 1.0) -> torch.Tensor:
     """Eq. 3: A = softmax over slots of K Q^T / sqrt(d). queries (B, S, d), keys (B, n, d) -> (B, n, S).
 
     Batch dimensions broadcast (one audio's queries against N images' keys), so rows of a 1-vs-N map are
-    exactly the pairwise maps.
+    exactly the pairwise maps. `logit_scale` multiplies the logits (the JSA release's `--infer_sharpening`,
+    used for maps at inference only; 1.0 is the paper's Eq. 3).
     """
-    logits = keys @ queries.transpose(-1, -2) / keys.shape[-1] ** 0.5  # M (B, n, S)
+    logits = keys @ queries.transpose(-1, -2) * (logit_scale / keys.shape[-1] ** 0.5)  # M (B, n, S)
     return logits.softmax(dim=-1)
 
 
-def slot_attention_weights(queries: torch.Tensor, keys: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def slot_attention_weights(queries: torch.Tensor, keys: torch.Tensor, eps: float = 1e-8,
+                           logit_scale: float = 1.0) -> torch.Tensor:
     """Eq. 3-4: Â = A normalised over tokens, so each slot's column is a weighting of the n tokens.
 
     queries (B, S, d), keys (B, n, d) -> (B, n, S); columns sum to one over n. Used inside the slot loop and for
     the cross-/intra-modal attentions ca, ia (Sec. 3.3, 3.5).
     """
-    attention = slot_softmax(queries, keys) + eps  # Eq. 3 (eps keeps empty slots finite)
+    attention = slot_softmax(queries, keys, logit_scale) + eps  # Eq. 3 (eps keeps empty slots finite)
     return attention / attention.sum(dim=-2, keepdim=True)  # Eq. 4
 
 

@@ -245,6 +245,7 @@ def clustered_forward(size: int = 9, clusters: int = 3, dim: int = 8, seed: int 
         ca_av=attention(size, 5), ia_vv=attention(size, 5), ca_va=attention(size, 4), ia_aa=attention(size, 4),
         image_features=leaf(size, 5, 6), image_reconstruction=leaf(size, 5, 6),
         audio_features=leaf(size, 4, 6), audio_reconstruction=leaf(size, 4, 6),
+        location_keys=None, location_query=None,
     )
 
 

@@ -49,6 +49,37 @@ def attention_matching(ca_av: Tensor, ia_vv: Tensor, ca_va: Tensor, ia_aa: Tenso
     return F.mse_loss(ca_av, ia_vv.detach()) + F.mse_loss(ca_va, ia_aa.detach())
 
 
+def audio_gated_target(ia_vv: Tensor, location: Tensor, margin: float, temperature: float) -> Tensor:
+    """Sound-conditioned teacher for ca^{a,v} (beyond the paper): t = ia * g / sum(ia * g), no gradient.
+
+    ia_vv: (B, hw) the image target slot's attention (Eq. 8's teacher); location: (B, hw) the location head's
+    cosine c between each location and the sound. g = sigmoid((N(c) - margin) / temperature) with N the
+    per-sample min-max, so the gate is scale-free. Where c is flat (one object, or nothing to choose) g is flat
+    and t = ia: Eq. 8 unchanged. Where the picture holds a silent object that c does not mark, t drops it.
+    Returns (B, hw), each row summing to one.
+    """
+    with torch.no_grad():
+        flat_low = location.amin(dim=1, keepdim=True)
+        span = location.amax(dim=1, keepdim=True) - flat_low
+        normalised = torch.where(span > 1e-6, (location - flat_low) / span.clamp_min(1e-6), torch.ones_like(location))
+        gate = torch.sigmoid((normalised - margin) / temperature)
+        weighted = ia_vv.detach() * gate
+        return weighted / weighted.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def off_target_mass(target_probability: Tensor, objects: Tensor) -> Tensor:
+    """Negatives for the off-target slot (beyond the paper, after SLAVC / EZ-VSL's negatives): a sound that does
+    not belong to a picture must leave that picture's objects to its off-target slot.
+
+    target_probability: (B, hw) the target slot's share of the slot softmax (Eq. 3, before Eq. 4) when a
+    mismatched sound's query meets the image keys; objects: (B, hw) where the image's objects are (ia^{v,v},
+    no gradient). Returns the mean over the batch of sum_x objects(x) * p(x) / sum_x objects(x), in [0, 1].
+    """
+    weights = objects.detach()
+    weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    return (weights * target_probability).sum(dim=1).mean()
+
+
 def slot_divergence(image_target: Tensor, image_off_target: Tensor, audio_target: Tensor,
                     audio_off_target: Tensor) -> Tensor:
     """Eq. 9: max(0, cos(p^v, r^v)) + max(0, cos(p^a, r^a)), averaged over the batch.

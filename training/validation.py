@@ -10,10 +10,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from jsa_retrieval.metrics import ap50, auc, ciou, rank_by_similarity, recall_at_k, threshold_map, vggss_gt_map
+from jsa_retrieval.metrics import (
+    ap50, auc, ciou, presence_auroc, presence_cut, rank_by_similarity, recall_at_k, threshold_map, vggss_gt_map,
+)
 from jsa_retrieval.clips import Clip
 from jsa_retrieval.config import JSARConfig
-from jsa_retrieval.collect import ModelOutputs, NothingDecoded, collect_outputs
+from jsa_retrieval.collect import ModelOutputs, NothingDecoded, collect_outputs, presence_pairs
 from jsa_retrieval.maps import upsample_and_normalise
 
 
@@ -23,11 +25,12 @@ def validate(model: nn.Module, clips: Sequence[Clip], config: JSARConfig, device
              image_features: torch.Tensor | None = None) -> dict[str, float]:
     """Scores of `model` on `clips`: r1_a2i, r1_i2a (class labels when known, else the clip's own pair),
     and ap50 / auc / mean_ciou over clips with VGG-SS-style boxes (fixed 0.6 threshold,
-    as the JSA release evaluates; a median threshold cannot reach cIoU 0.5 on objects under a quarter of the frame).
+    as the JSA release evaluates; a median threshold cannot reach cIoU 0.5 on objects under a quarter of the frame),
+    and with class labels presence_auroc and the calibrated presence_cut (source visible above it).
     `image_features`: a frozen trunk's cached output for `clips` (see trunk_cache), used instead of the images."""
     try:
         outputs = collect_outputs(model, clips, config.data, device, batch_size, num_workers, progress=False,
-                                  image_features=image_features)
+                                  image_features=image_features, presence=True)
     except NothingDecoded:
         return {}
     return validation_scores(outputs, clips, config.data.image_size)
@@ -49,6 +52,9 @@ def validation_scores(outputs: ModelOutputs, clips: Sequence[Clip], size: int) -
         cious = [ciou(threshold_map(predicted, "fixed"), vggss_gt_map(clips[outputs.positions[row]].boxes, size))
                  for row, predicted in zip(boxed, maps)]
         scores.update(ap50=ap50(cious), auc=auc(cious), mean_ciou=float(np.mean(cious)))
+    present, absent = presence_pairs(clips, outputs)
+    if present.size and absent.size:
+        scores.update(presence_auroc=presence_auroc(present, absent), presence_cut=presence_cut(present, absent))
     return scores
 
 

@@ -1,0 +1,179 @@
+"""Maps that listen (beyond the paper): the audio-gated matching target, off-target negatives, the fused map,
+the release's inference logit scale, source presence, and scoring by scene kind."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from jsa_retrieval.clips import read_dataset
+from jsa_retrieval.config import check_config, cpu_config
+from jsa_retrieval.metrics import presence_auroc, presence_cut, presence_targets
+from jsa_retrieval.models import create_model, fuse_maps, load_model, min_max
+from jsa_retrieval.slot_attention import slot_attention_weights, slot_softmax
+from jsa_retrieval.synth import SynthConfig, generate
+from training.losses import audio_gated_target, off_target_mass
+from training.objectives import jsa_objective
+from training.trainer import gate_weight, train
+
+from conftest import tiny_config
+
+
+def listening_config(**train_settings):
+    config = tiny_config(epochs=3)
+    config.model.location_head = True
+    config.model.localization_map = "fused"
+    config.train.match_target = "audio_gated"
+    for name, value in train_settings.items():
+        setattr(config.train, name, value)
+    return config
+
+
+# ----------------------------------------------------------------------------------------------- pure maths
+
+def test_gated_target_equals_eq8_teacher_when_the_sound_map_is_flat():
+    ia = torch.softmax(torch.randn(3, 49), dim=1)
+    flat = torch.full((3, 49), 0.4)
+    torch.testing.assert_close(audio_gated_target(ia, flat, 0.5, 0.1), ia)
+
+
+def test_gated_target_drops_the_object_the_sound_does_not_mark():
+    # two objects with equal image attention; the sound's cosine map marks only the first
+    ia = torch.tensor([[0.5, 0.5, 0.0, 0.0]])
+    location = torch.tensor([[0.9, -0.2, -0.2, -0.2]])
+    target = audio_gated_target(ia, location, margin=0.5, temperature=0.05)
+    assert target.sum().item() == pytest.approx(1.0)
+    assert target[0, 0] > 0.99 and target[0, 1] < 0.01
+
+
+def test_off_target_mass_is_the_object_weighted_target_share():
+    probability = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.2, 0.2]])
+    objects = torch.tensor([[2.0, 0.0, 2.0], [1.0, 1.0, 2.0]])
+    expected = ((0.9 + 0.5) / 2 + (0.2 + 0.2 + 0.4) / 4) / 2
+    assert off_target_mass(probability, objects).item() == pytest.approx(expected)
+
+
+def test_fused_map_keeps_the_attention_where_the_sound_map_is_positive():
+    cross = torch.tensor([[[0.1, 0.4], [0.4, 0.1]]])
+    location = torch.tensor([[[-0.3, 0.6], [-0.1, -0.5]]])
+    fused = fuse_maps(cross, location, beta=1.0)
+    # N(ca) = [[0, 1], [1, 0]]; N([c]+) = [[0, 1], [0, 0]]: only the top-right object is left
+    torch.testing.assert_close(fused, torch.tensor([[[0.0, 1.0], [0.0, 0.0]]]))
+    nowhere = fuse_maps(cross, -location.abs() - 0.1, beta=1.0)
+    assert torch.count_nonzero(nowhere) == 0
+    torch.testing.assert_close(min_max(torch.tensor([[2.0, 4.0, 3.0]])), torch.tensor([[0.0, 1.0, 0.5]]))
+
+
+def test_inference_logit_scale_flattens_the_slot_softmax():
+    queries, keys = torch.randn(1, 2, 16), torch.randn(1, 9, 16)
+    scaled = slot_softmax(queries, keys, logit_scale=0.1)
+    expected = (keys @ queries.transpose(-1, -2) * 0.1 / 4.0).softmax(dim=-1)
+    torch.testing.assert_close(scaled, expected)
+    sharp = slot_attention_weights(queries, keys)[..., 0]
+    flat = slot_attention_weights(queries, keys, logit_scale=0.1)[..., 0]
+    assert flat.std() < sharp.std()
+
+
+def test_presence_targets_auroc_and_cut_by_hand():
+    targets = presence_targets(["dog", "cat", None], [{"dog"}, {"cat", "dog"}, {"cow"}])
+    # audio "dog": its own picture present, picture 1 holds a dog (silent) -> undecided, picture 2 absent
+    np.testing.assert_array_equal(targets[0], [1.0, np.nan, 0.0])
+    np.testing.assert_array_equal(targets[1], [0.0, 1.0, 0.0])
+    assert np.isnan(targets[2]).all()
+    assert presence_auroc([0.9, 0.8], [0.1, 0.85]) == pytest.approx(0.75)
+    assert presence_cut([0.9, 0.8, 0.7], [0.1, 0.2, 0.3]) == pytest.approx(0.5)
+    # one absent pair above two present ones: the best cut keeps the two highest present pairs only
+    assert presence_cut([0.9, 0.8, 0.1, 0.15], [0.0, 0.05, 0.2, 0.3, 0.4, 0.5, 0.6]) == pytest.approx(0.7)
+
+
+def test_config_check_refuses_a_fused_map_without_a_location_head():
+    config = cpu_config()
+    config.model.localization_map = "fused"
+    with pytest.raises(ValueError, match="location_head"):
+        check_config(config)
+    config.model.localization_map = "nowhere"
+    with pytest.raises(ValueError, match="localization_map"):
+        check_config(config)
+
+
+# ----------------------------------------------------------------------------------------------- the model
+
+def test_location_map_is_the_head_cosine_and_fused_map_combines_it():
+    config = listening_config()
+    model = create_model(config, "jsa").eval()
+    images, spectrograms = torch.randn(3, 3, 64, 64), torch.randn(3, 1, 129, 101)
+    with torch.no_grad():
+        image, audio = model.encode_image(images), model.encode_audio(spectrograms)
+        location = model.location_map(audio, image)
+        by_hand = torch.einsum("bxd,bd->bx", image.location_keys, audio.location_query).reshape(location.shape)
+        torch.testing.assert_close(location, by_hand)
+        assert location.abs().max() <= 1.0 + 1e-6
+        fused = model.cross_map(audio, image)
+        torch.testing.assert_close(fused, fuse_maps(model.attention_map(audio, image), location, 1.0))
+        presence = model.presence_matrix(audio, image)
+        assert presence.shape == (3, 3)
+        torch.testing.assert_close(presence.diagonal(), location.flatten(1).amax(dim=1))
+
+
+def test_objective_gate_weight_zero_is_eq8_and_location_term_joins_the_total():
+    config = listening_config(lambda_off_target=0.5)
+    model = create_model(config, "jsa")
+    torch.manual_seed(0)
+    out = model(torch.randn(6, 3, 64, 64), torch.randn(6, 1, 129, 101))
+    gated = jsa_objective(out, config.train, gate_weight=1.0)
+    plain = jsa_objective(out, config.train, gate_weight=0.0)
+    config.train.match_target = "intra"
+    paper = jsa_objective(out, config.train)
+    assert plain["match"].item() == pytest.approx(paper["match"].item())
+    assert gated["match"].item() != pytest.approx(paper["match"].item())
+    assert gated["loc"].item() > 0 and 0 < gated["off_target"].item() < 1
+    cfg = config.train
+    expected = (gated["ctr"] + cfg.lambda_match * gated["match"] + cfg.lambda_div * gated["div"]
+                + cfg.lambda_recon * gated["recon"] + cfg.lambda_location * gated["loc"]
+                + cfg.lambda_off_target * gated["off_target"])
+    assert gated["total"].item() == pytest.approx(expected.item())
+    assert gate_weight(config, 0.5) == pytest.approx(0.25) and gate_weight(config, 5.0) == 1.0
+
+
+@pytest.fixture(scope="module")
+def scene_data(tmp_path_factory):
+    """Tiny synthetic clips whose vggss.json also records a scene kind per clip."""
+    root = tmp_path_factory.mktemp("scenes")
+    generate(root, SynthConfig(n_clips=48, seed=5, image_size=64, seconds=1.0), progress=False)
+    records = json.loads((root / "vggss.json").read_text())
+    for number, record in enumerate(records):
+        record["silent_object_in_view"] = bool(number % 2)
+        record["silent_class"] = "nothing" if number % 2 else None
+    (root / "vggss.json").write_text(json.dumps(records))
+    return root
+
+
+def test_training_with_a_location_head_lowers_its_loss_and_calibrates_presence(scene_data, tmp_path):
+    config = listening_config(lambda_off_target=0.5)
+    config.train.lr = 3e-3
+    result = train(scene_data, config, "jsa", tmp_path / "run", progress=False)
+    losses = [record["loss_loc"] for record in result.history]
+    assert losses[-1] < losses[0]
+    model, loaded, meta = load_model(result.best_path)
+    assert loaded.model.location_head and model.location_head is not None
+    assert isinstance(meta["presence_cut"], float)
+
+
+def test_clips_keep_extra_annotation_keys_and_scores_split_by_them(scene_data, tmp_path):
+    from evaluation.localization import evaluate_localization
+    from evaluation.reports import write_report
+
+    clips = read_dataset(scene_data, "test").clips
+    assert {clip.extra["silent_object_in_view"] for clip in clips} == {True, False}
+    config = tiny_config()
+    model = create_model(config, "jsa")
+    report = evaluate_localization((model, config), scene_data, split="test", threshold="fixed",
+                                   num_workers=0, group_by="silent_object_in_view")
+    groups = report.groups
+    assert set(groups) == {"true", "false"}
+    assert groups["true"]["plain"].n + groups["false"]["plain"].n == report.columns["plain"].n
+    per_clip = dict(zip(report.per_clip["ids"], report.per_clip["ciou"]["plain"]))
+    silent = [per_clip[clip.id] for clip in clips if clip.extra["silent_object_in_view"] and clip.id in per_clip]
+    assert groups["true"]["plain"].ap50 == pytest.approx(float(np.mean(np.asarray(silent) >= 0.5)))
+    text = (write_report(report, tmp_path / "report", "scenes") / "report.md").read_text()
+    assert "### By silent_object_in_view" in text
