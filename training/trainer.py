@@ -61,8 +61,15 @@ def split_train_val(data_dir: Path, val_fraction: float = 0.1) -> tuple[list[Cli
         return train, val or train[: max(1, len(train) // 10)]
 
 
+def gate_weight(config: JSARConfig, epoch_progress: float) -> float:
+    """How far the audio-gated matching target is ramped in (0 -> 1 over train.gate_ramp_epochs), given the
+    epochs done so far as a float."""
+    ramp = config.train.gate_ramp_epochs
+    return 1.0 if ramp <= 0 else min(1.0, epoch_progress / ramp)
+
+
 def _forward_terms(model: nn.Module, batch: dict, model_name: str, config: JSARConfig,
-                   device: torch.device) -> tuple[dict[str, torch.Tensor], object]:
+                   device: torch.device, epoch_progress: float = 0.0) -> tuple[dict[str, torch.Tensor], object]:
     """Loss terms and the model output for one batch. All views go through the model in one forward pass
     (one DDP forward per backward), then are split back into views."""
     views = 1 + sum(1 for key in batch if key.startswith("image_"))
@@ -70,7 +77,7 @@ def _forward_terms(model: nn.Module, batch: dict, model_name: str, config: JSARC
     audio = torch.cat([batch["audio"]] + [batch[f"audio_{v}"] for v in range(1, views)]).to(device)
     output = model(images, audio)
     if model_name == "jsa":
-        return jsa_objective(output, config.train), output
+        return jsa_objective(output, config.train, gate_weight(config, epoch_progress)), output
     if model_name == "ezvsl":
         return ezvsl_objective(output, config.train), output
     split = _split_views(output, views)
@@ -184,7 +191,8 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
             if "image" not in batch or len(batch["image"]) < 2:
                 continue
             with torch.autocast(device_type=device_.type, enabled=use_amp):
-                terms, output = _forward_terms(trained, batch, model_name, config, device_)
+                terms, output = _forward_terms(trained, batch, model_name, config, device_,
+                                               epoch + steps / max(1, len(loader)))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(terms["total"]).backward()
             if train_cfg.grad_clip is not None:
@@ -218,6 +226,7 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
             state = checkpoint_state(
                 model, config, epoch,
                 meta={"history": history, "best_score": best_score, "version": __version__,
+                      "presence_cut": scores.get("presence_cut"),
                       "data_dir": str(data_dir), "train_clips": len(train_clips), "val_clips": len(val_clips),
                       "world_size": world_size()},
                 optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), scheduler=scheduler.state_dict())
