@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -18,6 +19,53 @@ from .config import PRESETS, get_config
 from .errors import JsarError
 
 EXAMPLE = "\n\n\b\nExample:\n  "
+
+
+def device_option(help: str = "cpu, cuda, cuda:1 ... (default: cuda when available).") -> Callable:
+    """--device, as every command that runs a model spells it."""
+    return click.option("--device", help=help)
+
+
+def checkpoint_option(required: bool = True, help: str | None = None) -> Callable:
+    """--checkpoint: an existing file."""
+    return click.option("--checkpoint", required=required, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                        help=help)
+
+
+def workers_option(default: int | None = 2, help: str = "DataLoader worker processes.") -> Callable:
+    """--workers: processes decoding clips (0: in the main process)."""
+    return click.option("--workers", type=click.IntRange(min=0), default=default, show_default=default is not None,
+                        help=help)
+
+
+def clips_option(default: int | None, help: str) -> Callable:
+    """--clips, the number of clips everywhere; `--n` stays as a hidden, deprecated spelling of it."""
+    def warn(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+        if value is not None:
+            click.echo("warning: --n is deprecated; use --clips", err=True)
+            ctx.meta["deprecated_n"] = value
+        return value
+
+    def apply(function: Callable) -> Callable:
+        function = click.option("--n", "deprecated_n", type=click.IntRange(min=1), hidden=True, expose_value=False,
+                                callback=warn)(function)
+        return click.option("--clips", "n_clips", type=click.IntRange(min=1), default=default,
+                            show_default=default is not None, help=help)(function)
+    return apply
+
+
+def _clips(n_clips: int | None) -> int | None:
+    """The clip count a command was given: --clips, or the deprecated --n."""
+    return click.get_current_context().meta.get("deprecated_n", n_clips)
+
+
+def _options(*decorators: Callable) -> Callable:
+    """Several click options applied as one decorator, in the order they are listed (as help shows them)."""
+    def apply(function: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+    return apply
 
 
 def _config(name: str, overrides: dict) -> "object":
@@ -81,19 +129,19 @@ def _quiet() -> bool:
 
 
 @cli.command(help="Write the procedural audio-visual benchmark (VGG-SS layout) to OUT_DIR."
-             + EXAMPLE + "jsar synth data/synth --n 2000 --seed 0")
+             + EXAMPLE + "jsar synth data/synth --clips 2000 --seed 0")
 @click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--n", "n_clips", default=2000, show_default=True, help="Number of clips.")
+@clips_option(2000, "Number of clips.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--image-size", default=160, show_default=True, help="Frame size in pixels.")
 @click.option("--seconds", default=3.0, show_default=True, help="Audio length in seconds.")
 @click.option("--classes", "num_classes", default=10, show_default=True, help="Number of classes (3-12).")
-@click.option("--workers", default=1, show_default=True, help="Processes writing clips (0: all cores).")
+@workers_option(1, "Processes writing clips (0: all cores).")
 def synth(out_dir: Path, n_clips: int, seed: int, image_size: int, seconds: float, num_classes: int,
           workers: int) -> None:
     from .synth import SynthConfig, generate
 
-    summary = generate(out_dir, SynthConfig(n_clips=n_clips, seed=seed, image_size=image_size, seconds=seconds,
+    summary = generate(out_dir, SynthConfig(n_clips=_clips(n_clips), seed=seed, image_size=image_size, seconds=seconds,
                                             num_classes=num_classes), workers=workers)
     splits = ", ".join(f"{name} {count}" for name, count in summary.split_counts.items())
     click.echo(f"wrote {summary.n_clips} clips to {summary.out_dir} ({splits}; {summary.n_with_distractor} with a "
@@ -114,7 +162,7 @@ def synth(out_dir: Path, n_clips: int, seed: int, image_size: int, seconds: floa
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
 @click.option("--seed", type=int)
-@click.option("--workers", type=int, help="DataLoader worker processes.")
+@workers_option(None)
 @click.option("--max-minutes", type=float, help="Stop after the epoch that passes this wall-clock budget.")
 @click.option("--image-weights", help="'imagenet' (torchvision's weights API: hub cache, else download), 'none', "
               "or a local .pth state dict for the image encoder.")
@@ -125,7 +173,7 @@ def synth(out_dir: Path, n_clips: int, seed: int, image_size: int, seconds: floa
               help="Freeze the image trunk's early stages or all of it (default from the configuration).")
 @click.option("--feature-cache", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for a frozen image trunk's per-clip output [~/.cache/jsar/trunk-features].")
-@click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+@device_option()
 @click.option("--no-match", is_flag=True, help="Ablation: drop the attention matching loss (Eq. 8).")
 @click.option("--no-div", is_flag=True, help="Ablation: drop the slot divergence loss (Eq. 9).")
 @click.option("--no-recon", is_flag=True, help="Ablation: drop the slot reconstruction loss (Eq. 10).")
@@ -157,7 +205,7 @@ def train(data_dir: Path, config_name: str, model_name: str, out_dir: Path, resu
              + EXAMPLE + "jsar localize --image frame.jpg --audio dog.wav --checkpoint runs/jsa/best.pt")
 @click.option("--image", "image_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--audio", "audio_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@checkpoint_option()
 @click.option("--iqr/--no-iqr", default=False, show_default=True, help="Image-query refinement (Eq. 14).")
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("localization.png"),
               show_default=True)
@@ -175,16 +223,15 @@ def localize(image_path: Path, audio_path: Path, checkpoint: Path, iqr: bool, ou
              "\n  jsar index data/synth --checkpoint runs/jsa/best.pt --out index/synth --backend milvus "
              "--milvus-uri index/milvus.db\n  jsar index --push milvus --out index/synth --milvus-uri http://milvus:19530")
 @click.argument("data_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The model to embed with (required unless --push).")
+@checkpoint_option(required=False, help="The model to embed with (required unless --push).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--split", help="A split name (train/val/test) or a file of ids; default: every clip.")
 @click.option("--annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--batch-size", default=64, show_default=True)
-@click.option("--workers", default=2, show_default=True, help="Decoding worker processes.")
+@workers_option(2, "Decoding worker processes.")
 @click.option("--factory", help="FAISS factory string overriding the automatic choice, e.g. 'HNSW32'.")
 @click.option("--memory-budget-gb", type=float, help="Memory for both indexes; picks compressed types above it.")
-@click.option("--device", help="cpu, cuda, ... (default: cuda when available).")
+@device_option()
 @click.option("--draft", is_flag=True, help="Decode JPEGs of 4x the image size or more at a reduced scale "
               "(faster; embedding cosine to a full decode 0.985 or more on real photos).")
 @click.option("--backend", type=click.Choice(["faiss", "milvus"]), default="faiss", show_default=True,
@@ -254,9 +301,8 @@ def _echo_milvus_push(info: dict, out_dir: Path) -> None:
               help="Write overlays / thumbnails, a contact sheet and results.json here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
 @click.option("--iqr/--no-iqr", default=False, show_default=True, help="Refine hit maps with IQR (Eq. 14).")
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The store's model, when it moved since indexing.")
-@click.option("--device", help="cpu, cuda, ... (default: cuda when available).")
+@checkpoint_option(required=False, help="The store's model, when it moved since indexing.")
+@device_option()
 @click.option("--milvus-uri", help="Where the index's Milvus collections are as seen from here, when not where "
               "`jsar index` pushed them [index.json's]; token from $JSAR_MILVUS_TOKEN.")
 def query(index_dir: Path | None, server: str | None, token: str | None, audio_path: Path | None,
@@ -303,7 +349,9 @@ def _echo_hits(answer: dict, as_json: bool, out_dir: Path | None, image_key: str
     click.echo(f"{'rank':>4}  {'score':>7}  {'class':<20} {'id':<24} {'path' if image_key.endswith('path') else 'url'}")
     for hit in answer["hits"]:
         where = hit[audio_key] if answer["kind"] == "image" else hit[image_key]
-        click.echo(f"{hit['rank']:>4}  {hit['score']:>7.4f}  {(hit['label'] or '-'):<20.20} {hit['id']:<24.24} {where}")
+        hidden = "  (source not visible)" if hit.get("source_visible") is False else ""
+        click.echo(f"{hit['rank']:>4}  {hit['score']:>7.4f}  {(hit['label'] or '-'):<20.20} {hit['id']:<24.24} {where}"
+                   f"{hidden}")
     if out_dir:
         click.echo(f"pictures and results.json in {out_dir}")
 
@@ -318,9 +366,8 @@ def _echo_hits(answer: dict, as_json: bool, out_dir: Path | None, image_key: str
 @click.option("--token", envvar="JSAR_TOKEN", help="Required on every endpoint but /health [$JSAR_TOKEN].")
 @click.option("--max-upload-mb", default=50.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Larger uploads are refused (413).")
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The store's model, when it moved since indexing.")
-@click.option("--device", help="cpu, cuda, ... (default: cuda when available).")
+@checkpoint_option(required=False, help="The store's model, when it moved since indexing.")
+@device_option()
 def serve(index_dir: Path, host: str, port: int, token: str | None, max_upload_mb: float, checkpoint: Path | None,
           device: str | None) -> None:
     try:
@@ -406,7 +453,7 @@ def eval_retrieval(index_dir: Path, out_dir: Path, no_exact_check: bool) -> None
 @UPSAMPLE
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/compare"),
               show_default=True)
-@click.option("--workers", default=2, show_default=True)
+@workers_option(2)
 def eval_compare(checkpoints: tuple[Path, ...], data_dir: Path, split: str | None, threshold: str,
                  upsample_mode: str, out_dir: Path, workers: int) -> None:
     from evaluation.reports import write_report
@@ -436,7 +483,7 @@ def eval_compare(checkpoints: tuple[Path, ...], data_dir: Path, split: str | Non
               "jsa_no_div, jsa_no_fn, jsa_unshared [all].")
 @click.option("--threshold", type=click.Choice(["median", "fixed", "adaptive"]), default="fixed", show_default=True,
               help="Main table's threshold mode (the second table uses the other convention).")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 [CUDA when available].")
+@device_option()
 def eval_reproduce(data_dir: Path, out_dir: Path, config_name: str, epochs: int | None,
                    minutes_per_run: float | None, seed: int, seeds: str | None, runs: str | None, threshold: str,
                    device: str | None) -> None:
@@ -463,15 +510,15 @@ def eval_reproduce(data_dir: Path, out_dir: Path, config_name: str, epochs: int 
              + EXAMPLE + "jsar demo --out demo_out")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_out"),
               show_default=True)
-@click.option("--n", "n_clips", default=2000, show_default=True, help="Synthetic clips to generate.")
+@clips_option(2000, "Synthetic clips to generate.")
 @click.option("--minutes", "train_minutes", default=9.0, show_default=True, help="Training time budget.")
 @click.option("--epochs", type=int, help="Cap on epochs (default: the cpu configuration's).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--workers", default=2, show_default=True)
+@workers_option(2)
 def demo(out_dir: Path, n_clips: int, train_minutes: float, epochs: int | None, seed: int, workers: int) -> None:
     from evaluation.demo import run_demo
 
-    result = run_demo(out_dir, n_clips=n_clips, train_minutes=train_minutes, epochs=epochs, seed=seed,
+    result = run_demo(out_dir, n_clips=_clips(n_clips), train_minutes=train_minutes, epochs=epochs, seed=seed,
                       workers=workers)
     click.echo("")
     for name, path in {**result.reports, **result.pictures}.items():
@@ -481,62 +528,104 @@ def demo(out_dir: Path, n_clips: int, train_minutes: float, epochs: int | None, 
     click.echo("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()))
 
 
-@cli.command(help="Benchmarks side by side in one run: indexing clips/s against the bare model, and FAISS at "
-             "1,000,000 x 512 (single-query latency, batch throughput, build time, peak memory, recall@10 against "
-             "exact FAISS and numpy search), with cross-modal queries on structured vectors."
-             + EXAMPLE + "jsar bench --quick\n  jsar bench --work-dir /data/bench --json bench.json")
-@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Clips to index [a synthetic set made in the work folder].")
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Model checkpoint [a random cpu-config JSA].")
-@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Keep data and the clip index here [a temporary folder; 1M vectors need ~12 GB free].")
-@click.option("--quick", is_flag=True, help="Smoke run: 100,000 vectors, 256 clips, fewer queries.")
-@click.option("--clips", type=click.IntRange(min=2), help="Synthetic clips to index [512].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="DataLoader workers.")
-@click.option("--vectors", type=click.IntRange(min=1), help="Rows of the FAISS benchmark's store [1,000,000].")
-@click.option("--dim", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--factory", help="FAISS factory string instead of the automatic choice.")
-@click.option("--compare", multiple=True, help="Another factory measured in the same run on the same store and "
-              "exact neighbours (repeatable), e.g. --compare HNSW32.")
-@click.option("--vectors-from", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="A folder `jsar index` made: its image/audio vectors are the bases (no indexing step).")
-@click.option("--sigma", type=float, default=0.6, show_default=True, help="Noise of each copy of a base vector.")
-@click.option("--latency-queries", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--batch-queries", type=click.IntRange(min=1), help="Batch size for queries/s [2000].")
-@click.option("--recall-queries", type=click.IntRange(min=1), help="Queries scored against exact search [1000].")
-@click.option("--sweep", help="Comma-separated nprobe/efSearch values to sweep [8..256].")
-@click.option("--only", type=click.Choice(["indexing", "faiss", "serve"]),
-              help="Run one of the benchmarks; serve (not in the default run): `jsar serve` under 16 concurrent "
-              "clients against a new `jsar query` process per search (--clips [2000], --requests [2000]).")
-@click.option("--requests", type=click.IntRange(min=1), help="serve: audio searches under load [2000].")
-@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True,
-              help="serve: concurrent clients.")
-@click.option("--device", help="cpu, cuda, ... (default: cuda when available).")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the report as JSON.")
-def bench(only: str | None, sweep: str | None, requests: int | None, concurrency: int, vectors: int | None,
-          dim: int, factory: str | None, compare: tuple[str, ...], vectors_from: Path | None, sigma: float,
-          latency_queries: int, batch_queries: int | None, recall_queries: int | None, **options) -> None:
-    from evaluation.bench import BenchConfig, FaissSettings, ServeSettings, run_benchmarks
+@cli.group(help="Benchmarks on this machine: indexing clips/s against the bare model, FAISS at 1,000,000 x 512 "
+             "with cross-modal queries, and the service against a new process per search; `all` runs indexing and "
+             "FAISS side by side in one run." + EXAMPLE + "jsar bench all --quick\n  jsar bench faiss --work-dir "
+             "/data/bench --json bench.json\n  jsar bench serve --quick")
+def bench() -> None:
+    pass
 
-    try:
-        sweep_values = tuple(int(value) for value in sweep.split(",")) if sweep else None
-    except ValueError as error:
-        raise click.BadParameter("takes integers separated by commas", param_hint="--sweep") from error
-    config = BenchConfig(**options, serve=ServeSettings(requests=requests, concurrency=concurrency),
-                         faiss=FaissSettings(vectors=vectors, dim=dim, factory=factory, compare=compare,
-                                             vectors_from=vectors_from, sigma=sigma, latency_queries=latency_queries,
-                                             batch_queries=batch_queries, recall_queries=recall_queries,
-                                             sweep_values=sweep_values))
-    if only == "serve":
-        from evaluation.bench.serve import run_serve_bench
 
-        click.echo(run_serve_bench(config).table())
-        return
-    click.echo(run_benchmarks(config, indexing=only != "faiss", faiss_scale=only != "indexing").table())
+BENCH_INPUTS = _options(
+    click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                 help="Clips to index [a synthetic set made in the work folder]."),
+    checkpoint_option(required=False, help="Model checkpoint [a random cpu-config JSA]."),
+    click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
+                 help="Keep data and indexes here [a temporary folder; 1M vectors need ~12 GB free]."),
+    click.option("--quick", is_flag=True, help="Smoke run: 256 clips, 100,000 vectors, fewer queries and requests."),
+    click.option("--clips", type=click.IntRange(min=2),
+                 help="Synthetic clips to make [indexing, faiss 512; serve 2000]."),
+    click.option("--seed", default=0, show_default=True),
+    click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+                 help="Also write the report as JSON."))
+BENCH_INDEXING = _options(
+    click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+    workers_option(2, "DataLoader workers."),
+    device_option())
+BENCH_FAISS = _options(
+    click.option("--vectors", type=click.IntRange(min=1), help="Rows of the FAISS benchmark's store [1,000,000]."),
+    click.option("--dim", type=click.IntRange(min=1), default=512, show_default=True),
+    click.option("--factory", help="FAISS factory string instead of the automatic choice."),
+    click.option("--compare", multiple=True, help="Another factory measured in the same run on the same store and "
+                 "exact neighbours (repeatable), e.g. --compare HNSW32."),
+    click.option("--vectors-from", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                 help="A folder `jsar index` made: its image/audio vectors are the bases (no indexing step)."),
+    click.option("--sigma", type=float, default=0.6, show_default=True, help="Noise of each copy of a base vector."),
+    click.option("--latency-queries", type=click.IntRange(min=1), default=200, show_default=True),
+    click.option("--batch-queries", type=click.IntRange(min=1), help="Batch size for queries/s [2000]."),
+    click.option("--recall-queries", type=click.IntRange(min=1), help="Queries scored against exact search [1000]."),
+    click.option("--sweep", "sweep_values", type=click.IntRange(min=1), multiple=True,
+                 help="An nprobe/efSearch value to sweep (repeatable) [8..256]."))
+FAISS_FIELDS = ("vectors", "dim", "factory", "compare", "vectors_from", "sigma", "latency_queries", "batch_queries",
+                "recall_queries", "sweep_values")
+
+
+def _bench_config(options: dict) -> "object":
+    """The BenchConfig of a `jsar bench` command's options (FAISS ones into its `faiss` section)."""
+    from evaluation.bench import BenchConfig, FaissSettings
+
+    faiss = {key: options.pop(key) for key in FAISS_FIELDS if key in options}
+    if "sweep_values" in faiss:
+        faiss["sweep_values"] = faiss["sweep_values"] or None
+    return BenchConfig(**options, faiss=FaissSettings(**faiss))
+
+
+@bench.command("indexing", help="`jsar index` clips/s against the bare model (both encoders on random tensors, same "
+               "batch), the decode-only rate and where a clip's time goes." + EXAMPLE + "jsar bench indexing --quick")
+@BENCH_INPUTS
+@BENCH_INDEXING
+def bench_indexing(**options) -> None:
+    from evaluation.bench import run_benchmarks
+
+    click.echo(run_benchmarks(_bench_config(options), faiss_scale=False).table())
+
+
+@bench.command("faiss", help="FAISS at 1,000,000 x 512 (single-query latency, batch throughput, build time, peak "
+               "memory, recall@10 against exact FAISS and numpy search), with cross-modal queries on structured "
+               "vectors made from the model's own (the clips are indexed first, untimed, unless --vectors-from)."
+               + EXAMPLE + "jsar bench faiss --quick --sweep 16 --sweep 64")
+@BENCH_INPUTS
+@BENCH_INDEXING
+@BENCH_FAISS
+def bench_faiss(**options) -> None:
+    from evaluation.bench import run_benchmarks
+
+    click.echo(run_benchmarks(_bench_config(options), indexing=False).table())
+
+
+@bench.command("all", help="indexing and faiss side by side in one run, so every ratio compares numbers taken under "
+               "the same load." + EXAMPLE + "jsar bench all --checkpoint runs/jsa/best.pt --work-dir /tmp/bench "
+               "--json bench.json")
+@BENCH_INPUTS
+@BENCH_INDEXING
+@BENCH_FAISS
+def bench_all(**options) -> None:
+    from evaluation.bench import run_benchmarks
+
+    click.echo(run_benchmarks(_bench_config(options)).table())
+
+
+@bench.command("serve", help="`jsar serve` under concurrent clients against a new `jsar query` process per search: "
+               "cold, warm, with maps and under load (on the CPU)." + EXAMPLE + "jsar bench serve --quick")
+@BENCH_INPUTS
+@click.option("--requests", type=click.IntRange(min=1), help="Audio searches under load [2000].")
+@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True, help="Concurrent clients.")
+def bench_serve(requests: int | None, concurrency: int, **options) -> None:
+    from evaluation.bench import BenchConfig, ServeSettings
+    from evaluation.bench.serve import run_serve_bench
+
+    config = BenchConfig(**options, serve=ServeSettings(requests=requests, concurrency=concurrency))
+    click.echo(run_serve_bench(config).table())
 
 
 @cli.group(help="Build the real data sets jsar is developed and reported on.", name="data")

@@ -195,12 +195,38 @@ def test_peak_memory_sees_an_allocation_made_inside_the_block() -> None:
     assert memory.peak - memory.start > 150 << 20
 
 
-def test_jsar_bench_help_lists_the_options() -> None:
-    result = CliRunner().invoke(cli, ["bench", "--help"])
-    assert result.exit_code == 0
-    assert "--quick" in result.output and "--vectors" in result.output and "--factory" in result.output
+def test_each_jsar_bench_command_has_only_its_own_options() -> None:
+    def options(command: str) -> str:
+        result = CliRunner().invoke(cli, ["bench", command, "--help"])
+        assert result.exit_code == 0
+        return result.output
+
+    faiss, serve, indexing = options("faiss"), options("serve"), options("indexing")
+    assert all(flag in faiss for flag in ("--quick", "--vectors", "--factory", "--sweep", "--device", "--clips"))
+    assert "--requests" in serve and "--concurrency" in serve
+    assert not any(flag in serve for flag in ("--device", "--factory", "--sweep", "--vectors", "--batch-size"))
+    assert "--device" in indexing and not any(flag in indexing for flag in ("--factory", "--sweep", "--requests"))
+    assert "--factory" in options("all") and "--requests" not in options("all")
+
+
+def test_jsar_bench_serve_refuses_an_option_it_would_ignore() -> None:
+    result = CliRunner().invoke(cli, ["bench", "serve", "--device", "cuda"])
+    assert result.exit_code == 2 and "No such option '--device'" in result.output
+
+
+def test_jsar_bench_faiss_takes_repeated_sweep_and_compare_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    monkeypatch.setattr("evaluation.bench.run_benchmarks", lambda config, **parts: calls.append((config, parts))
+                        or BenchReport({"usable_cores": 2, "torch_version": "t", "torch_threads": 2}, None, None, 0.0))
+    result = CliRunner().invoke(cli, ["bench", "faiss", "--sweep", "8", "--sweep", "16", "--compare", "HNSW32",
+                                      "--compare", "Flat", "--vectors", "5000", "--clips", "12", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    config, parts = calls[0]
+    assert parts == {"indexing": False} and config.clips == 12 and config.device == "cpu"
+    assert config.faiss.sweep_values == (8, 16) and config.faiss.compare == ("HNSW32", "Flat")
+    assert config.faiss.vectors == 5000 and config.faiss.factory is None
 
 
 def test_jsar_bench_rejects_a_bad_sweep_in_one_line() -> None:
-    result = CliRunner().invoke(cli, ["bench", "--sweep", "8,x"])
+    result = CliRunner().invoke(cli, ["bench", "faiss", "--sweep", "x"])
     assert result.exit_code == 2 and "--sweep" in result.output and "Traceback" not in result.output

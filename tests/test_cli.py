@@ -15,13 +15,22 @@ def run_jsar(*args):
 
 @pytest.mark.parametrize("command", [[], ["synth"], ["train"], ["index"], ["query"], ["localize"], ["demo"],
                                      ["eval", "localization"], ["eval", "retrieval"], ["eval", "compare"],
-                                     ["eval", "reproduce"]])
+                                     ["eval", "reproduce"], ["bench", "indexing"], ["bench", "faiss"],
+                                     ["bench", "all"], ["bench", "serve"]])
 def test_every_command_has_help_with_an_example(command):
     result = CliRunner().invoke(cli, [*command, "--help"])
     assert result.exit_code == 0
     assert "Usage:" in result.output
     if command and command != ["eval"]:
         assert "Example:" in result.output and "jsar " in result.output
+
+
+def test_clips_is_the_clip_count_and_n_its_deprecated_spelling(tmp_path):
+    for flag, out in (("--clips", tmp_path / "a"), ("--n", tmp_path / "b")):
+        result = CliRunner().invoke(cli, ["synth", str(out), flag, "2", "--image-size", "32", "--seconds", "0.5"])
+        assert result.exit_code == 0 and len(list((out / "frames").glob("*.jpg"))) == 2
+        assert ("--n is deprecated; use --clips" in result.output) == (flag == "--n")
+    assert "--n " not in CliRunner().invoke(cli, ["synth", "--help"]).output
 
 
 def test_version():
