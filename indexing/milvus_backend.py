@@ -123,10 +123,17 @@ def connect(uri: str, token: str | None = None, timeout: float = 10.0) -> Any:
             raise MilvusNotInstalled(f"a .db URI runs Milvus Lite; {EXTRA_HINT}") from error
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
     token = os.environ.get(TOKEN_ENV, "") if token is None else token
+    lite_log = logging.getLogger("milvus_lite.server_manager")  # logs a traceback of its own, then pymilvus raises
+    level = lite_log.level
+    lite_log.setLevel(logging.CRITICAL)
     try:
         return MilvusClient(uri=uri, token=token, timeout=timeout)
     except MilvusException as error:
-        raise MilvusError(f"cannot reach Milvus at {uri}: {_message(error)}") from None
+        hint = (" (Milvus Lite lets one process at a time use a file: is `jsar serve` or a push using it?)"
+                if is_lite_uri(uri) and Path(uri).exists() else "")
+        raise MilvusError(f"cannot reach Milvus at {uri}: {_message(error)}{hint}") from None
+    finally:
+        lite_log.setLevel(level)
 
 
 def check_reachable(target: MilvusTarget) -> None:
