@@ -29,7 +29,7 @@ from jsa_retrieval.decode import load_image
 from jsa_retrieval.files import hit_picture_name
 from jsa_retrieval.inference import pick_device, side_to
 from jsa_retrieval.maps import pair_maps
-from jsa_retrieval.pictures import contact_sheet, overlay_picture, spectrogram_picture
+from jsa_retrieval.pictures import contact_sheet, not_visible_picture, overlay_picture, spectrogram_picture
 from jsa_retrieval.models import load_model
 from jsa_retrieval.transforms import image_transform
 
@@ -49,6 +49,8 @@ class Hit:
     image_path: str
     audio_path: str
     picture: str | None = None  # overlay (audio query) or spectrogram thumbnail (image query), once written
+    presence: float | None = None  # sound query: how strongly the image shows the sound's source, once drawn
+    source_visible: bool | None = None  # presence above the checkpoint's calibrated cut (None: no cut known)
 
 
 @dataclass
@@ -69,12 +71,13 @@ class Engine:
     """A store's model and indexes, opened once and queried many times."""
 
     def __init__(self, index_dir: Path, model: torch.nn.Module, config, indexes: RetrievalIndexes | MilvusIndexes,
-                 device: torch.device):
+                 device: torch.device, presence_cut: float | None = None):
         self.index_dir = Path(index_dir)
         self.model = model
         self.config = config
         self.indexes = indexes
         self.device = device
+        self.presence_cut = presence_cut  # calibrated on val by the trainer (checkpoint meta); None: not known
 
     @classmethod
     def open(cls, index_dir: Path, checkpoint: Path | None = None, device: str | None = None,
@@ -91,12 +94,12 @@ class Engine:
             raise FileNotFoundError(f"the store in {index_dir} was built with {checkpoint}, which is missing; "
                                     "pass --checkpoint with that model")
         device_ = pick_device(device)
-        model, config, _ = load_model(checkpoint, map_location=device_)
+        model, config, model_meta = load_model(checkpoint, map_location=device_)
         fingerprint = store_meta_for(checkpoint, config, model.model_name, model.vector_dim).fingerprint
         if fingerprint != meta.fingerprint:
             raise FingerprintMismatch(f"{checkpoint} is not the model that built {index_dir} (fingerprint "
                                       f"{fingerprint[:12]} vs {meta.fingerprint[:12]}); re-run `jsar index`")
-        return cls(Path(index_dir), model, config, indexes, device_)
+        return cls(Path(index_dir), model, config, indexes, device_, model_meta.get("presence_cut"))
 
     def audio_input(self, path: Path) -> torch.Tensor:
         """(1, F, T) spectrogram of a sound file (or a video's audio track), ready to stack into a batch."""
@@ -166,10 +169,20 @@ class Engine:
     def hit_maps(self, audio_side, images: torch.Tensor, iqr: bool = False) -> np.ndarray:
         """(n, S, S) localization maps of one sound (`audio_side`, batch of one) in n images (n, 3, S, S), the
         image encoder run once over all of them: the same computation as `localize()` on each pair."""
+        return self.hit_evidence(audio_side, images, iqr)[0]
+
+    def hit_evidence(self, audio_side, images: torch.Tensor, iqr: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """`hit_maps` and, from the same encodings, each image's source-presence score (n,) for the sound
+        (model.presence_matrix): compared with `presence_cut` it says whether the source is visible at all."""
         with torch.no_grad():
-            maps = pair_maps(self.model, side_to(audio_side, self.device), self.encode_image(images),
-                             self.config.data.image_size, iqr)
-        return maps.full.cpu().numpy()
+            audio, image = side_to(audio_side, self.device), self.encode_image(images)
+            maps = pair_maps(self.model, audio, image, self.config.data.image_size, iqr)
+            presence = self.model.presence_matrix(audio, image)[0]
+        return maps.full.cpu().numpy(), presence.float().cpu().numpy()
+
+    def source_visible(self, presence: float) -> bool | None:
+        """Whether a presence score passes the checkpoint's calibrated cut; None when no cut is known."""
+        return None if self.presence_cut is None else bool(presence > self.presence_cut)
 
     def hit_map(self, audio_side, image_path: Path, iqr: bool = False) -> np.ndarray:
         """(S, S) map of `audio_side`'s sound in the image at `image_path`."""
@@ -178,14 +191,22 @@ class Engine:
     def hit_pictures(self, kind: str, query_side, hits: Sequence[Hit], iqr: bool = False) -> list[Image.Image]:
         """One picture per hit, each file decoded once and each encoder run once over all hits: for a sound
         query ('audio' / 'video') the map of the query's sound over the hit image, for an image query the hit
-        sound's spectrogram with its target slot's attention over time (which needs no query side)."""
+        sound's spectrogram with its target slot's attention over time (which needs no query side).
+        A sound query also fills each hit's `presence` and `source_visible`; a hit whose source is not visible
+        (below the calibrated cut) is drawn dimmed and labelled instead of with a confident map."""
         if not hits:
             return []
         if kind in ("audio", "video"):
             originals = [load_image(Path(hit.image_path)) for hit in hits]
             to_tensor = image_transform(self.config.data, train=False)
-            maps = self.hit_maps(query_side, torch.stack([to_tensor(image) for image in originals]), iqr)
-            return [overlay_picture(image, heatmap) for image, heatmap in zip(originals, maps)]
+            maps, presence = self.hit_evidence(query_side, torch.stack([to_tensor(image) for image in originals]),
+                                               iqr)
+            pictures = []
+            for hit, image, heatmap, score in zip(hits, originals, maps, presence):
+                hit.presence, hit.source_visible = float(score), self.source_visible(float(score))
+                pictures.append(not_visible_picture(image) if hit.source_visible is False
+                                else overlay_picture(image, heatmap))
+            return pictures
         spectrograms = torch.stack([self.audio_input(Path(hit.audio_path)) for hit in hits])
         attention = self.encode_audio(spectrograms).time_attention
         return [spectrogram_picture(spectrograms[i, 0].numpy(), None if attention is None else attention[i].cpu().numpy())
@@ -202,7 +223,9 @@ class Engine:
         pictures = [self._save_hit(picture, hit, out_dir)
                     for picture, hit in zip(self.hit_pictures(result.kind, query_side, result.hits, iqr), result.hits)]
         if pictures:
-            sheet = contact_sheet(pictures, [f"#{h.rank} {h.label or h.id} {h.score:.3f}" for h in result.hits])
+            sheet = contact_sheet(pictures, [f"#{h.rank} {h.label or h.id} {h.score:.3f}"
+                                             + (" not visible" if h.source_visible is False else "")
+                                             for h in result.hits])
             sheet_path = out_dir / "contact_sheet.png"
             sheet.save(sheet_path)
             result.contact_sheet = str(sheet_path)

@@ -418,15 +418,16 @@ def _echo_report(out_dir: Path) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/localization"),
               show_default=True)
 @click.option("--workers", default=2, show_default=True)
+@click.option("--group-by", help="Also score per value of this annotation key (e.g. silent_object_in_view, class).")
 def eval_localization(data_dir: Path, checkpoint: Path, split: str | None, annotations: Path | None, threshold: str,
                       upsample_mode: str, ogl: str | None, ogl_weights: Path | None, iqr_alpha: float | None,
-                      out_dir: Path, workers: int) -> None:
+                      out_dir: Path, workers: int, group_by: str | None) -> None:
     from evaluation.localization import evaluate_localization
     from evaluation.reports import write_report
 
     report = evaluate_localization(checkpoint, data_dir, split=split, annotations=annotations, threshold=threshold,
                                    upsample_mode=upsample_mode, ogl=ogl, ogl_weights=ogl_weights,
-                                   iqr_alpha=iqr_alpha, num_workers=workers)
+                                   iqr_alpha=iqr_alpha, num_workers=workers, group_by=group_by)
     _echo_report(write_report(report, out_dir, f"Localization: {data_dir}"))
 
 

@@ -123,6 +123,19 @@ def overlay_picture(image: Image.Image, heatmap: np.ndarray) -> Image.Image:
     return Image.fromarray(heatmap_overlay(pixels, map_full, alpha=0.5))
 
 
+def not_visible_picture(image: Image.Image) -> Image.Image:
+    """A hit whose picture does not show the sound's source: the image dimmed, with "source not visible" on a
+    band across it, at the image's own size (no heat map, which would point somewhere with confidence)."""
+    pixels = np.asarray(image.convert("RGB")).astype(np.float64)
+    dimmed = Image.fromarray(np.round(0.35 * pixels + 0.65 * 128).astype(np.uint8))
+    draw = ImageDraw.Draw(dimmed)
+    band = max(14, dimmed.height // 8)
+    top = (dimmed.height - band) // 2
+    draw.rectangle([0, top, dimmed.width, top + band], fill=(40, 40, 40))
+    draw.text((4, top + band // 2 - 5), "source not visible", fill=(255, 255, 255))
+    return dimmed
+
+
 def spectrogram_picture(spectrogram: np.ndarray, attention: np.ndarray | None, height: int = 160) -> Image.Image:
     """(F, T) log spectrogram as an image (low frequencies at the bottom) with the attention over time drawn
     as a bar strip beneath it."""

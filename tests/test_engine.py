@@ -94,6 +94,26 @@ def test_audio_query_writes_overlays_sheet_and_json(setup):
     assert Image.open(saved["contact_sheet"]).width > 64
 
 
+def test_hits_under_the_presence_cut_are_marked_and_drawn_without_a_map(setup, tmp_path):
+    root, data, _, _ = setup
+    engine = Engine.open(root / "index")
+    assert engine.presence_cut is None  # an uncalibrated checkpoint: no claim either way
+    result = engine.search_audio(data / "audio" / "synth_000003.wav", k=4)
+    engine.write_outputs(result, tmp_path / "unknown")
+    assert all(hit.source_visible is None and isinstance(hit.presence, float) for hit in result.hits)
+    presences = sorted(hit.presence for hit in result.hits)
+    engine.presence_cut = (presences[1] + presences[2]) / 2  # two hits above the cut, two below
+    saved = json.loads(engine.write_outputs(result, tmp_path / "cut").read_text())
+    visible = [hit["source_visible"] for hit in saved["hits"]]
+    assert sorted(visible) == [False, False, True, True]
+    for hit in saved["hits"]:
+        assert hit["source_visible"] == (hit["presence"] > engine.presence_cut)
+        picture = np.asarray(Image.open(hit["picture"]).convert("RGB")).astype(float)
+        original = np.asarray(Image.open(hit["image_path"]).convert("RGB")).astype(float)
+        dimmed_corner = np.allclose(picture[:4, :4], np.round(0.35 * original[:4, :4] + 0.65 * 128), atol=1)
+        assert dimmed_corner == (not hit["source_visible"])
+
+
 def test_audio_search_with_maps_encodes_the_query_once_and_the_hits_in_one_batch(setup):
     root, data, _, _ = setup
     engine = Engine.open(root / "index")
