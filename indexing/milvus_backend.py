@@ -88,7 +88,8 @@ class MilvusTarget:
             raise ValueError(f"unknown Milvus index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
         if not self.prefix or not (self.prefix[0].isalpha() or self.prefix[0] == "_") \
                 or not all(c.isalnum() or c == "_" for c in self.prefix):
-            raise ValueError(f"collection prefix {self.prefix!r} must be letters, digits and _, not starting with a digit")
+            raise ValueError(f"collection prefix {self.prefix!r} must be letters, digits and _, "
+                             "not starting with a digit")
         return MilvusTarget(uri, self.prefix, index_type, self.token)
 
 

@@ -221,7 +221,8 @@ def localize(image_path: Path, audio_path: Path, checkpoint: Path, iqr: bool, ou
              "Milvus. Milvus's token comes from $JSAR_MILVUS_TOKEN."
              + EXAMPLE + "jsar index data/synth --checkpoint runs/jsa/best.pt --out index/synth"
              "\n  jsar index data/synth --checkpoint runs/jsa/best.pt --out index/synth --backend milvus "
-             "--milvus-uri index/milvus.db\n  jsar index --push milvus --out index/synth --milvus-uri http://milvus:19530")
+             "--milvus-uri index/milvus.db\n  jsar index --push milvus --out index/synth "
+             "--milvus-uri http://milvus:19530")
 @click.argument("data_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @checkpoint_option(required=False, help="The model to embed with (required unless --push).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))

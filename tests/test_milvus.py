@@ -83,7 +83,8 @@ def test_engine_and_query_search_through_milvus_with_faiss_hits_and_maps(pushed,
     answer = CliRunner().invoke(cli, ["query", "--index", str(index_dir), "--audio", str(audio_path), "-k", "4",
                                       "--json", "--milvus-uri", uri])
     assert answer.exit_code == 0, answer.output
-    assert [h["id"] for h in json.loads(answer.output)["hits"]] == [h.id for h in engine.search_audio(audio_path, 4).hits]
+    expected = engine.search_audio(audio_path, 4).hits
+    assert [h["id"] for h in json.loads(answer.output)["hits"]] == [h.id for h in expected]
 
 
 def test_a_killed_push_resumes_and_ends_with_every_row_once(pushed, monkeypatch):
