@@ -15,7 +15,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import faiss
 import numpy as np
@@ -25,8 +25,7 @@ from jsa_retrieval.files import replace_atomically
 from jsa_retrieval.machine import usable_cores
 from jsa_retrieval.metrics import rank_by_similarity
 
-from indexing.cross_modal import GuideStats, add_query_guided_edges
-from indexing.index_choice import QUANTIZER_TRAIN_SIZE, IndexChoice, choose_index, split_factory
+from indexing.index_choice import QUANTIZER_TRAIN_SIZE, IndexChoice, choose_index
 from indexing.store import VECTOR_FIELDS, EmbeddingStore, FingerprintMismatch, l2_normalise
 
 INDEX_JSON = "index.json"
@@ -71,15 +70,12 @@ def build_index(store: EmbeddingStore, field: str = "image_vectors", choice: Ind
     """Train `choice.factory` on a seeded sample of `field` and add every row, `chunk_rows` at a time.
 
     Ids are row numbers because rows are added in order. Memory: the index, the training sample and one chunk.
-    A `,QueryGuided{k}` factory then adds edges guided by the paired vectors of the other modality
-    (indexing.cross_modal), from `choice.build_params['guide_rows']` seeded rows (default: all).
     """
     configure_faiss()
     if field not in VECTOR_FIELDS:
         raise ValueError(f"field must be one of {VECTOR_FIELDS}, got {field!r}")
     choice = choice or choose_index(len(store), store.dim)
-    factory, guide_k = split_factory(choice.factory)
-    index = faiss.index_factory(store.dim, factory, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(store.dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
     _prepare_for_training(index, choice.build_params)
     if not index.is_trained:
         if len(store) == 0:
@@ -92,34 +88,8 @@ def build_index(store: EmbeddingStore, field: str = "image_vectors", choice: Ind
         for _, block in store.iter_chunks(field, chunk_rows):
             index.add(np.ascontiguousarray(block))
             bar.update(len(block))
-    if guide_k and len(store) > 1:
-        add_guided_edges(index, store, PAIRED_FIELD[field], guide_k, guided_rows(len(store), choice, seed), chunk_rows)
     apply_search_params(index, choice.search_params)
     return index
-
-
-def guided_rows(num_rows: int, choice: IndexChoice, seed: int) -> np.ndarray:
-    """The seeded, sorted rows whose paired vectors guide a query-guided graph (the choice's `guide_rows` of them,
-    all rows when it names none)."""
-    count = min(int(choice.build_params.get("guide_rows", num_rows)), num_rows)
-    return np.sort(np.random.default_rng([seed, 1]).choice(num_rows, count, replace=False))
-
-
-def add_guided_edges(index: faiss.Index, store: EmbeddingStore, paired_field: str, guide_k: int, rows: np.ndarray,
-                     chunk_rows: int = 65536) -> GuideStats:
-    """Guide `index` (an HNSW over the other field) by the paired vectors of `rows` (sorted) in `paired_field`,
-    read in row order one chunk at a time."""
-    blocks = (store.read_rows(paired_field, rows[start:start + chunk_rows])
-              for start in range(0, rows.size, chunk_rows))
-    with tqdm(total=rows.size, desc=f"query-guided edges <- {paired_field}", unit="query", leave=False,
-              disable=len(store) < PROGRESS_MIN_ROWS) as bar:
-        return add_query_guided_edges(index, _counted(blocks, bar), guide_k)
-
-
-def _counted(blocks: Iterator[np.ndarray], bar: tqdm) -> Iterator[np.ndarray]:
-    for block in blocks:
-        yield block
-        bar.update(len(block))
 
 
 def calibrated_search_params(index: faiss.Index, store: EmbeddingStore, field: str, choice: IndexChoice,
@@ -127,17 +97,12 @@ def calibrated_search_params(index: faiss.Index, store: EmbeddingStore, field: s
     """The search parameters this index will use, measured rather than guessed: the parameter that trades recall
     for speed (nprobe of IVF, efSearch of HNSW) at the smallest value of its ladder whose recall@k reaches
     CALIBRATION_RECALL for CALIBRATION_QUERIES paired vectors of the other modality (real cross-modal queries the
-    store holds), against exact search over `field`. A query-guided graph is calibrated on rows that did not
-    guide it. Returns {'search_params': ..., 'calibration_recall': recall@k} (no recall where nothing is tuned)."""
+    store holds), against exact search over `field`. Returns {'search_params': ..., 'calibration_recall': recall@k} (no recall where nothing is tuned)."""
     name, ladder = calibration_ladder(index)
     if name is None or len(store) <= k:
         return {"search_params": dict(choice.search_params)}
-    _, guide_k = split_factory(choice.factory)
-    rows = np.arange(len(store))
-    if guide_k:
-        guided = guided_rows(len(store), choice, seed)
-        rows = np.setdiff1d(rows, guided) if guided.size < len(store) else rows
-    rows = np.sort(np.random.default_rng([seed, 2]).choice(rows, min(CALIBRATION_QUERIES, rows.size), replace=False))
+    rows = np.sort(np.random.default_rng([seed, 2]).choice(len(store), min(CALIBRATION_QUERIES, len(store)),
+                                                          replace=False))
     queries = store.read_rows(PAIRED_FIELD[field], rows)
     exact = exact_top_k(store.iter_chunks(field, chunk_rows), queries, k)
     value, recall = calibrate_search_param(index, name, ladder, queries, exact)
@@ -371,7 +336,7 @@ def build_indexes(index_dir: str | Path, factory: str | None = None, memory_budg
         use_gpu = num_gpus() > 0 if gpu is None else gpu
         budget = None if memory_budget is None else memory_budget // 2
         choice = choose_index(len(store), store.dim, budget, gpu=use_gpu, factory=factory)
-        calibrate = factory is None or bool(split_factory(choice.factory)[1])  # a named factory is used as named
+        calibrate = factory is None  # a named factory is used as named
         entries = {}
         for name, (field, file_name) in INDEX_FILES.items():
             index = build_index(store, field, choice, chunk_rows, seed)

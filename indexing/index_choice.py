@@ -9,10 +9,9 @@ alone. All indexes use inner product on L2-normalised vectors (= cosine similari
   (the refine stage keeps them, so it needs the flat vectors' memory). On GPU, `IVF{nlist},Flat`.
   nlist ~ 2 sqrt(n) on CPU, 4 sqrt(n) on GPU; nprobe = nlist / 20 here, which `build_indexes` then
   calibrates per modality on the store's own paired vectors (indexing.faiss_index.calibrated_search_params).
-- `HNSW32,QueryGuided16` (indexing.cross_modal, by name only): HNSW with RoarGraph-style edges from the
-  paired vectors. Measured at 1M x 512 (README, Benchmarks) it lifts HNSW's cross-modal recall a lot (audio ->
-  image 0.65 -> 0.95 at efSearch 128) but stays behind the calibrated IVF above in both directions (image ->
-  audio 0.79 at efSearch 1024) and builds 6x slower, so it is not chosen automatically.
+- Graphs (HNSW) only when named: a cross-modal query's neighbours lie spread over the indexed modality, which a
+  graph walk reaches badly (plain HNSW32: recall@10 0.65 / 0.44 at 1M); the query-guided graph that repairs
+  part of it trails the calibrated IVF above both ways (indexing.experimental.query_guided, with its figures).
 - When the flat vectors exceed the budget: `IVF{nlist},SQ8` (1 byte per dimension, recall close to exact)
   if that fits, else `OPQ{m},IVF{nlist},PQ{m}` (m bytes per vector) with the largest m that fits. A refine
   stage would keep the full vectors in memory, which is exactly what the budget forbids.
@@ -37,11 +36,7 @@ GPU_IVF_LISTS_PER_SQRT = 4
 IVF_PROBE_FRACTION = 20  # visit 1/20 of the lists (see the module docstring)
 HNSW_M = 32
 HNSW_EF_SEARCH = 128
-HNSW_EF_CONSTRUCTION = 40  # 80 doubled 1M builds (4-8 min a modality); the guided graph is HNSW32 at 40 plus edges
-QUERY_GUIDED = "QueryGuided"  # factory suffix of the cross-modal graph: 'HNSW32,QueryGuided16'
-GUIDED_SUFFIX = re.compile(rf",{QUERY_GUIDED}(\d+)$")
-GUIDE_ROWS = 300_000  # paired vectors that guide each graph (a seeded sample of the store's rows)
-GUIDED_EF_SEARCH = 96
+HNSW_EF_CONSTRUCTION = 40  # 80 doubled 1M builds (4-8 min a modality)
 REFINE_K_FACTOR = 64  # shortlist k * 64 for the exact re-ranking of a refine stage
 IVF_TRAIN_PER_LIST = 64  # FAISS wants 39..256 training points per centroid
 QUANTIZER_TRAIN_SIZE = 65_536  # PQ/SQ codebooks: 256 centroids per sub-quantizer need >= 9,984 points
@@ -59,7 +54,7 @@ class IndexChoice:
     metric: str = "ip"
     train_size: int = 0  # vectors sampled (seeded) from the store for training; 0 = no training needed
     search_params: dict[str, int] = field(default_factory=dict)  # faiss ParameterSpace names: nprobe, efSearch, ...
-    build_params: dict[str, int] = field(default_factory=dict)  # efConstruction; guide_rows (QueryGuided)
+    build_params: dict[str, int] = field(default_factory=dict)  # efConstruction
     reason: str = ""
     estimated_bytes: int = 0
 
@@ -157,9 +152,6 @@ def choice_for_factory(factory: str, num_vectors: int, reason: str = "") -> Inde
         train_size = IVF_TRAIN_PER_LIST * nlist
         if hnsw:  # IVF with an HNSW coarse quantizer, e.g. 'IVF65536_HNSW32,Flat'
             search_params["quantizer_efSearch"] = HNSW_EF_SEARCH
-    elif hnsw and split_factory(factory)[1]:
-        search_params["efSearch"] = GUIDED_EF_SEARCH
-        build_params.update(efConstruction=HNSW_EF_CONSTRUCTION, guide_rows=min(GUIDE_ROWS, num_vectors))
     elif hnsw:
         search_params["efSearch"] = HNSW_EF_SEARCH
         build_params["efConstruction"] = HNSW_EF_CONSTRUCTION
@@ -169,18 +161,6 @@ def choice_for_factory(factory: str, num_vectors: int, reason: str = "") -> Inde
         search_params["k_factor_rf"] = REFINE_K_FACTOR
     return IndexChoice(factory=factory, train_size=int(min(train_size, num_vectors)), search_params=search_params,
                        build_params=build_params, reason=reason)
-
-
-def split_factory(factory: str) -> tuple[str, int]:
-    """'HNSW32,QueryGuided16' -> ('HNSW32', 16); a factory without the suffix -> (factory, 0)."""
-    found = GUIDED_SUFFIX.search(factory)
-    if not found:
-        return factory, 0
-    guide_k = int(found.group(1))
-    if guide_k < 2:
-        raise ValueError(f"QueryGuided needs at least 2 hits per query to make an edge, got {factory!r}")
-    return factory[:found.start()], guide_k
-
 
 
 def _made(factory: str, num_vectors: int, reason: str, estimated_bytes: int) -> IndexChoice:

@@ -110,22 +110,22 @@ def test_ivf_benchmark_sweeps_nprobe_and_is_exact_when_every_list_is_probed(tmp_
 
 def test_compared_indexes_share_the_store_and_the_exact_neighbours(tmp_path: Path) -> None:
     image, audio = spread_bases(60, 24)
-    settings = FaissSettings(vectors=3000, dim=48, factory="Flat", compare=("HNSW32,QueryGuided16",),
+    settings = FaissSettings(vectors=3000, dim=48, factory="Flat", compare=("HNSW32",),
                              latency_queries=5, batch_queries=50, recall_queries=50, sweep_values=(16, 64))
     bench = bench_faiss_scale(tmp_path / "scale", image, audio, settings)
-    assert bench.factory == "Flat" and [index.factory for index in bench.compared] == ["HNSW32,QueryGuided16"]
+    assert bench.factory == "Flat" and [index.factory for index in bench.compared] == ["HNSW32"]
     assert 1 > bench.pair_cosine > bench.random_cosine + 0.2  # the gap the benchmark reports
     guided = bench.compared[0]
     assert bench.sweep_param is None and guided.sweep_param == "efSearch"
     assert set(guided.rss) == {"build", "search"} and guided.build_seconds > 0 and not guided.automatic
-    assert any("efSearch" in key for key in guided.search_params)  # calibrated per index (one value, or each)
+    assert guided.search_params == {"efSearch": 128}  # a named factory keeps its own parameters
     for exact, found in zip(bench.directions, guided.directions):
         assert exact.recall_vs_flat == 1.0 and found.recall_vs_flat >= 0.9
         assert found.flat_median_ms == exact.flat_median_ms  # one exact pass, shared
         assert [point.value for point in found.sweep] == [16, 64] and found.p99_ms >= found.median_ms
     table = BenchReport({"usable_cores": 2, "load_average": [0.0], "torch_version": "t", "torch_threads": 2,
                          "faiss_version": "f"}, None, bench, 1.0).table()
-    assert "HNSW32,QueryGuided16" in table and "cross-modal gap" in table
+    assert "HNSW32" in table and "sweep efSearch=16" in table and "cross-modal gap" in table
 
 
 def test_one_renderer_pads_every_column_but_the_note() -> None:

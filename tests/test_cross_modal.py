@@ -1,25 +1,25 @@
-"""Query-guided cross-modal graph (indexing.cross_modal): edge projection and insertion by hand, recall against
-exact search on paired vectors with a modality gap (both directions), save/load round trip, index.json."""
+"""Query-guided cross-modal graph (indexing.experimental.query_guided): edge projection and insertion by hand,
+recall against exact search on paired vectors with a modality gap (both directions), save/load round trip; and
+the calibration of the product's indexes on the same pairs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
 
-from indexing.cross_modal import add_query_guided_edges, insert_edges, projected_edges
-from indexing.faiss_index import (CALIBRATION_LADDERS, INDEX_JSON, build_index, build_indexes, calibrate_search_param,
-                                  configure_faiss, load_index, open_indexes, save_index)
-from indexing.index_choice import choose_index, split_factory
+from indexing.experimental.query_guided import (add_query_guided_edges, build_query_guided_index, insert_edges,
+                                                projected_edges)
+from indexing.faiss_index import (CALIBRATION_LADDERS, build_indexes, calibrate_search_param, configure_faiss,
+                                  load_index, open_indexes, save_index, search)
+from indexing.index_choice import choose_index
 from indexing.store import EmbeddingStore, l2_normalise
 
 from test_faiss_index import exact_top_k, recall_at_10, write_store  # noqa: E402
 
 NUM = 4000
 DIM = 48
-GUIDED = "HNSW32,QueryGuided16"
 
 
 def gapped_pairs(num: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -44,68 +44,28 @@ def pairs() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def guided_dir(tmp_path_factory: pytest.TempPathFactory, pairs: tuple[np.ndarray, np.ndarray]) -> Path:
-    """A store of NUM pairs with both indexes built as the query-guided graph; 200 more pairs are queries."""
+def guided(tmp_path_factory: pytest.TempPathFactory,
+           pairs: tuple[np.ndarray, np.ndarray]) -> dict[str, tuple[faiss.Index, dict]]:
+    """Query-guided graphs over a store of NUM pairs, by the field they index; 200 more pairs are queries."""
     index_dir = tmp_path_factory.mktemp("guided")
     image, audio = pairs
     write_store(index_dir, image[:NUM], audio[:NUM])
-    build_indexes(index_dir, factory=GUIDED, gpu=False)
-    return index_dir
-
-
-def test_split_factory_reads_the_guide_suffix() -> None:
-    assert split_factory("HNSW32,QueryGuided16") == ("HNSW32", 16)
-    assert split_factory("IVF100,Flat") == ("IVF100,Flat", 0)
-    with pytest.raises(ValueError, match="at least 2"):
-        split_factory("HNSW32,QueryGuided1")
-
-
-def test_projected_edges_join_the_first_hit_to_the_others_both_ways() -> None:
-    src, dst = projected_edges(np.array([[5, 2, 7], [2, 5, -1], [4, 4, 1]]))
-    assert list(zip(src.tolist(), dst.tolist())) == [(1, 4), (2, 5), (4, 1), (5, 2), (5, 7), (7, 5)]
-
-
-def test_insert_edges_fills_free_slots_then_replaces_the_farthest_half_at_most() -> None:
-    lists = np.array([[1, 2, -1, -1], [0, 2, 3, 4], [0, 1, 3, 4]], dtype=np.int32)
-    src = np.array([0, 0, 0, 1, 1, 1, 2])
-    dst = np.array([2, 3, 4, 5, 6, 7, 0])  # 0->2 and 2->0 are there already
-    added = insert_edges(lists, src, dst)
-    assert added == 4
-    assert lists[0].tolist() == [1, 2, 3, 4]  # 0->3 and 0->4 took the two free slots
-    assert lists[1].tolist() == [0, 2, 5, 6]  # full: the two farthest (width // 2) gave way, 1->7 did not fit
-    assert lists[2].tolist() == [0, 1, 3, 4]
-
-
-def test_guided_edges_raise_cross_modal_recall_of_a_plain_hnsw(pairs: tuple[np.ndarray, np.ndarray]) -> None:
-    image, audio = pairs
-    gallery, queries = audio[:NUM], image[NUM:]  # image -> audio, the harder direction here
-    _, exact = exact_top_k(gallery, queries, 10)
-    faiss.omp_set_num_threads(1)  # HNSW builds are deterministic on one thread
-    try:
-        index = faiss.IndexHNSWFlat(DIM, 8, faiss.METRIC_INNER_PRODUCT)
-        index.add(gallery)
-        index.hnsw.efSearch = 16
-        plain = recall_at_10(index.search(queries, 10)[1], exact)
-        stats = add_query_guided_edges(index, [image[:NUM]], 16)
-        guided = recall_at_10(index.search(queries, 10)[1], exact)
-    finally:
-        faiss.omp_set_num_threads(configure_faiss())
-    assert stats.queries == NUM and stats.edges_added > NUM
-    assert guided >= plain + 0.05, (plain, guided)
+    with EmbeddingStore.open(index_dir) as store:
+        return {field: build_query_guided_index(store, field) for field in ("image_vectors", "audio_vectors")}
 
 
 @pytest.mark.parametrize("direction", ["audio_to_image", "image_to_audio"])
 def test_guided_graph_finds_exact_neighbours_of_cross_modal_queries(
-        guided_dir: Path, pairs: tuple[np.ndarray, np.ndarray], direction: str) -> None:
+        guided: dict[str, tuple[faiss.Index, dict]], pairs: tuple[np.ndarray, np.ndarray], direction: str) -> None:
     image, audio = pairs
-    queries, gallery = (audio, image) if direction == "audio_to_image" else (image, audio)
+    queries, gallery, field = ((audio, image, "image_vectors") if direction == "audio_to_image"
+                               else (image, audio, "audio_vectors"))
     _, exact = exact_top_k(gallery[:NUM], queries[NUM:], 10)
-    indexes = open_indexes(guided_dir, gpu=False)
-    try:
-        _, found = getattr(indexes, direction)(queries[NUM:], 10)
-    finally:
-        indexes.store.close()
+    index, calibration = guided[field]
+    _, found = search(index, queries[NUM:], 10)
     assert recall_at_10(found, exact) >= 0.95
+    assert calibration["calibration_recall"] >= 0.96 and calibration["efSearch"] in CALIBRATION_LADDERS["efSearch"]
+    assert faiss.downcast_index(index).hnsw.efSearch == calibration["efSearch"]
 
 
 def test_calibration_picks_the_smallest_ef_search_that_reaches_the_target(
@@ -124,27 +84,16 @@ def test_calibration_picks_the_smallest_ef_search_that_reaches_the_target(
     assert calibrate_search_param(index, "efSearch", (8, 16), image[NUM:], exact, target=1.01)[0] == 16  # the last
 
 
-def test_guided_graph_survives_save_and_load(guided_dir: Path, pairs: tuple[np.ndarray, np.ndarray],
-                                            tmp_path: Path) -> None:
+def test_guided_graph_survives_save_and_load(guided: dict[str, tuple[faiss.Index, dict]],
+                                            pairs: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
     image, audio = pairs
-    with EmbeddingStore.open(guided_dir) as store:
-        built = build_index(store, "image_vectors", choose_index(NUM, DIM, factory=GUIDED))
+    built = guided["image_vectors"][0]
     params = {"efSearch": faiss.downcast_index(built).hnsw.efSearch}
     loaded = load_index(save_index(built, tmp_path / "image.faiss"), params)
     before_scores, before = built.search(audio[NUM:], 10)
     after_scores, after = loaded.search(audio[NUM:], 10)
     assert isinstance(faiss.downcast_index(loaded), faiss.IndexHNSWFlat)
     assert np.array_equal(before, after) and np.allclose(before_scores, after_scores)
-
-
-def test_index_json_records_the_guided_choice(guided_dir: Path) -> None:
-    info = json.loads((guided_dir / INDEX_JSON).read_text())
-    assert info["choice"]["factory"] == GUIDED
-    assert info["choice"]["build_params"] == {"efConstruction": 40, "guide_rows": NUM}
-    assert info["choice"]["search_params"] == {"efSearch": 96}
-    for entry in info["indexes"].values():  # efSearch calibrated per index on paired queries
-        assert entry["ntotal"] == NUM and entry["calibration_recall"] >= 0.96
-        assert entry["search_params"]["efSearch"] in CALIBRATION_LADDERS["efSearch"]
 
 
 def test_automatic_ivf_gets_its_nprobe_calibrated_per_modality(tmp_path: Path, pairs: tuple[np.ndarray, np.ndarray],
@@ -177,4 +126,4 @@ def test_named_factories_keep_their_search_parameters(tmp_path: Path, pairs: tup
     info = build_indexes(tmp_path, factory="IVF64,Flat", gpu=False)
     assert all(entry["search_params"] == {"nprobe": 16} and "calibration_recall" not in entry
                for entry in info["indexes"].values())
-    assert choose_index(1_000_000, 512).factory == "IVF2000,PQ256x4fs,RFlat"  # the graph is by name only
+    assert choose_index(1_000_000, 512).factory == "IVF2000,PQ256x4fs,RFlat"  # graphs only when named
