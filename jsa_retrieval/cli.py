@@ -367,16 +367,21 @@ def _echo_hits(answer: dict, as_json: bool, out_dir: Path | None, image_key: str
 @click.option("--token", envvar="JSAR_TOKEN", help="Required on every endpoint but /health [$JSAR_TOKEN].")
 @click.option("--max-upload-mb", default=50.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Larger uploads are refused (413).")
+@click.option("--max-connections", default=1000, show_default=True, type=click.IntRange(min=16),
+              help="Open connections at most (also capped by `ulimit -n`); past it the oldest idle one is closed.")
+@click.option("--read-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a client has to send a request's head (its body may pause 3x this between chunks).")
 @checkpoint_option(required=False, help="The store's model, when it moved since indexing.")
 @device_option()
-def serve(index_dir: Path, host: str, port: int, token: str | None, max_upload_mb: float, checkpoint: Path | None,
-          device: str | None) -> None:
+def serve(index_dir: Path, host: str, port: int, token: str | None, max_upload_mb: float, max_connections: int,
+          read_timeout: float, checkpoint: Path | None, device: str | None) -> None:
     try:
         from indexing.service.app import ServeConfig, open_service, run
     except ImportError as error:
         raise click.ClickException(f"jsar serve needs the [serve] extra: pip install 'jsar[serve]' ({error})")
     app = open_service(index_dir, host, token, checkpoint, device,
-                       ServeConfig(max_upload_bytes=int(max_upload_mb * 1024 * 1024)))
+                       ServeConfig(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_connections=max_connections,
+                                   header_timeout_s=read_timeout, body_timeout_s=3 * read_timeout))
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"jsar serve: {len(app.state.service.engine.indexes.store):,} items from {index_dir}; "
                f"page http://{shown}:{port}/{'?token=...' if token else ''}  API http://{shown}:{port}/docs  (Ctrl-C stops)")

@@ -47,10 +47,12 @@ def live_server(app):
     """The app on a real socket (uvicorn in a thread) for clients that are not TestClient."""
     import uvicorn
 
+    from indexing.service.app import server_config
+
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port))  # what `jsar serve` runs: bounded connections
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20

@@ -8,10 +8,12 @@ The model and both FAISS indexes are loaded once. Uploads are decoded in the req
 FAISS search go through micro-batchers (one encoder pass and one search per batch of concurrent requests), the
 same `Engine` batch methods `jsar query` uses (`search.SearchService`). A search is remembered for a bounded
 time under a query id, and its hits' maps are drawn on demand, all hits of a query in one encoder pass, and
-cached within a byte budget. The routes live in `routes`, the token check in `auth`, the size limit in `limits`.
+cached within a byte budget. The routes live in `routes`, the token check in `auth`, the body limits in
+`limits`, the connection limits in `connections`.
 
 Safety: URLs carry store ids, never paths, so only files recorded in the store are ever served; uploads are
-size-limited and recognised by content; every bad request is a 4xx with a one-line JSON error.
+size-limited and recognised by content; every bad request is a 4xx with a one-line JSON error; connections are
+bounded in number and time (`connections`), and `/health` answers whatever else is in progress.
 """
 from __future__ import annotations
 
@@ -30,10 +32,10 @@ from jsa_retrieval import __version__
 from jsa_retrieval.errors import JsarError
 
 from .config import ServeConfig, ServeError, check_bind, is_loopback
-from .limits import BodyLimit, ServiceMetrics, json_error
-from .routes import open_router, router
+from .limits import RequestLimits, ServiceMetrics, json_error
+from .routes import open_router, page_router, router
 from .search import SearchService
-from .uploads import UploadError
+from .uploads import UploadError, remove_stale_uploads
 
 __all__ = ["ServeConfig", "ServeError", "check_bind", "is_loopback", "create_app", "open_service", "run"]
 
@@ -48,6 +50,7 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        remove_stale_uploads()  # left by a service killed while decoding
         yield
         service.close()
 
@@ -56,15 +59,18 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
                   description="Search sounds by picture and pictures by sound; see where each sound comes from.")
     app.state.service = service
     app.state.metrics = metrics
-    app.add_middleware(BodyLimit, max_bytes=config.max_upload_bytes, metrics=metrics)
+    app.add_middleware(RequestLimits, max_bytes=config.max_upload_bytes, metrics=metrics,
+                       route_limits={"/search/vector": config.vector_body_bytes(engine.indexes.store.dim)},
+                       max_in_flight=config.max_in_flight)
     _add_error_handlers(app)
     app.include_router(open_router)
+    app.include_router(page_router)
     app.include_router(router)
     return app
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    """Every error as a 4xx/5xx with a one-line JSON `error`."""
+    """Every error as a 4xx with a one-line JSON `error` (a 500 is answered and logged, once, by RequestLimits)."""
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
@@ -84,11 +90,6 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def domain_error(request: Request, error: JsarError) -> JSONResponse:
         return json_error(422, str(error))
 
-    @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
-        logger.exception("error answering %s %s", request.method, request.url.path)
-        return json_error(500, f"internal error ({type(error).__name__}); see the service log")
-
 
 def open_service(index_dir: Path, host: str = "127.0.0.1", token: str | None = None,
                  checkpoint: Path | None = None, device: str | None = None,
@@ -104,7 +105,29 @@ def open_service(index_dir: Path, host: str = "127.0.0.1", token: str | None = N
 
 
 def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve until interrupted (uvicorn, one process: the model and indexes are in memory once)."""
+    """Serve until interrupted (uvicorn, one process: the model and indexes are in memory once), with the
+    connections bounded by the descriptor budget and the config's timeouts (`connections`)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.Server(server_config(app, host, port)).run()
+
+
+def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning"):
+    """uvicorn's settings for `app`: the connection budget (checked against `ulimit -n` now), read timeouts,
+    keep-alive, and the accept batch."""
+    import uvicorn
+
+    from .connections import ConnectionLimits, connection_budget, protocol_factory
+
+    config: ServeConfig = app.state.service.config
+    backlog = 128
+    reserve = 64 + 2 * config.max_in_flight  # the process's own files, and a spool + temporary file per request
+    limits = ConnectionLimits(connection_budget(config.max_connections, reserve, backlog), config.header_timeout_s,
+                              config.body_timeout_s, config.keep_alive_s, backlog,
+                              on_close=app.state.metrics.connection_closed)
+    logger.info("serving at most %d connections", limits.max_connections)
+    # limit_concurrency: uvicorn's own 503 once connections or tasks pass it; the cap above keeps connections
+    # at max_connections, so it stands behind that cap and the in-flight bound rather than replacing them
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                          http=protocol_factory(limits), limit_concurrency=limits.max_connections + 1,
+                          timeout_keep_alive=config.keep_alive_s, backlog=backlog)

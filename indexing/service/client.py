@@ -38,11 +38,11 @@ def request_json(server: str, route: str, body: bytes | None = None, content_typ
 def request_bytes(server: str, route: str, body: bytes | None = None, content_type: str | None = None,
                   token: str | None = None, timeout: float = 120.0) -> bytes:
     url = urljoin(server.rstrip("/") + "/", route.lstrip("/"))
-    headers = {"Accept": "application/json"}
+    headers: dict[str, str | bytes] = {"Accept": "application/json"}
     if content_type:
         headers["Content-Type"] = content_type
     if token:
-        headers["Authorization"] = f"Bearer {token}"
+        headers["Authorization"] = b"Bearer " + token.encode()  # raw UTF-8: a non-ASCII token as the query has it
     try:
         with urlopen(Request(url, data=body, headers=headers), timeout=timeout) as response:
             return response.read()

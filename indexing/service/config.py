@@ -25,6 +25,17 @@ class ServeConfig:
     query_cache_size: int = 1024  # searches remembered for their maps
     cache_ttl_s: float = 900.0
     map_cache_bytes: int = 64 * 1024 * 1024
+    map_threads: int = 4  # threads that draw hit maps (their own pool: a page of tiles never blocks the rest)
+    max_vector_body_bytes: int | None = None  # /search/vector's body limit; None: 48 bytes a number + 4 KB
+    max_in_flight: int = 64  # requests in progress at once (not /health); more get 503
+    max_connections: int | None = 1000  # open connections; always capped by the descriptor budget at start
+    header_timeout_s: float = 10.0  # a request head must arrive within this of connecting / the last response
+    body_timeout_s: float = 30.0  # longest pause while a request body arrives
+    keep_alive_s: int = 5  # an idle kept-alive connection is closed after this
+
+    def vector_body_bytes(self, dim: int) -> int:
+        """/search/vector's body limit for vectors of `dim` numbers (JSON: up to ~25 characters a number)."""
+        return self.max_vector_body_bytes or 48 * dim + 4096
 
 
 def is_loopback(host: str) -> bool:

@@ -1,16 +1,23 @@
-"""ASGI middleware around every request: the upload size limit, and the metrics of what was answered.
+"""ASGI middleware around every request: the body size limits, the bound on requests in progress, the one
+place an unexpected error is logged, and the metrics of what was answered.
 
-A body over the limit is refused from its Content-Length before it is read, or when the running count passes
-the limit for a chunked body.
+A body over its route's limit (the upload limit; a few KB for /search/vector) is refused from its
+Content-Length before it is read, or when the running count passes the limit for a chunked body.
 """
 from __future__ import annotations
 
+import logging
 import time
 
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 
+from starlette.requests import ClientDisconnect
+
 from .uploads import UploadError
+
+logger = logging.getLogger("jsar.serve")
+UNBOUNDED_PATHS = ("/health", "/favicon.ico", "/favicon.svg")  # answered whatever else is in progress
 
 
 class ServiceMetrics:
@@ -26,7 +33,12 @@ class ServiceMetrics:
                                  buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10))
         self.batch_size = Histogram("jsar_batch_size", "Requests per micro-batch", ["batcher"], registry=self.registry,
                                     buckets=(1, 2, 4, 8, 16, 32, 64))
+        self.connections_closed = Counter("jsar_connections_closed", "Connections closed by the service's limits",
+                                          ["reason"], registry=self.registry)
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, cpu seconds, open fds
+
+    def connection_closed(self, reason: str) -> None:
+        self.connections_closed.labels(reason).inc()
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
@@ -40,54 +52,81 @@ def json_error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
 
 
-class BodyLimit:
-    """The upload size limit (413) and the request metrics, around the whole app."""
+class RequestLimits:
+    """Body size limits (413), requests in progress (503), unexpected errors (500, logged once with their
+    traceback) and the request metrics, around the whole app. `route_limits` maps a path to its own body limit."""
 
-    def __init__(self, app, max_bytes: int, metrics: ServiceMetrics):
+    def __init__(self, app, max_bytes: int, metrics: ServiceMetrics, route_limits: dict[str, int] | None = None,
+                 max_in_flight: int = 64):
         self.app, self.max_bytes, self.metrics = app, max_bytes, metrics
+        self.route_limits = route_limits or {}
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        state = {"status": 500, "too_large": False, "replaced": False}
+        limit = self.route_limits.get(scope["path"], self.max_bytes)
+        state = {"status": 500, "too_large": False, "replaced": False, "started": False}
+        counted = scope["path"] not in UNBOUNDED_PATHS
 
         async def send_observed(message):
             if message["type"] == "http.response.start":
                 if state["too_large"]:  # the app failed on the body we cut off: answer 413 instead
                     state["replaced"] = True
-                    return await _send_response(send, json_error(413, self._too_large()))
-                state["status"] = message["status"]
+                    return await _send_response(send, json_error(413, _too_large(limit)))
+                state["status"], state["started"] = message["status"], True
             elif state["replaced"]:
                 return None
             await send(message)
 
+        async def answer(response: Response) -> None:
+            state["status"] = response.status_code
+            await response(scope, receive, send)
+
+        if counted:
+            self.in_flight += 1
         try:
+            if counted and self.in_flight > self.max_in_flight:
+                return await answer(json_error(503, f"{self.max_in_flight} requests in progress; retry shortly"))
             length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_bytes:
-                state["status"] = 413
-                return await json_error(413, self._too_large())(scope, receive, send)
+            if length is not None and length.isdigit() and int(length) > limit:
+                return await answer(json_error(413, _too_large(limit)))
             received = 0
 
             async def receive_counted():
                 nonlocal received
                 message = await receive()
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     state["too_large"] = True
-                    raise UploadError(self._too_large(), 413)
+                    raise UploadError(_too_large(limit), 413)
                 return message
 
-            await self.app(scope, receive_counted, send_observed)
+            try:
+                await self.app(scope, receive_counted, send_observed)
+            except ClientDisconnect:
+                state["status"] = 499  # the client went away (or was timed out): nobody to answer
+            except Exception:
+                logger.exception("error answering %s %s", scope["method"], scope["path"])
+                if not state["started"]:
+                    await _send_response(send, json_error(500, "internal error; see the service log"))
+                    state["status"] = 500
             if state["replaced"]:
                 state["status"] = 413
         finally:
+            if counted:
+                self.in_flight -= 1
             route = scope.get("route")
             self.metrics.observe(getattr(route, "path", "unmatched"), scope["method"], state["status"],
                                  time.perf_counter() - started)
 
-    def _too_large(self) -> str:
-        return f"upload larger than the limit of {self.max_bytes / 1024 / 1024:g} MB"
+
+def _too_large(limit: int) -> str:
+    if limit < 1024 * 1024:
+        return f"request body larger than the limit of {limit / 1024:g} KB"
+    return f"upload larger than the limit of {limit / 1024 / 1024:g} MB"
 
 
 async def _send_response(send, response: Response) -> None:

@@ -1,10 +1,13 @@
 """The HTTP routes: searches, stored items and their media, hit maps, liveness, metrics, the page and the API page.
 
-Every route on `router` needs the token (the `require_token` dependency); `open_router` holds the routes anyone
-may call. The routes reach the search service through `request.app.state.service`.
+Every route on `router` needs the token in a header or cookie (the `require_token` dependency); `page_router`
+holds the page, which also takes it from `?token=` once; `open_router` holds what anyone may ask (/health, the
+favicon). The routes reach the search service through `request.app.state.service`.
 """
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import mimetypes
 import time
 from pathlib import Path
@@ -14,22 +17,25 @@ from urllib.parse import quote
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException
 
 from indexing.engine import Hit
 from jsa_retrieval import __version__
 
-from .auth import cookie_header, require_token
+from .auth import cookie_header, page_token, require_token
 from .search import Query, SearchService
 from .uploads import IMAGE_FORMATS, SOUND_FORMATS, decode_upload
 
 STATIC = Path(__file__).resolve().parent / "static"
+SWAGGER_FILES = ("swagger-ui-bundle.js", "swagger-ui.css")
 
 router = APIRouter(dependencies=[Depends(require_token)])
+page_router = APIRouter()
 open_router = APIRouter()
 
 
@@ -71,8 +77,16 @@ async def _read_upload(upload: UploadFile) -> bytes:
 K_FORM = Form(10, ge=1, description="Number of hits.")
 
 
+async def one_file(request: Request) -> None:
+    """422 for a form with several `file` parts: which one was meant cannot be told."""
+    files = (await request.form()).getlist("file")  # the form FastAPI has already parsed (cached on the request)
+    if len(files) > 1:
+        raise HTTPException(422, f"file: one file per search, got {len(files)}")
+
+
 # ------------------------------------------------------------------------------------------------ searches
-@router.post("/search/audio", summary="A sound or video file -> the images whose sound source matches")
+@router.post("/search/audio", summary="A sound or video file -> the images whose sound source matches",
+             dependencies=[Depends(one_file)])
 async def search_audio(file: UploadFile = File(...), k: int = K_FORM,
                        service: SearchService = Depends(search_service)) -> dict[str, Any]:
     started = time.perf_counter()
@@ -84,7 +98,8 @@ async def search_audio(file: UploadFile = File(...), k: int = K_FORM,
     return search_json(service.remember(Query("audio", side, hits)), "audio", k, hits, started)
 
 
-@router.post("/search/image", summary="An image file -> the sounds that belong to it")
+@router.post("/search/image", summary="An image file -> the sounds that belong to it",
+             dependencies=[Depends(one_file)])
 async def search_image(file: UploadFile = File(...), k: int = K_FORM,
                        service: SearchService = Depends(search_service)) -> dict[str, Any]:
     started = time.perf_counter()
@@ -96,8 +111,13 @@ async def search_image(file: UploadFile = File(...), k: int = K_FORM,
     return search_json(service.remember(Query("image", None, hits)), "image", k, hits, started)
 
 
-@router.post("/search/vector", summary="An embedding and a direction -> hits (clip-retrieval's k-NN service)")
-async def search_vector(query: VectorQuery, service: SearchService = Depends(search_service)) -> dict[str, Any]:
+@router.post("/search/vector", summary="An embedding and a direction -> hits (clip-retrieval's k-NN service)",
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": VectorQuery.model_json_schema()}}}})
+async def search_vector(request: Request, service: SearchService = Depends(search_service)) -> dict[str, Any]:
+    """The body is a few KB at most (a per-route limit, 413 beyond), parsed in a worker thread, not on the loop
+    that answers every other client."""
+    query = await run_in_threadpool(_vector_query, await request.body())
     started = time.perf_counter()
     _check_k(service, query.k)
     dim = service.engine.indexes.store.dim
@@ -138,19 +158,35 @@ def _media(path: str) -> FileResponse:
     return FileResponse(media, media_type=mimetypes.guess_type(media.name)[0] or "application/octet-stream")
 
 
+def _vector_query(body: bytes) -> VectorQuery:
+    try:
+        return VectorQuery.model_validate_json(body)
+    except ValidationError as error:
+        raise RequestValidationError(error.errors()) from None
+
+
 @router.get("/maps/{query_id}/{item_id}.png", summary="A search hit's localization map over its image (sound "
             "query) or its spectrogram with the attention over time (image query)")
-def hit_map(query_id: str, item_id: str, service: SearchService = Depends(search_service)) -> Response:
-    png = service.map_png(query_id, item_id)
+async def hit_map(query_id: str, item_id: str, service: SearchService = Depends(search_service)) -> Response:
+    """Drawn on the service's own map threads, so a page's worth of tiles leaves the request pool free."""
+    png = await asyncio.get_running_loop().run_in_executor(service.map_pool, service.map_png, query_id, item_id)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
 
 # ------------------------------------------------------------------------------------------------ the service
+@open_router.head("/health", include_in_schema=False)
 @open_router.get("/health", summary="Liveness (no token needed)")
-def health(service: SearchService = Depends(search_service)) -> dict[str, Any]:
-    store = service.engine.indexes.store
-    return {"status": "ok", "items": len(store), "model": store.meta.model_name, "dim": store.dim,
-            "uptime_s": round(time.time() - service.started_at, 1), "version": __version__}
+async def health(service: SearchService = Depends(search_service)) -> dict[str, Any]:
+    """Answered on the event loop from values known at start: no thread pool, no store read, whatever else runs."""
+    return {"status": "ok", **service.facts, "uptime_s": round(time.time() - service.started_at, 1),
+            "version": __version__}
+
+
+@open_router.get("/favicon.svg", include_in_schema=False)
+@open_router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> FileResponse:
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml",
+                        headers={"Cache-Control": "public, max-age=86400"})
 
 
 @router.get("/metrics", summary="Prometheus metrics: requests, latencies, errors, batch sizes, memory")
@@ -158,10 +194,12 @@ def prometheus_metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/", include_in_schema=False)
-def page(request: Request) -> FileResponse:
-    response = FileResponse(STATIC / "index.html", media_type="text/html")
-    if getattr(request.state, "token_from_query", False):
+@page_router.get("/", include_in_schema=False)
+def page(request: Request, set_cookie: bool = Depends(page_token)) -> FileResponse:
+    """The page; opened with ?token=, it leaves the cookie (its script then drops the token from the address)."""
+    response = FileResponse(STATIC / "index.html", media_type="text/html",
+                            headers={"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
+    if set_cookie:
         response.headers.append("set-cookie", cookie_header(request.app.state.service.config.token))
     return response
 
@@ -171,6 +209,29 @@ def openapi_schema(request: Request) -> JSONResponse:
     return JSONResponse(request.app.openapi())
 
 
+def swagger_folder() -> Path | None:
+    """Swagger UI's files as the fastapi-offline package ships them, or None when it is not installed."""
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "static"
+    return folder if all((folder / name).is_file() for name in SWAGGER_FILES) else None
+
+
 @router.get("/docs", include_in_schema=False)
 def api_page(request: Request) -> HTMLResponse:
-    return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{request.app.title} - Swagger UI")
+    """Swagger UI from files served here (no CDN: it works offline); off when those files are not installed."""
+    if swagger_folder() is None:
+        raise HTTPException(404, "the API page needs Swagger UI's files (pip install fastapi-offline); the schema "
+                                 "is at /openapi.json")
+    return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{request.app.title} - API",
+                               swagger_js_url="/docs/swagger-ui-bundle.js", swagger_css_url="/docs/swagger-ui.css",
+                               swagger_favicon_url="/favicon.svg")
+
+
+@router.get("/docs/{name}", include_in_schema=False)
+def swagger_file(name: str) -> FileResponse:
+    folder = swagger_folder()
+    if folder is None or name not in SWAGGER_FILES:
+        raise HTTPException(404, f"no file {name!r}")
+    return FileResponse(folder / name, headers={"Cache-Control": "public, max-age=86400"})

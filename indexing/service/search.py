@@ -7,6 +7,7 @@ import io
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
@@ -57,6 +58,8 @@ class SearchService:
         self.config = config
         self.started_at = time.time()
         store = engine.indexes.store
+        self.facts = {"items": len(store), "model": store.meta.model_name, "dim": store.dim, "max_k": config.max_k}
+        self.map_pool = ThreadPoolExecutor(config.map_threads, thread_name_prefix="jsar-maps")
         self.rows = {item_id: row for row, item_id in enumerate(store.ids())}
         self.queries: TTLCache = TTLCache(config.query_cache_size, config.cache_ttl_s)
         self.maps: TTLCache = TTLCache(config.map_cache_bytes, config.cache_ttl_s, getsizeof=len)
@@ -71,6 +74,7 @@ class SearchService:
     def close(self) -> None:
         for batcher in (self.audio_batcher, self.image_batcher, self.vector_batcher):
             batcher.close()
+        self.map_pool.shutdown(wait=False, cancel_futures=True)
 
     def _audio_batch(self, items: list[tuple[torch.Tensor, int]]) -> list[tuple[list[Hit], Any]]:
         side = self.engine.encode_audio(torch.stack([spectrogram for spectrogram, _ in items]))

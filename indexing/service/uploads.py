@@ -1,8 +1,17 @@
 """Uploaded files: recognised by their first bytes (never by their name or declared type), decoded through the
-same readers as files on disk, and removed as soon as they are decoded."""
+same readers as files on disk, and removed as soon as they are decoded.
+
+Each upload is written to a folder `jsar-upload-<pid>-<random>` in the temporary directory. A service killed
+while decoding (kill -9, out of memory) cannot remove its folder, so a starting service removes the folders of
+processes that are gone (`remove_stale_uploads`).
+"""
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -10,6 +19,9 @@ from jsa_retrieval.decode import DecodeError
 from jsa_retrieval.errors import JsarError
 
 Decoded = TypeVar("Decoded")
+logger = logging.getLogger("jsar.serve")
+UPLOAD_PREFIX = "jsar-upload-"
+STALE_AFTER_S = 24 * 3600  # a folder whose owner cannot be told is stale after this
 
 SOUND_FORMATS = ("wav", "flac", "ogg", "mp3", "mp4", "webm")  # webm: what a browser's MediaRecorder writes
 IMAGE_FORMATS = ("jpeg", "png", "gif", "bmp", "webp")
@@ -61,7 +73,7 @@ def decode_upload(data: bytes, accepted: tuple[str, ...], what: str, decode: Cal
     if found not in accepted:
         kind = f"a {found} file" if found else "not a format jsar reads"
         raise UploadError(f"the upload is {kind}; expected {what} ({', '.join(accepted)})", 415)
-    with tempfile.TemporaryDirectory(prefix="jsar-upload-") as folder:
+    with tempfile.TemporaryDirectory(prefix=f"{UPLOAD_PREFIX}{os.getpid()}-") as folder:
         path = Path(folder) / f"upload{SUFFIXES[found]}"
         path.write_bytes(data)
         try:
@@ -69,3 +81,38 @@ def decode_upload(data: bytes, accepted: tuple[str, ...], what: str, decode: Cal
         except DecodeError as error:
             reason = str(error).replace(str(path), "upload").replace("\n", " ")
             raise UploadError(f"cannot decode the uploaded {what} ({found}): {reason}", 422) from None
+
+
+def remove_stale_uploads(folder: Path | None = None) -> list[str]:
+    """Remove upload folders left in `folder` (the temporary directory) by services that are no longer running:
+    those named after a process that is gone, and unnamed (older) ones a day old. Returns the names removed."""
+    folder = Path(folder or tempfile.gettempdir())
+    removed = []
+    for path in folder.glob(f"{UPLOAD_PREFIX}*"):
+        if path.is_dir() and not path.is_symlink() and _is_stale(path):
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                removed.append(path.name)
+    if removed:
+        logger.warning("removed %d upload folder(s) left by a service that stopped while decoding", len(removed))
+    return removed
+
+
+def _is_stale(path: Path) -> bool:
+    owner = path.name[len(UPLOAD_PREFIX):].split("-", 1)[0]
+    if owner.isdigit():
+        return not _running(int(owner))
+    try:
+        return time.time() - path.stat().st_mtime > STALE_AFTER_S
+    except OSError:
+        return False
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: running
+        return True
+    return True
