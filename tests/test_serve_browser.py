@@ -78,3 +78,56 @@ def test_a_wrong_file_shows_the_services_one_line_error(browser, page_url, tiny_
     page.wait_for_function("document.getElementById('sound-error').textContent.includes('expected sound')")
     assert page.locator("#image-hits .hit").count() == 0
     page.close()
+
+
+def test_the_token_leaves_the_address_bar_and_the_favicon_loads(browser, page_url):
+    page = browser.new_page()
+    missing = []
+    page.on("response", lambda response: missing.append(response.url) if response.status >= 400 else None)
+    page.goto(f"{page_url}/?token={TOKEN}")
+    page.wait_for_function("document.getElementById('status').textContent.includes('items')")
+    assert "token" not in page.url and page.url.rstrip("/") == page_url
+    assert page.evaluate("document.cookie") == ""  # HttpOnly: scripts cannot read it
+    assert page.evaluate("fetch('favicon.ico').then(r => r.status)") == 200
+    assert missing == []
+    page.close()
+
+
+def test_a_failed_search_clears_the_previous_hits_and_ends_the_spinner(browser, page_url, tiny_index):
+    page = browser.new_page()
+    page.goto(f"{page_url}/?token={TOKEN}")
+    page.wait_for_function("document.getElementById('status').textContent.includes('items')")
+    page.fill("#sound-k", "3")
+    page.set_input_files("#sound-file", str(tiny_index[1] / "audio" / "synth_000003.wav"))
+    page.wait_for_function("document.querySelectorAll('#image-hits .hit').length === 3")
+    page.set_input_files("#sound-file", str(tiny_index[1] / "frames" / "synth_000001.jpg"))  # wrong type
+    page.wait_for_function("document.getElementById('sound-error').textContent.includes('expected sound')")
+    assert page.locator("#image-hits .hit").count() == 0
+    assert "bad" in page.get_attribute("#sound-error", "class")
+
+    page.set_input_files("#sound-file", str(tiny_index[1] / "audio" / "synth_000003.wav"))
+    page.wait_for_function("document.querySelectorAll('#image-hits .hit').length === 3")
+    page.route("**/search/audio", lambda route: route.abort())  # the network fails
+    page.set_input_files("#sound-file", str(tiny_index[1] / "audio" / "synth_000004.wav"))
+    page.wait_for_function("document.getElementById('sound-error').textContent.includes('did not answer')")
+    assert "searching" not in page.inner_text("#sound-error")
+    assert page.locator("#image-hits .hit").count() == 0
+    page.close()
+
+
+def test_hits_is_the_one_word_for_k_and_sound_rows_show_their_item_id(browser, page_url, tiny_index):
+    page = browser.new_page()
+    page.goto(f"{page_url}/?token={TOKEN}")
+    page.wait_for_function("document.getElementById('status').textContent.includes('items')")
+    page.fill("#sound-k", "0")
+    page.set_input_files("#sound-file", str(tiny_index[1] / "audio" / "synth_000003.wav"))
+    page.wait_for_function("document.getElementById('sound-error').textContent.includes('hits')")
+    assert page.inner_text("#sound-error").startswith("hits: a whole number from 1 to 100")
+    assert page.inner_text("label[for=sound-k]") == "hits"
+    page.click("#tab-image")
+    page.fill("#image-k", "2")
+    page.set_input_files("#image-file", str(tiny_index[1] / "frames" / "synth_000004.jpg"))
+    page.wait_for_function("document.querySelectorAll('#sound-hits .sound').length === 2")
+    ids = page.eval_on_selector_all("#sound-hits .sound .id", "nodes => nodes.map(n => n.textContent)")
+    assert len(ids) == 2 and all(i.startswith("synth_") for i in ids)
+    page.close()
