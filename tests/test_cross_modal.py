@@ -16,7 +16,7 @@ from indexing.faiss_index import (CALIBRATION_LADDERS, build_indexes, calibrate_
 from indexing.index_choice import choose_index
 from indexing.store import EmbeddingStore, l2_normalise
 
-from test_faiss_index import exact_top_k, recall_at_10, write_store  # noqa: E402
+from helpers import brute_force_top_k, recall_at_10, write_store
 
 NUM = 4000
 DIM = 48
@@ -60,7 +60,7 @@ def test_guided_graph_finds_exact_neighbours_of_cross_modal_queries(
     image, audio = pairs
     queries, gallery, field = ((audio, image, "image_vectors") if direction == "audio_to_image"
                                else (image, audio, "audio_vectors"))
-    _, exact = exact_top_k(gallery[:NUM], queries[NUM:], 10)
+    _, exact = brute_force_top_k(gallery[:NUM], queries[NUM:], 10)
     index, calibration = guided[field]
     _, found = search(index, queries[NUM:], 10)
     assert recall_at_10(found, exact) >= 0.95
@@ -71,7 +71,7 @@ def test_guided_graph_finds_exact_neighbours_of_cross_modal_queries(
 def test_calibration_picks_the_smallest_ef_search_that_reaches_the_target(
         pairs: tuple[np.ndarray, np.ndarray]) -> None:
     image, audio = pairs
-    _, exact = exact_top_k(audio[:NUM], image[NUM:], 10)
+    _, exact = brute_force_top_k(audio[:NUM], image[NUM:], 10)
     index = faiss.IndexHNSWFlat(DIM, 8, faiss.METRIC_INNER_PRODUCT)
     index.add(audio[:NUM])
     ladder = (8, 16, 32, 64, 128, 256)
@@ -115,7 +115,7 @@ def test_automatic_ivf_gets_its_nprobe_calibrated_per_modality(tmp_path: Path, p
             ivf = faiss.extract_index_ivf(getattr(indexes, side))
             assert ivf.nprobe == info["indexes"][side]["search_params"]["nprobe"]  # re-applied on load
             _, found = search(queries[NUM:], 10)
-            assert recall_at_10(found, exact_top_k(gallery[:NUM], queries[NUM:], 10)[1]) >= 0.9
+            assert recall_at_10(found, brute_force_top_k(gallery[:NUM], queries[NUM:], 10)[1]) >= 0.9
     finally:
         indexes.store.close()
 

@@ -15,28 +15,10 @@ from jsa_retrieval.metrics import rank_by_similarity
 from indexing.index_choice import choose_index, ivf_nlist
 from indexing.store import EmbeddingStore, FingerprintMismatch, StoreMeta, StoreRecords, StoreWriter, l2_normalise
 
+from helpers import brute_force_top_k, clustered_pairs, recall_at_10, write_store
+
 NUM = 3000
 DIM = 64
-
-
-def clustered_pairs(num: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Image vectors from a 30-component Gaussian mixture; audio vectors = noisy copies (cross-modal-like pairs)."""
-    rng = np.random.default_rng(seed)
-    centres = l2_normalise(rng.normal(size=(30, dim)))
-    image = l2_normalise(centres[rng.integers(0, 30, num)] + 0.35 * rng.normal(size=(num, dim)) / np.sqrt(dim))
-    audio = l2_normalise(image + 0.1 * rng.normal(size=(num, dim)) / np.sqrt(dim))
-    return image, audio
-
-
-def write_store(index_dir: Path, image: np.ndarray, audio: np.ndarray, fingerprint: str = "fp-test") -> None:
-    num, dim = image.shape
-    meta = StoreMeta(fingerprint=fingerprint, model_name="jsa", config={"dim": dim}, checkpoint="none", dim=dim)
-    writer = StoreWriter(index_dir, meta, chunk_rows=1024)
-    records = StoreRecords(ids=[f"c{i}" for i in range(num)], labels=[f"k{i % 9}" for i in range(num)],
-                           image_paths=[f"i{i}.jpg" for i in range(num)], audio_paths=[f"a{i}.wav" for i in range(num)],
-                           image_vectors=image, audio_vectors=audio)
-    writer.write(records, positions=np.arange(num))
-    writer.finalize()
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +33,6 @@ def store(tmp_path_factory: pytest.TempPathFactory, pairs: tuple[np.ndarray, np.
     opened = EmbeddingStore.open(index_dir)
     yield opened
     opened.close()
-
-
-def exact_top_k(gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    scores = queries.astype(np.float64) @ gallery.astype(np.float64).T
-    ids = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, ids, axis=1), ids
-
-
-def recall_at_10(found: np.ndarray, exact: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found[:, :10], exact[:, :10])]))
 
 
 def test_choose_index_by_size() -> None:
@@ -112,7 +84,7 @@ def test_exact_choice_matches_brute_force(store: EmbeddingStore, pairs: tuple[np
     index = build_index(store, "image_vectors", choice)
     assert index.ntotal == NUM
     queries = audio[:200]
-    expected_scores, expected_ids = exact_top_k(image, queries, 11)
+    expected_scores, expected_ids = brute_force_top_k(image, queries, 11)
     tie_free = np.min(np.diff(-expected_scores, axis=1), axis=1) > 1e-5  # order decided by more than rounding
     assert tie_free.sum() >= 150
     scores, ids = search(index, queries, 10)
@@ -128,7 +100,7 @@ def test_approximate_indexes_reach_recall_095(store: EmbeddingStore, pairs: tupl
                                                factory: str) -> None:
     image, audio = pairs
     queries = audio[::10]
-    _, exact = exact_top_k(image, queries, 10)
+    _, exact = brute_force_top_k(image, queries, 10)
     index = build_index(store, "image_vectors", choose_index(NUM, DIM, factory=factory))
     _, ids = search(index, queries, 10)
     assert recall_at_10(ids, exact) >= 0.95
@@ -142,7 +114,7 @@ def test_budget_constrained_choices_keep_the_true_neighbour(store: EmbeddingStor
     choice = choose_index(NUM, DIM, memory_budget_bytes=budget)
     assert choice.factory == ("IVF76,SQ8" if budget == 500_000 else "OPQ16,IVF76,PQ16")
     queries = audio[::10]
-    _, exact = exact_top_k(image, queries, 10)
+    _, exact = brute_force_top_k(image, queries, 10)
     _, ids = search(build_index(store, "image_vectors", choice), queries, 10)
     if "SQ8" in choice.factory:
         assert recall_at_10(ids, exact) >= 0.95
