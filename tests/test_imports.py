@@ -2,7 +2,8 @@
 `training` and `indexing` import only `jsa_retrieval` (neither the other), `evaluation` may import them all.
 
 Every module's imports are read from its source (function-level imports too), so a lazy import cannot hide a
-dependency that runs backwards. Only the CLI (`jsa_retrieval/cli.py`) reaches every package, lazily.
+dependency that runs backwards. Only the CLI (`jsa_retrieval/cli.py`) reaches every package, lazily. No two
+files import each other at module level (evaluation.house_stats finds the cycles).
 """
 from __future__ import annotations
 
@@ -47,3 +48,23 @@ def test_the_walk_sees_lazy_imports(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from evaluation.metrics import ciou\n    import indexing.store\n")
     assert imported_packages(module) == {"evaluation", "indexing"}
+
+
+def test_no_two_files_import_each_other_at_module_level():
+    from evaluation.house_stats import import_cycles
+
+    assert import_cycles(ROOT) == [], "module-level import cycles between files"
+
+
+def test_the_cycle_finder_sees_a_cycle(tmp_path):
+    from evaluation.house_stats import import_cycles
+
+    package = tmp_path / "jsa_retrieval"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from .b import g\n")
+    (package / "b.py").write_text("def g():\n    from .a import f\n")
+    assert import_cycles(tmp_path) == []
+    assert import_cycles(tmp_path, lazy=True) == [["jsa_retrieval.a", "jsa_retrieval.b"]]
+    (package / "b.py").write_text("from jsa_retrieval import a\n")
+    assert import_cycles(tmp_path) == [["jsa_retrieval.a", "jsa_retrieval.b"]]
