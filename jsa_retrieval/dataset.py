@@ -6,6 +6,7 @@ function drops it from the batch and lists it under `batch["failed"]`, and the c
 """
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,9 +117,13 @@ class CachedImageFeatures:
     views: (N, V, C, h, w), view 0 the test transform and view 1 its mirror image. crops: (N, K, C, h, w) or None,
     K random training crops (resize, random crop, flip) per clip, so that two views of a clip differ as two
     augmentations of its image would. failures: position -> reason for clips whose image could not be decoded;
-    they have no features, and reading one raises DecodeError as decoding the image would. The arrays may be
-    tensors, arrays, or memory-mapped .npy files (np.load(mmap_mode="r")): those pickle as their path, so a
-    worker process maps the file instead of receiving a copy of it.
+    they have no features, and reading one raises DecodeError as decoding the image would.
+
+    The arrays may be tensors, arrays, or memory-mapped .npy files (np.load(mmap_mode="r")). A mapped file's
+    rows are read with pread: the file's pages then stay in the kernel's page cache, shared and reclaimable,
+    instead of piling up in this process's RSS as indexing the map does (3.8 GiB after one epoch over 20k clips,
+    evaluation.bench_trunk_cache). A mapped file pickles as its path, so a worker process opens the file instead
+    of receiving a copy of it.
     """
 
     def __init__(self, views: np.ndarray | torch.Tensor, crops: np.ndarray | None = None,
@@ -126,6 +131,7 @@ class CachedImageFeatures:
         if crops is not None and len(crops) != len(views):
             raise ValueError(f"{len(crops)} cached crops for {len(views)} clips")
         self.views, self.crops, self.failures = views, crops, dict(failures or {})
+        self._files: dict[str, Any] = {}
 
     def __len__(self) -> int:
         return len(self.views)
@@ -136,27 +142,34 @@ class CachedImageFeatures:
         if index in self.failures:
             raise DecodeError(self.failures[index])
         if not train:
-            return [_float_tensor(self.views[index, 0])] * count
+            return [self._row(self.views, index, 0)] * count
         if self.crops is not None:
             crops = self.crops.shape[1]
             picks = random.sample(range(crops), count) if count <= crops else [random.randrange(crops)
                                                                                for _ in range(count)]
-            return [_float_tensor(self.crops[index, pick]) for pick in picks]
-        return [_float_tensor(self.views[index, random.randrange(self.views.shape[1])]) for _ in range(count)]
+            return [self._row(self.crops, index, pick) for pick in picks]
+        return [self._row(self.views, index, random.randrange(self.views.shape[1])) for _ in range(count)]
+
+    def _row(self, array: np.ndarray | torch.Tensor, index: int, view: int) -> torch.Tensor:
+        """array[index, view] as a float32 tensor of its own."""
+        if isinstance(array, torch.Tensor):
+            return array[index, view].float()
+        if not (isinstance(array, np.memmap) and array.filename is not None):
+            return torch.from_numpy(np.array(array[index, view], dtype=np.float32))
+        if array.filename not in self._files:
+            self._files[array.filename] = open(array.filename, "rb")
+        shape = array.shape[2:]
+        size = int(np.prod(shape)) * array.itemsize
+        data = os.pread(self._files[array.filename].fileno(), size,
+                        array.offset + (index * array.shape[1] + view) * size)
+        return torch.from_numpy(np.frombuffer(data, dtype=array.dtype).reshape(shape).astype(np.float32))
 
     def __getstate__(self) -> dict[str, Any]:
         return {"views": _portable(self.views), "crops": _portable(self.crops), "failures": self.failures}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.views, self.crops = _unportable(state["views"]), _unportable(state["crops"])
-        self.failures = state["failures"]
-
-
-def _float_tensor(features: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """A float32 copy (a memory-mapped slice is read-only and must not stay tied to the map)."""
-    if isinstance(features, torch.Tensor):
-        return features.float()
-    return torch.from_numpy(np.array(features, dtype=np.float32))
+        self.failures, self._files = state["failures"], {}
 
 
 def _portable(array: Any) -> Any:
