@@ -642,16 +642,16 @@ def data_group() -> None:
 
 @data_group.command(help="Build realsound in OUT_DIR: Tux Paint's stamp photos and their recordings pasted on Plasma "
                          "wallpapers (16 classes; 2,200 / 200 / 480 clips; VGG-SS layout, boxes and masks from "
-                         "the alpha, the scene kind per clip). SOURCE is the folder the two Debian packages were "
+                         "the alpha, the scene kind per clip). --source is the folder the two Debian packages were "
                          "extracted into: apt-get download tuxpaint-stamps-default plasma-workspace-wallpapers; "
                          "for f in *.deb; do dpkg -x \"$f\" x; done."
                          + EXAMPLE + "jsar data realsound data/realsound --source /tmp/rs/x")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--source", type=click.Path(path_type=Path), help="The extracted packages' folder (dpkg -x).")
 @click.option("--seed", default=1, show_default=True, help="The published set's seed is 1.")
-@click.option("--train", "n_train", type=click.IntRange(0), default=2200, show_default=True)
-@click.option("--val", "n_val", type=click.IntRange(0), default=200, show_default=True)
-@click.option("--test-per-class", type=click.IntRange(0), default=30, show_default=True)
+@click.option("--train", "n_train", type=click.IntRange(0), default=2200, show_default=True, help="Training clips.")
+@click.option("--val", "n_val", type=click.IntRange(0), default=200, show_default=True, help="Validation clips.")
+@click.option("--test-per-class", type=click.IntRange(0), default=30, show_default=True, help="Test clips per class.")
 def realsound(out_dir: Path, source: Path | None, seed: int, n_train: int, n_val: int, test_per_class: int) -> None:
     from .realsound import HOW_TO_GET, SourceMissing, build_realsound
 

@@ -132,3 +132,14 @@ def test_cli_without_the_packages_says_in_one_line_how_to_get_them(tmp_path):
         assert result.stderr.strip().count("\n") == 0
         assert "apt-get download tuxpaint-stamps-default plasma-workspace-wallpapers" in result.stderr
         assert "dpkg -x" in result.stderr
+
+
+def test_cli_help_names_the_packages_and_gives_an_example():
+    from click.testing import CliRunner
+
+    from jsa_retrieval.cli import cli
+
+    result = CliRunner().invoke(cli, ["data", "realsound", "--help"])
+    assert result.exit_code == 0
+    assert "Example:" in result.output and "jsar data realsound" in result.output
+    assert "tuxpaint-stamps-default" in result.output and "dpkg -x" in result.output
