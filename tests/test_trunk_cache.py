@@ -197,3 +197,13 @@ def test_training_on_the_cache_skips_an_undecodable_frame_and_gives_alignment_it
     names = cache_files(cache)
     assert sum(name.endswith("-views.npy") for name in names) == 2  # train and val
     assert sum(name.endswith(f"-crops{trunk_cache.ALIGNMENT_CROPS}.npy") for name in names) == 1  # train only
+
+
+def test_a_rank_that_may_not_write_computes_into_a_temporary_folder(tmp_path):
+    clips = make_clips(tmp_path, 2)
+    cache = tmp_path / "cache"
+    features = cached_trunk_features(tiny_trunk(), clips, tiny_config(), DEVICE, cache, num_workers=0,
+                                     progress=False, write=False)
+    assert not cache.exists() or cache_files(cache) == []
+    assert np.abs(np.asarray(features.views, np.float32)).sum() > 0
+    assert features.images(1, 1, train=False)[0].shape == features.views.shape[2:]
