@@ -26,12 +26,12 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 import jsa_retrieval
+from jsa_retrieval.checkpoints import checkpoint_short_sha, load_model, read_checkpoint
 from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval.config import JSARConfig, get_config
 from jsa_retrieval.files import write_atomically
 from jsa_retrieval.inference import pick_device
 from jsa_retrieval.machine import machine_info
-from jsa_retrieval.models import checkpoint_short_sha, load_model, read_checkpoint
 from training.trainer import split_train_val, train
 
 from jsa_retrieval.collect import collect_outputs

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from jsa_retrieval.checkpoints import checkpoint_short_sha, load_model
 from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval.collect import ModelOutputs, collect_outputs, has_iqr
 from jsa_retrieval import metrics
@@ -31,7 +32,6 @@ from jsa_retrieval.config import JSARConfig
 from jsa_retrieval.decode import DecodeError, load_image
 from jsa_retrieval.inference import pick_device
 from jsa_retrieval.maps import upsample_and_normalise
-from jsa_retrieval.models import checkpoint_short_sha, load_model
 from jsa_retrieval.errors import JsarError
 from jsa_retrieval.transforms import squash_image
 

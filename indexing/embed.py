@@ -17,11 +17,11 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.clips import read_dataset
 from jsa_retrieval.dataset import FailureLog, InferenceClipDataset, make_loader, model_inputs
 from jsa_retrieval.inference import iter_embeddings, pick_device
 from jsa_retrieval.files import file_sha256
-from jsa_retrieval.models import load_model
 from jsa_retrieval import distributed
 
 from .faiss_index import build_indexes

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.clips import VIDEO_SUFFIXES
 from jsa_retrieval.dataset import load_image_tensor, load_spectrogram
 from jsa_retrieval.decode import load_image
@@ -30,7 +31,6 @@ from jsa_retrieval.files import hit_picture_name
 from jsa_retrieval.inference import pick_device, side_to
 from jsa_retrieval.maps import pair_maps
 from jsa_retrieval.pictures import contact_sheet, not_visible_picture, overlay_picture, spectrogram_picture
-from jsa_retrieval.models import load_model
 from jsa_retrieval.transforms import image_transform
 
 from .embed import store_meta_for

@@ -29,7 +29,7 @@ def load(path: str, device: str | None = None):
 
     from .dataset import load_image_tensor, load_spectrogram
     from .inference import pick_device
-    from .models import load_model
+    from .checkpoints import load_model
     from .transforms import image_transform
 
     model, config, _ = load_model(path, map_location=pick_device(device))

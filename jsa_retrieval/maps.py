@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoints import load_model
 from .dataset import load_image_tensor, load_spectrogram
 from .decode import load_image
 from .inference import pick_device
-from .models import load_model
 
 INTERPOLATING_MODES = ("linear", "bilinear", "bicubic", "trilinear")
 

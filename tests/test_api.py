@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 import jsa_retrieval
+from jsa_retrieval.checkpoints import checkpoint_state
 from jsa_retrieval.config import JSARConfig, get_config
-from jsa_retrieval.models import checkpoint_state, create_model
+from jsa_retrieval.models import create_model
 
 from conftest import tiny_config, write_image, write_tone
 

@@ -18,9 +18,9 @@ from evaluation.bench.vectors import (mean_pairwise_cosine, noisy_copies, orthog
                                       write_structured_store)
 from indexing.faiss_index import neighbour_recall_at_k
 from indexing.store import EmbeddingStore, l2_normalise
+from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.cli import cli
 from jsa_retrieval.config import cpu_config
-from jsa_retrieval.models import load_model
 from jsa_retrieval.synth import SynthConfig, generate
 
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torchvision
 
+from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.config import get_config
 from jsa_retrieval.encoders import ImageEncoder, WeightsUnavailable, imagenet_cache_path
-from jsa_retrieval.models import create_model, load_model
+from jsa_retrieval.models import create_model
 
 from conftest import tiny_config
 

@@ -11,11 +11,12 @@ from PIL import Image
 from indexing.embed import index_dataset
 from indexing.engine import Engine
 from indexing.store import EmbeddingStore, FingerprintMismatch, StoreWriter
+from jsa_retrieval.checkpoints import checkpoint_state
 from jsa_retrieval.cli import cli
 from jsa_retrieval.config import cpu_config
 from jsa_retrieval.dataset import load_image_tensor, load_spectrogram
 from jsa_retrieval.maps import localize, localize_pair
-from jsa_retrieval.models import checkpoint_state, create_model
+from jsa_retrieval.models import create_model
 from jsa_retrieval.synth import SynthConfig, generate
 
 

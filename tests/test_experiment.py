@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from evaluation.experiment import RUNS, run_experiment, seeds_table, train_run
-from jsa_retrieval.models import load_model
+from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.synth import SynthConfig, generate
 
 from conftest import tiny_config

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.clips import read_dataset
 from jsa_retrieval.config import check_config, cpu_config
 from jsa_retrieval.metrics import presence_auroc, presence_cut, presence_targets
-from jsa_retrieval.models import create_model, fuse_maps, load_model, min_max
+from jsa_retrieval.models import create_model, fuse_maps, min_max
 from jsa_retrieval.slot_attention import slot_attention_weights, slot_softmax
 from jsa_retrieval.synth import SynthConfig, generate
 from training.losses import audio_gated_target, off_target_mass

@@ -1,14 +1,10 @@
-import hashlib
-
 import pytest
 import torch
 import torchvision
 
 from jsa_retrieval.config import cpu_config
 from jsa_retrieval.encoders import ImageEncoder, WeightsUnavailable
-from jsa_retrieval.models import (
-    MODEL_NAMES, AlignmentForward, EZVSLForward, JSAForward, checkpoint_short_sha, create_model, load_model,
-)
+from jsa_retrieval.models import MODEL_NAMES, AlignmentForward, EZVSLForward, JSAForward, create_model
 
 CONFIG = cpu_config()
 SIZE = CONFIG.data.image_size
@@ -152,31 +148,6 @@ def test_create_model_rejects_unknown_names():
         create_model(CONFIG, "clip")
 
 
-@torch.no_grad()
-def test_checkpoint_round_trip_gives_identical_encodings(jsa, jsa_sides, batch, tmp_path):
-    path = tmp_path / "model.pt"
-    torch.save({"model_name": "jsa", "config": CONFIG.to_dict(), "model": jsa.state_dict(), "epoch": 3,
-                "optimizer": {}, "meta": {"note": "test"}}, path)
-    model, config, meta = load_model(path)
-    images, spectrograms = batch
-    assert config == CONFIG and meta == {"note": "test", "epoch": 3} and not model.training
-    image, audio, _ = jsa_sides
-    torch.testing.assert_close(model.encode_image(images).vector, image.vector, rtol=0, atol=0)
-    torch.testing.assert_close(model.encode_audio(spectrograms).queries, audio.queries, rtol=0, atol=0)
-    assert checkpoint_short_sha(path) == hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def test_load_model_rejects_files_that_are_not_jsar_checkpoints(tmp_path):
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="not a jsar checkpoint"):
-        load_model(garbage)
-    state_dict = tmp_path / "state.pt"
-    torch.save({"weight": torch.zeros(2)}, state_dict)
-    with pytest.raises(ValueError, match="not a jsar checkpoint"):
-        load_model(state_dict)
-
-
 def test_imagenet_weights_need_the_standard_width():
     with pytest.raises(ValueError, match="encoder_width=64"):
         ImageEncoder(8, width=16, weights="imagenet")
@@ -211,19 +182,3 @@ def test_cross_map_is_the_audio_target_query_against_the_image_keys(jsa, batch):
         forward = jsa(images, spectrograms)
         torch.testing.assert_close(forward.ca_av, ca)
         torch.testing.assert_close(forward.ia_vv, image.intra_map)
-
-
-class _Payload:
-    """A pickled object: what a malicious checkpoint would carry to run code on load."""
-
-
-def test_a_checkpoint_holding_a_pickled_object_is_refused(tmp_path):
-    config = cpu_config()
-    model = create_model(config, "jsa")
-    good = {"model_name": "jsa", "config": config.to_dict(), "model": model.state_dict(), "epoch": 0,
-            "meta": {"history": [{"epoch": 1, "loss_total": 1.5}]}}
-    torch.save(good, tmp_path / "good.pt")
-    assert load_model(tmp_path / "good.pt")[1].to_dict() == config.to_dict()
-    torch.save({**good, "meta": {"hook": _Payload()}}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match="weights_only=True"):
-        load_model(tmp_path / "evil.pt")

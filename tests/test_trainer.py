@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from jsa_retrieval.models import load_model
+from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.synth import SynthConfig, generate
 from training.trainer import train
 

@@ -25,13 +25,13 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from jsa_retrieval import __version__
+from jsa_retrieval.checkpoints import checkpoint_state, load_training_state, save_checkpoint
 from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval.config import JSARConfig
 from jsa_retrieval.dataset import CachedImageFeatures, ClipDataset, FailureLog, make_loader
 from jsa_retrieval.distributed import cleanup_distributed, is_distributed, rank, setup_distributed, world_size
-from jsa_retrieval.models import checkpoint_state, create_model
+from jsa_retrieval.models import create_model
 
-from .checkpoint import load_training_state, save_checkpoint
 from .objectives import alignment_objective, ezvsl_objective, jsa_objective
 from .trunk_cache import ALIGNMENT_CROPS, cached_trunk_features
 from .validation import selection_score, validate

@@ -17,12 +17,12 @@ import torch
 
 from indexing.embed import bare_forward_rate, index_dataset
 from indexing.store import EmbeddingStore, StoreMeta, StoreRecords, StoreWriter
+from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval.config import DataConfig
 from jsa_retrieval.dataset import InferenceClipDataset, load_audio_window, make_loader
 from jsa_retrieval.decode import load_image
 from jsa_retrieval.inference import pick_device
-from jsa_retrieval.models import load_model
 from jsa_retrieval.transforms import log_spectrogram, normalise_pixels, squash_image
 
 INDEXING_RATIO_GOAL = 0.8

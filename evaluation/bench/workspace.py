@@ -10,8 +10,9 @@ from typing import Iterator
 
 import torch
 
+from jsa_retrieval.checkpoints import checkpoint_state
 from jsa_retrieval.config import get_config
-from jsa_retrieval.models import checkpoint_state, create_model
+from jsa_retrieval.models import create_model
 from jsa_retrieval.synth import SynthConfig, generate
 
 logger = logging.getLogger(__name__)
