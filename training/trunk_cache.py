@@ -14,9 +14,10 @@ What is kept, under the user's cache folder (`default_cache_dir`), per set of cl
 - beside each, a `.json` listing the clips whose image could not be decoded (missing or broken): they have no
   features, and training skips, counts and lists them exactly as it does without the cache.
 
-The arrays are memory-mapped, never loaded whole (at 245 KiB a clip, VGGSound's 144k clips would take 35 GB of
-RAM), and written under a temporary name then renamed, so a killed run never leaves a half-written cache that a
-later run trusts. The key covers everything that decides the features: the trunk's kind and its weights' content
+The arrays are never loaded whole (at 245 KiB a clip, VGGSound's 144k clips would take 35 GB of RAM): they are
+opened memory-mapped and training reads them row by row (`CachedImageFeatures`), so a run's memory stays flat at
+any number of clips (evaluation.bench_trunk_cache). They are written row by row under a temporary name, then
+renamed, so a killed run never leaves a half-written cache that a later run trusts. The key covers everything that decides the features: the trunk's kind and its weights' content
 (a .pth overwritten at the same path changes it), the image size and grid, `TRUNK_INPUT_VERSION` (the code that
 turns a file into trunk input), and each image file's path, size, mtime, inode and ctime (ctime changes on every
 write and no tool can set it back, so an edit that restores size and mtime still changes the key).
@@ -140,8 +141,8 @@ def compute_trunk_features(trunk: nn.Module, clips: Sequence[Clip], config: JSAR
                            progress: bool = True) -> dict[int, str]:
     """Run the trunk once over every clip's image and write (N, V, C, h, w) float16 .npy files: "views" (the test
     transform and its mirror) and/or "crops" (`crops` random training crops), whichever `outputs` names.
-    Written through a memory map, so memory stays bounded at any N. Returns the clips that could not be decoded
-    (position -> reason); their rows stay zero and must never be read as features.
+    Rows go to the files as each batch is done, so memory stays at a batch at any N. Returns the clips that could
+    not be decoded (position -> reason); their rows stay zero and must never be read as features.
     """
     trunk.eval()
     with_views = "views" in outputs
@@ -150,35 +151,53 @@ def compute_trunk_features(trunk: nn.Module, clips: Sequence[Clip], config: JSAR
     positions: dict[str, list[int]] = {}
     for position, clip in enumerate(clips):
         positions.setdefault(clip.id, []).append(position)
-    failures, arrays = FailureLog(), {}
-    for batch in tqdm(loader, desc="image trunk features (once)", disable=not progress, leave=False):
-        failures.add(batch)
-        if "image" not in batch:
-            continue
-        images = batch["image"].to(device)  # (B, V, 3, S, S)
-        features = trunk(images.flatten(0, 1))
-        features = features.reshape(*images.shape[:2], *features.shape[1:]).half().cpu().numpy()
-        if not arrays:
-            arrays = _open_outputs(outputs, len(clips), features.shape[2:], crops)
-        index = batch["index"].numpy()
-        if with_views:
-            arrays["views"][index] = features[:, :CACHE_VIEWS]
-        if "crops" in arrays:
-            arrays["crops"][index] = features[:, CACHE_VIEWS if with_views else 0:]
-    if not arrays:
+    failures, writers = FailureLog(), {}
+    try:
+        for batch in tqdm(loader, desc="image trunk features (once)", disable=not progress, leave=False):
+            failures.add(batch)
+            if "image" not in batch:
+                continue
+            images = batch["image"].to(device)  # (B, V, 3, S, S)
+            features = trunk(images.flatten(0, 1))
+            features = features.reshape(*images.shape[:2], *features.shape[1:]).half().cpu().numpy()
+            if not writers:
+                counts = {"views": CACHE_VIEWS, "crops": crops}
+                writers = {kind: RowWriter(path, (len(clips), counts[kind], *features.shape[2:]))
+                           for kind, path in outputs.items()}
+            index = batch["index"].numpy()
+            if with_views:
+                writers["views"].write(index, features[:, :CACHE_VIEWS])
+            if "crops" in writers:
+                writers["crops"].write(index, features[:, CACHE_VIEWS if with_views else 0:])
+    finally:
+        for writer in writers.values():
+            writer.close()
+    if not writers:
         raise ValueError(f"none of the {len(clips)} images could be decoded to compute image trunk features "
                          f"({failures.summary()})")
-    for array in arrays.values():
-        array.flush()
     return {position: reason for clip_id, reason in failures.failures for position in positions[clip_id]}
 
 
-def _open_outputs(outputs: dict[str, Path], count: int, feature_shape: tuple[int, ...],
-                  crops: int) -> dict[str, np.memmap]:
-    views = {"views": CACHE_VIEWS, "crops": crops}
-    return {kind: np.lib.format.open_memmap(path, mode="w+", dtype=np.float16,
-                                            shape=(count, views[kind], *feature_shape))
-            for kind, path in outputs.items()}
+class RowWriter:
+    """Rows of a float16 .npy array of `shape` written in place with pwrite: they pass through the page cache
+    (which the kernel writes back and reclaims), never through a map or a buffer of this process, so writing
+    200k clips' features costs a batch of memory. `close` syncs the file, so a rename after it is durable."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...]):
+        header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)  # header, sparse body
+        self.offset, self.row_bytes = header.offset, int(np.prod(shape[1:])) * 2
+        del header
+        self.file = open(path, "r+b")
+
+    def write(self, index: np.ndarray, rows: np.ndarray) -> None:
+        for position, row in zip(index.tolist(), rows):
+            os.pwrite(self.file.fileno(), np.ascontiguousarray(row, dtype=np.float16).tobytes(),
+                      self.offset + position * self.row_bytes)
+
+    def close(self) -> None:
+        if not self.file.closed:
+            os.fsync(self.file.fileno())
+            self.file.close()
 
 
 def cached_trunk_features(trunk: nn.Module, clips: Sequence[Clip], config: JSARConfig, device: torch.device,
