@@ -164,13 +164,14 @@ def run_child(mode: str, workdir: Path, clips: int, channels: int, grid: int) ->
             "added_file": sampler.peaks["RssFile"] - baseline["RssFile"]}
 
 
-def run(clips: int = 20_000, channels: int = 1280, grid: int = 7, workdir: Path | None = None) -> list[dict]:
-    """Both caches, each in a fresh process, first run then later run; returns one record per (cache, run)."""
+def run(clips: int = 20_000, channels: int = 1280, grid: int = 7, workdir: Path | None = None,
+        modes: tuple[str, ...] = MODES) -> list[dict]:
+    """Each cache of `modes` in a fresh process, first run then later run; one record per (cache, run)."""
     with tempfile.TemporaryDirectory(prefix="jsar-bench-trunk-") as scratch:
         workdir = Path(workdir or scratch)
         make_images(workdir / "images", clips)
         records = []
-        for mode in MODES:
+        for mode in modes:
             for run_name in ("first", "later"):
                 command = [sys.executable, "-m", "evaluation.bench_trunk_cache", "--child", mode,
                            "--workdir", str(workdir), "--clips", str(clips), "--channels", str(channels),
@@ -202,14 +203,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--channels", type=int, default=1280, help="trunk channels (EfficientNet-Lite0: 1280)")
     parser.add_argument("--grid", type=int, default=7)
     parser.add_argument("--workdir", type=Path, default=None, help="keep images and caches here (default: temp)")
+    parser.add_argument("--modes", default=",".join(MODES), help="caches to measure, comma-separated")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.clips < 1 or args.channels < 1 or args.grid < 1:
         parser.error("--clips, --channels and --grid must be positive")
+    modes = tuple(args.modes.split(","))
+    if not set(modes) <= set(MODES):
+        parser.error(f"--modes takes {', '.join(MODES)}")
     if args.child:
         print(json.dumps(run_child(args.child, args.workdir, args.clips, args.channels, args.grid)))
         return
-    records = run(args.clips, args.channels, args.grid, args.workdir)
+    records = run(args.clips, args.channels, args.grid, args.workdir, modes)
     print(format_table(records, args.clips, args.channels, args.grid))
 
 
