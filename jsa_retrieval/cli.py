@@ -210,7 +210,7 @@ def train(data_dir: Path, config_name: str, model_name: str, out_dir: Path, resu
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("localization.png"),
               show_default=True)
 def localize(image_path: Path, audio_path: Path, checkpoint: Path, iqr: bool, out_path: Path) -> None:
-    from .maps import localize_pair
+    from .localize_files import localize_pair
 
     written = localize_pair(image_path, audio_path, checkpoint, out_path, iqr=iqr)
     click.echo(f"wrote {written}")

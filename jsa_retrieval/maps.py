@@ -4,16 +4,10 @@ min-max normalised per sample as the field's evaluation code does (bicubic to
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from .checkpoints import load_model
-from .dataset import load_image_tensor, load_spectrogram
-from .decode import load_image
-from .inference import pick_device
 
 INTERPOLATING_MODES = ("linear", "bilinear", "bicubic", "trilinear")
 
@@ -74,18 +68,3 @@ def localize(model: nn.Module, images: torch.Tensor, spectrograms: torch.Tensor,
     finally:
         model.train(was_training)
 
-
-def localize_pair(image_path: Path, audio_path: Path, checkpoint: Path, out_path: Path, iqr: bool = False,
-                  device: str | None = None) -> Path:
-    """Overlay PNG of where the sound of `audio_path` is in `image_path` (no index, no FAISS needed)."""
-    from .pictures import overlay_picture  # pictures import this module's upsampling
-
-    device_ = pick_device(device)
-    model, config, _ = load_model(checkpoint, map_location=device_)
-    image = load_image_tensor(Path(image_path), config.data).unsqueeze(0)
-    spectrogram = load_spectrogram(Path(audio_path), config.data).unsqueeze(0)
-    maps = localize(model, image, spectrogram, iqr=iqr)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    overlay_picture(load_image(Path(image_path)), maps.coarse[0].cpu().numpy()).save(out_path)
-    return out_path

@@ -15,7 +15,8 @@ from jsa_retrieval.checkpoints import checkpoint_state
 from jsa_retrieval.cli import cli
 from jsa_retrieval.config import cpu_config
 from jsa_retrieval.dataset import load_image_tensor, load_spectrogram
-from jsa_retrieval.maps import localize, localize_pair
+from jsa_retrieval.localize_files import localize_pair
+from jsa_retrieval.maps import localize
 from jsa_retrieval.models import create_model
 from jsa_retrieval.synth import SynthConfig, generate
 
