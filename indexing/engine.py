@@ -28,7 +28,7 @@ from jsa_retrieval.clips import VIDEO_SUFFIXES
 from jsa_retrieval.dataset import load_image_tensor, load_spectrogram
 from jsa_retrieval.decode import load_image
 from jsa_retrieval.files import hit_picture_name
-from jsa_retrieval.inference import pick_device, side_to
+from jsa_retrieval.inference import pick_device
 from jsa_retrieval.maps import pair_maps
 from jsa_retrieval.pictures import contact_sheet, not_visible_picture, overlay_picture, spectrogram_picture
 from jsa_retrieval.transforms import image_transform
@@ -175,7 +175,7 @@ class Engine:
         """`hit_maps` and, from the same encodings, each image's source-presence score (n,) for the sound
         (model.presence_matrix): compared with `presence_cut` it says whether the source is visible at all."""
         with torch.no_grad():
-            audio, image = side_to(audio_side, self.device), self.encode_image(images)
+            audio, image = audio_side.to(self.device), self.encode_image(images)
             maps = pair_maps(self.model, audio, image, self.config.data.image_size, iqr)
             presence = self.model.presence_matrix(audio, image)[0]
         return maps.full.cpu().numpy(), presence.float().cpu().numpy()

@@ -1,7 +1,7 @@
 """Batched inference over a DataLoader: the one loop that trainer validation, indexing and evaluation share."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -41,21 +41,8 @@ def iter_embeddings(model: nn.Module, loader: DataLoader, device: torch.device,
             continue
         images = batch["image"].to(device, non_blocking=True)
         audio = batch["audio"].to(device, non_blocking=True)
-        image_side = _to_cpu(model.encode_image(images))
-        audio_side = _to_cpu(model.encode_audio(audio))
+        image_side = model.encode_image(images).to("cpu", torch.float32)
+        audio_side = model.encode_audio(audio).to("cpu", torch.float32)
         yield EmbeddedBatch(batch["index"], batch["image"] if keep_images else torch.zeros(0),
                             image_side, audio_side, batch["failed"])
 
-
-def side_to(side, device: torch.device | str):
-    """A copy of an ImageSide / AudioSide with every tensor field on `device` (no copy where it already is)."""
-    return replace(side, **{f.name: getattr(side, f.name).to(device) for f in fields(side)
-                            if isinstance(getattr(side, f.name), torch.Tensor)})
-
-
-def _to_cpu(side):
-    """Move every tensor field of an ImageSide/AudioSide dataclass to the CPU."""
-    for name, value in vars(side).items():
-        if isinstance(value, torch.Tensor):
-            setattr(side, name, value.detach().float().cpu())
-    return side

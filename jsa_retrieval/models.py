@@ -7,7 +7,7 @@ is what lets retrieval store vectors once and compute a map for any (query, hit)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +20,24 @@ from .slot_attention import JointSlotAttention, SlotAttentionOutput, slot_attent
 MODEL_NAMES = ("jsa", "ezvsl", "alignment")
 
 
+class _BatchOfTensors:
+    """`to` and `row` for a side's dataclass: every tensor field is batch-first; None fields stay None."""
+
+    def _map_tensors(self, change):
+        return replace(self, **{f.name: change(getattr(self, f.name)) for f in fields(self)
+                                if isinstance(getattr(self, f.name), torch.Tensor)})
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None):
+        """A copy with every tensor on `device` (and of `dtype` if given); this side is left as it is."""
+        return self._map_tensors(lambda tensor: tensor.to(device, dtype))
+
+    def row(self, index: int):
+        """Row `index` as a batch of one, on the same device."""
+        return self._map_tensors(lambda tensor: tensor[index:index + 1])
+
+
 @dataclass
-class ImageSide:
+class ImageSide(_BatchOfTensors):
     """vector (B, d) L2-normalised retrieval embedding; keys (B, hw, d) per-location keys/features for maps;
     intra_map (B, hw) JSA's ia^{v,v} (None for baselines); grid (h, w) of the keys; location_keys (B, hw, d)
     L2-normalised h_v(v) of JSA's location head (None without one)."""
@@ -34,7 +50,7 @@ class ImageSide:
 
 
 @dataclass
-class AudioSide:
+class AudioSide(_BatchOfTensors):
     """vector (B, d) L2-normalised retrieval embedding; queries (B, S, d) (JSA: Q^a; baselines: (B, 1, d) global
     audio vector); time_attention (B, t) attention over audio tokens summing to one (JSA: ia^{a,a});
     location_query (B, d) L2-normalised h_a(p^a) of JSA's location head (None without one)."""

@@ -182,3 +182,20 @@ def test_cross_map_is_the_audio_target_query_against_the_image_keys(jsa, batch):
         forward = jsa(images, spectrograms)
         torch.testing.assert_close(forward.ca_av, ca)
         torch.testing.assert_close(forward.ia_vv, image.intra_map)
+
+
+def test_a_side_moved_with_to_is_a_copy_and_the_original_is_left_as_it_was(jsa_sides):
+    image, audio, _ = jsa_sides
+    halved = audio.to("cpu", torch.float16)
+    assert halved is not audio and halved.vector.dtype == torch.float16 and audio.vector.dtype == torch.float32
+    assert halved.location_query is None and audio.location_query is None  # no location head: None stays None
+    torch.testing.assert_close(halved.queries.float(), audio.queries, rtol=1e-3, atol=1e-3)
+    assert image.to("cpu").grid == image.grid
+
+
+def test_a_sides_row_is_that_row_as_a_batch_of_one(jsa_sides):
+    image, audio, _ = jsa_sides
+    row = audio.row(1)
+    assert row.vector.shape == (1, D) and row.queries.shape == (1, S, D)
+    torch.testing.assert_close(row.time_attention, audio.time_attention[1:2], rtol=0, atol=0)
+    assert image.row(0).intra_map.shape == (1, image.intra_map.shape[1]) and image.row(0).grid == image.grid

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -30,12 +30,6 @@ class Query:
     side: Any  # the query's AudioSide (batch of one, CPU) for an audio query; None otherwise
     hits: list[Hit]
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-
-def side_row(side: Any, row: int) -> Any:
-    """Row `row` of an AudioSide / ImageSide as a batch of one on the CPU."""
-    return replace(side, **{f.name: getattr(side, f.name)[row:row + 1].cpu() for f in fields(side)
-                            if isinstance(getattr(side, f.name), torch.Tensor)})
 
 
 def hits_by_k(search: Callable[[np.ndarray, int], list[list[Hit]]], vectors: np.ndarray,
@@ -79,7 +73,7 @@ class SearchService:
     def _audio_batch(self, items: list[tuple[torch.Tensor, int]]) -> list[tuple[list[Hit], Any]]:
         side = self.engine.encode_audio(torch.stack([spectrogram for spectrogram, _ in items]))
         hits = hits_by_k(self.engine.image_hits, side.vector.cpu().numpy(), [k for _, k in items])
-        return [(hits[i], side_row(side, i)) for i in range(len(items))]
+        return [(hits[i], side.row(i).to("cpu")) for i in range(len(items))]
 
     def _image_batch(self, items: list[tuple[torch.Tensor, int]]) -> list[list[Hit]]:
         side = self.engine.encode_image(torch.stack([image for image, _ in items]))
