@@ -56,13 +56,21 @@ RUN_FILE = "run.json"
 # --------------------------------------------------------------------------------------------------------------
 
 PAPER_METHOD: tuple[tuple[str, Any], ...] = (
-    ("model.location_head", False), ("model.localization_map", "cross"), ("train.match_target", "intra"),
+    ("model.location_head", False), ("model.location_head_stop_gradient", False), ("model.localization_map", "cross"),
+    ("model.fusion_beta", 1.0), ("model.infer_logit_scale", 1.0), ("train.match_target", "intra"),
     ("train.lambda_off_target", 0.0))
-"""The paper's JSA whatever the preset: no location head, Eq. 8's teacher, the map ca^{a,v}."""
+"""The paper's JSA whatever the preset: no location head, Eq. 8's teacher, the map ca^{a,v}, logits as Eq. 3."""
 LISTENING_METHOD: tuple[tuple[str, Any], ...] = (
-    ("model.location_head", True), ("model.localization_map", "fused"), ("train.match_target", "audio_gated"))
-"""Beyond the paper (README "Maps that listen"): the location head, the audio-gated matching target and the
-fused map; the `real` preset's default."""
+    ("model.location_head", True), ("model.location_head_stop_gradient", True), ("model.localization_map", "fused"),
+    ("model.fusion_beta", 1.0), ("model.infer_logit_scale", 0.1), ("train.match_target", "intra"),
+    ("train.lambda_off_target", 0.0))
+"""Beyond the paper (docs/realsound.md, "Maps that listen"): JSA trained as the paper plus a location head on
+sg(v); the fused map N(ca) * N([c]+) at the release's logit scale 0.1. The `real` preset's default."""
+GATED_METHOD: tuple[tuple[str, Any], ...] = (
+    ("model.location_head", True), ("model.location_head_stop_gradient", False), ("model.localization_map", "fused"),
+    ("model.fusion_beta", 1.0), ("model.infer_logit_scale", 0.1), ("train.match_target", "audio_gated"),
+    ("train.lambda_off_target", 0.0))
+"""The audio-gated matching target in place of Eq. 8's (the head's loss also shapes v); measured, not chosen."""
 
 
 def apply_settings(config: JSARConfig, settings: Sequence[tuple[str, Any]]) -> JSARConfig:
@@ -124,8 +132,11 @@ RUNS: dict[str, RunSpec] = {spec.name: spec for spec in (
     RunSpec("jsa_release_inference", "JSA, release inference (logits x 0.1, IQR alpha 0.4)", "jsa",
             inference=(("model.infer_logit_scale", 0.1), ("model.iqr_alpha", 0.4)), checkpoint_of="jsa"),
     RunSpec("jsa_listen", "JSA + maps that listen (ours)", "jsa", settings=LISTENING_METHOD),
-    RunSpec("jsa_listen_cross", "JSA + maps that listen, map ca^{a,v} only", "jsa", settings=LISTENING_METHOD,
-            inference=(("model.localization_map", "cross"),), checkpoint_of="jsa_listen"),
+    RunSpec("jsa_listen_logits1", "JSA + maps that listen, logit scale 1", "jsa", settings=LISTENING_METHOD,
+            inference=(("model.infer_logit_scale", 1.0),), checkpoint_of="jsa_listen"),
+    RunSpec("jsa_listen_location", "JSA + location head, its map c alone", "jsa", settings=LISTENING_METHOD,
+            inference=(("model.localization_map", "location"),), checkpoint_of="jsa_listen"),
+    RunSpec("jsa_gated", "JSA, audio-gated matching target", "jsa", settings=GATED_METHOD),
 )}
 DEFAULT_RUNS: tuple[str, ...] = ("jsa", "ezvsl", "alignment", "jsa_no_match", "jsa_no_div", "jsa_no_fn",
                                  "jsa_unshared")

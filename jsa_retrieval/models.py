@@ -132,13 +132,17 @@ class LocationHead(nn.Module):
     sound, trained like EZ-VSL (multiple-instance InfoNCE). Beyond the paper: Eq. 8's teacher ia^{v,v} is computed
     from the image alone and marks every object; c is what tells which one sounds."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, stop_gradient: bool = False) -> None:
         super().__init__()
         self.image = nn.Linear(dim, dim)  # h_v
         self.audio = nn.Linear(dim, dim)  # h_a
+        self.stop_gradient = stop_gradient
 
     def keys(self, image_features: torch.Tensor) -> torch.Tensor:
-        """(B, hw, d) encoder features -> (B, hw, d) L2-normalised location keys."""
+        """(B, hw, d) encoder features -> (B, hw, d) L2-normalised location keys (from sg(v) with
+        stop_gradient, so the head's loss leaves the encoder, and with it JSA's training, as they are)."""
+        if self.stop_gradient:
+            image_features = image_features.detach()
         return F.normalize(self.image(image_features), dim=-1)
 
     def query(self, audio_target: torch.Tensor) -> torch.Tensor:
@@ -203,7 +207,8 @@ class JSAModel(nn.Module):
         dim, hidden = settings.embed_dim, settings.decoder_hidden
         self.image_decoder = SlotDecoder(height * width, dim, dim, hidden)  # g_v
         self.audio_decoder = SlotDecoder(time, dim, dim, hidden)  # g_a
-        self.location_head = LocationHead(dim) if settings.location_head else None
+        self.location_head = (LocationHead(dim, settings.location_head_stop_gradient) if settings.location_head
+                              else None)
 
     def encode_image(self, images: torch.Tensor) -> ImageSide:
         """images (B, 3, S, S) -> target image slot p^v as vector, K^v as keys, ia^{v,v} as intra_map."""
