@@ -61,7 +61,7 @@ def tiny_index(tmp_path_factory):
     service's tests (they only read it)."""
     from indexing.embed import index_dataset
     from jsa_retrieval.synth import SynthConfig, generate
-    from test_engine import tiny_checkpoint
+    from helpers import tiny_checkpoint
 
     root = tmp_path_factory.mktemp("served")
     data = root / "data"

@@ -8,7 +8,7 @@ pytest.importorskip("fastapi", reason="the service needs the [serve] extra")
 from evaluation.bench.serve import LatencySummary, ServeBench, _metric, run_load  # noqa: E402
 from indexing.service.app import ServeConfig, create_app  # noqa: E402
 from indexing.service.client import multipart_body  # noqa: E402
-from test_serve import live_server  # noqa: E402
+from helpers import live_server  # noqa: E402
 
 
 def test_load_counts_good_answers_and_errors(engine, tiny_index):

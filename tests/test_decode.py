@@ -17,6 +17,7 @@ from jsa_retrieval.decode import DecodeError, load_audio, load_image
 from jsa_retrieval.transforms import crop_or_tile, log_spectrogram
 
 from conftest import write_image, write_tone
+from helpers import png_header
 
 
 def write_mp4(path, seconds=2.0, fps=10, size=32, rate=16000):
@@ -173,17 +174,6 @@ def test_training_audio_window_is_the_centred_one_within_its_jitter(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ hostile files
-def png_header(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height grey pixels and whose data is missing: only a decoder that reads
-    the pixels would notice, so refusing it shows the size was checked from the header."""
-    import struct
-    import zlib
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
-
-
 def test_an_image_over_the_pixel_cap_is_refused_from_its_header_in_one_line(tmp_path):
     path = tmp_path / "huge.png"
     path.write_bytes(png_header(13_000, 13_000))

@@ -4,31 +4,18 @@ import json
 import h5py
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from indexing.embed import index_dataset
 from indexing.engine import Engine
 from indexing.store import EmbeddingStore, FingerprintMismatch, StoreWriter
-from jsa_retrieval.checkpoints import checkpoint_state
 from jsa_retrieval.cli import cli
-from jsa_retrieval.config import cpu_config
 from jsa_retrieval.dataset import load_image_tensor, load_spectrogram
 from jsa_retrieval.localize_files import localize_pair
 from jsa_retrieval.maps import localize
-from jsa_retrieval.models import create_model
 from jsa_retrieval.synth import SynthConfig, generate
-
-
-def tiny_checkpoint(path, seed=0):
-    config = cpu_config()
-    config.data.image_size, config.data.audio_seconds = 64, 1.0
-    config.model.encoder_width, config.model.embed_dim, config.model.decoder_hidden = 8, 32, 32
-    torch.manual_seed(seed)
-    model = create_model(config, "jsa")
-    torch.save(checkpoint_state(model, config), path)
-    return path
+from helpers import tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

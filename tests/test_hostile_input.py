@@ -27,8 +27,7 @@ from indexing.service import routes  # noqa: E402
 from indexing.service.app import ServeConfig, create_app  # noqa: E402
 from indexing.service.client import search_file  # noqa: E402
 from indexing.service.uploads import remove_stale_uploads  # noqa: E402
-from test_decode import png_header  # noqa: E402
-from test_serve import TOKEN, assert_one_line_error, live_server, upload  # noqa: E402
+from helpers import TOKEN, assert_one_line_error, live_server, png_header, upload  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -68,3 +68,15 @@ def test_the_cycle_finder_sees_a_cycle(tmp_path):
     assert import_cycles(tmp_path, lazy=True) == [["jsa_retrieval.a", "jsa_retrieval.b"]]
     (package / "b.py").write_text("from jsa_retrieval import a\n")
     assert import_cycles(tmp_path) == [["jsa_retrieval.a", "jsa_retrieval.b"]]
+
+
+def test_tests_share_helpers_through_helpers_or_conftest_not_each_other():
+    tests = ROOT / "tests"
+    test_modules = {path.stem for path in tests.glob("test_*.py")}
+    wrong = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            wrong += [f"{path.name} imports {name}" for name in names if name.split(".")[0] in test_modules]
+    assert not wrong, "tests import each other (move the shared code to tests/helpers.py): " + "; ".join(wrong)

@@ -11,7 +11,7 @@ import numpy as np
 from indexing.embed import index_dataset
 from indexing.store import PARTS_DIR, EmbeddingStore
 from jsa_retrieval.synth import SynthConfig, generate
-from test_engine import tiny_checkpoint
+from helpers import tiny_checkpoint
 
 
 def read_store(index_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -125,7 +125,7 @@ def test_collections_of_another_model_are_refused(pushed, tmp_path):
     client.create_collection(name, dimension=4, properties={FINGERPRINT_PROPERTY: "0" * 64})
     with pytest.raises(FingerprintMismatch, match="000000000000, not"):
         push_store(index_dir, MilvusTarget(uri, prefix="taken"), progress=False)
-    from test_engine import tiny_checkpoint
+    from helpers import tiny_checkpoint
 
     with pytest.raises(FingerprintMismatch, match="not the model"):
         Engine.open(index_dir, checkpoint=tiny_checkpoint(tmp_path / "other.pt", seed=1), device="cpu")

@@ -8,7 +8,6 @@ import socket
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -21,49 +20,13 @@ from fastapi.testclient import TestClient  # noqa: E402
 from jsa_retrieval.cli import cli  # noqa: E402
 from indexing.service.app import ServeConfig, ServeError, check_bind, create_app, open_service  # noqa: E402
 from indexing.service.batcher import MicroBatcher  # noqa: E402
-
-TOKEN = "s3cret-token"
+from helpers import TOKEN, assert_one_line_error, live_server, upload  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def client(engine):
     with TestClient(create_app(engine, ServeConfig(max_upload_bytes=200_000))) as test_client:
         yield test_client
-
-
-def upload(client, route, content, k=None, name="query.bin", **kwargs):
-    return client.post(route, files={"file": (name, content)}, data={} if k is None else {"k": str(k)}, **kwargs)
-
-
-def assert_one_line_error(response, status):
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error and "\n" not in error and "Traceback" not in error
-    return error
-
-
-@contextmanager
-def live_server(app):
-    """The app on a real socket (uvicorn in a thread) for clients that are not TestClient."""
-    import uvicorn
-
-    from indexing.service.app import server_config
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(server_config(app, "127.0.0.1", port))  # what `jsar serve` runs: bounded connections
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 # ------------------------------------------------------------------------------------------------ searches

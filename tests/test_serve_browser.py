@@ -11,7 +11,7 @@ pytest.importorskip("fastapi", reason="the service needs the [serve] extra")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
 from indexing.service.app import ServeConfig, create_app  # noqa: E402
-from test_serve import TOKEN, live_server  # noqa: E402
+from helpers import TOKEN, live_server  # noqa: E402
 
 CHROMIUM = next((path for path in (os.environ.get("JSAR_CHROMIUM"), shutil.which("chromium"),
                                    shutil.which("chromium-browser"), "/usr/bin/chromium") if path and os.path.isfile(path)),
