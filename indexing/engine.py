@@ -212,9 +212,19 @@ class Engine:
         return [spectrogram_picture(spectrograms[i, 0].numpy(), None if attention is None else attention[i].cpu().numpy())
                 for i in range(len(hits))]
 
+    def query_picture(self, kind: str, query: Path, query_side) -> Image.Image:
+        """The query as a contact sheet shows it: an image query's frame; a sound query's ('audio' / 'video')
+        spectrogram with its target slot's attention over time, drawn like a sound hit."""
+        if kind == "image":
+            return load_image(Path(query))
+        attention = query_side.time_attention
+        return spectrogram_picture(self.audio_input(Path(query))[0].numpy(),
+                                   None if attention is None else attention[0].cpu().numpy())
+
     def write_outputs(self, result: QueryResult, out_dir: Path, iqr: bool = False) -> Path:
-        """Write one picture per hit, a contact sheet of all hits, and results.json; returns the JSON path.
-        A sound query is encoded again only if `result` does not carry its side (e.g. read back from JSON)."""
+        """Write one picture per hit, a contact sheet of the query (first, captioned "query") and all hits, and
+        results.json; returns the JSON path. A sound query is encoded again only if `result` does not carry its
+        side (e.g. read back from JSON)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         query_side = result.query_side
@@ -223,9 +233,10 @@ class Engine:
         pictures = [self._save_hit(picture, hit, out_dir)
                     for picture, hit in zip(self.hit_pictures(result.kind, query_side, result.hits, iqr), result.hits)]
         if pictures:
-            sheet = contact_sheet(pictures, [f"#{h.rank} {h.label or h.id} {h.score:.3f}"
-                                             + (" not visible" if h.source_visible is False else "")
-                                             for h in result.hits])
+            sheet = contact_sheet([self.query_picture(result.kind, Path(result.query), query_side), *pictures],
+                                  ["query"] + [f"#{h.rank} {h.label or h.id} {h.score:.3f}"
+                                               + (" not visible" if h.source_visible is False else "")
+                                               for h in result.hits])
             sheet_path = out_dir / "contact_sheet.png"
             sheet.save(sheet_path)
             result.contact_sheet = str(sheet_path)

@@ -157,7 +157,7 @@ def spectrogram_picture(spectrogram: np.ndarray, attention: np.ndarray | None, h
 
 
 def contact_sheet(pictures: list[Image.Image], captions: list[str], tile: int = 192, columns: int = 5) -> Image.Image:
-    """All hits in a grid of `tile`-wide thumbnails with a caption under each."""
+    """Pictures (a search's query, then its hits) in a grid of `tile`-wide thumbnails, a caption under each."""
     rows = (len(pictures) + columns - 1) // columns
     tile_height = max(int(tile * p.height / p.width) for p in pictures)
     sheet = Image.new("RGB", (columns * tile, rows * (tile_height + 18)), (255, 255, 255))

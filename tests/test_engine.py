@@ -14,6 +14,7 @@ from jsa_retrieval.cli import cli
 from jsa_retrieval.dataset import load_image_tensor, load_spectrogram
 from jsa_retrieval.localize_files import localize_pair
 from jsa_retrieval.maps import localize
+from jsa_retrieval.pictures import spectrogram_picture
 from jsa_retrieval.synth import SynthConfig, generate
 from helpers import tiny_checkpoint
 
@@ -114,6 +115,37 @@ def test_audio_search_with_maps_encodes_the_query_once_and_the_hits_in_one_batch
     engine.write_outputs(result, root / "hits_once")
     assert calls == {"audio": [1], "image": [5]}
 
+
+def tile(sheet_path, index, size=192):
+    """The top-left `size` x `size` pixels of the `index`-th tile of a contact sheet's first row (5 columns)."""
+    sheet = np.asarray(Image.open(sheet_path).convert("RGB"))
+    return sheet[:size, index * size:(index + 1) * size]
+
+
+def thumbnail(picture, size=192):
+    """A picture as contact_sheet pastes it: `size` wide, its aspect kept, cut to the tile's first `size` rows."""
+    return np.asarray(picture.convert("RGB").resize((size, int(size * picture.height / picture.width))))[:size]
+
+
+def test_contact_sheets_show_the_query_first(setup, tmp_path):
+    root, data, _, _ = setup
+    engine = Engine.open(root / "index")
+    frame = data / "frames" / "synth_000004.jpg"
+    sounds = engine.search_image(frame, k=3)
+    engine.write_outputs(sounds, tmp_path / "sounds")
+    query_tile = np.asarray(Image.open(frame).convert("RGB").resize((192, 192)))
+    np.testing.assert_array_equal(tile(sounds.contact_sheet, 0), query_tile)
+    first_hit = thumbnail(Image.open(sounds.hits[0].picture))
+    np.testing.assert_array_equal(tile(sounds.contact_sheet, 1)[:len(first_hit)], first_hit)  # one tile along
+    sound = data / "audio" / "synth_000003.wav"
+    images = engine.search_audio(sound, k=5)
+    engine.write_outputs(images, tmp_path / "images")
+    attention = images.query_side.time_attention[0].numpy()
+    spectrogram = spectrogram_picture(engine.audio_input(sound)[0].numpy(), attention)
+    expected = thumbnail(spectrogram)
+    np.testing.assert_array_equal(tile(images.contact_sheet, 0)[:len(expected)], expected)
+    tall = int(192 * spectrogram.height / spectrogram.width)  # the query's tile sets the row height
+    assert Image.open(images.contact_sheet).height == 2 * (max(192, tall) + 18)  # query + 5 hits: 2 rows
 
 def test_hit_map_equals_localize_on_the_same_pair(setup):
     root, data, _, _ = setup
