@@ -64,7 +64,7 @@ def score_outputs(clips: Sequence[Clip], outputs: ModelOutputs, thresholds: Sequ
         directions = recall_from_vectors(outputs.audio_vectors, outputs.image_vectors, labels, ks)
         scores.retrieval = {name: {int(k): float(v) for k, v in d.recall.items()} for name, d in directions.items()}
         scores.n_retrieval = sum(1 for label in labels if label)
-    present, absent = presence_pairs(clips, outputs)
+    present, absent = presence_pairs(clips, outputs.presence)
     if present.size and absent.size:
         scores.presence_auroc = presence_auroc(present, absent)
         scores.n_presence = (int(present.size), int(absent.size))

@@ -110,12 +110,14 @@ def collect_outputs(model: nn.Module, clips: Sequence[Clip], data_config: DataCo
     )
 
 
-def presence_pairs(clips: Sequence[Clip], outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray]:
-    """(present scores, absent scores) from the collected presence blocks: present where the picture shows the
+def presence_pairs(clips: Sequence[Clip], blocks: Sequence[tuple[np.ndarray, np.ndarray]]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(present scores, absent scores) from presence blocks (ModelOutputs.presence: clip positions and their
+    sound-by-picture presence matrix): present where the picture shows the
     sound's class as its sounding object, absent where it holds no object of that class (a clip's silent
     object's class, `extra["silent_class"]`, counts as held); undecided pairs are left out."""
     present, absent = [], []
-    for positions, matrix in outputs.presence:
+    for positions, matrix in blocks:
         batch = [clips[int(p)] for p in positions]
         classes = [{clip.label, clip.extra.get("silent_class")} - {None, ""} for clip in batch]
         targets = presence_targets([clip.label for clip in batch], classes)

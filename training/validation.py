@@ -52,7 +52,7 @@ def validation_scores(outputs: ModelOutputs, clips: Sequence[Clip], size: int) -
         cious = [ciou(threshold_map(predicted, "fixed"), vggss_gt_map(clips[outputs.positions[row]].boxes, size))
                  for row, predicted in zip(boxed, maps)]
         scores.update(ap50=ap50(cious), auc=auc(cious), mean_ciou=float(np.mean(cious)))
-    present, absent = presence_pairs(clips, outputs)
+    present, absent = presence_pairs(clips, outputs.presence)
     if present.size and absent.size:
         scores.update(presence_auroc=presence_auroc(present, absent), presence_cut=presence_cut(present, absent))
     return scores

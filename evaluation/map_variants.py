@@ -1,0 +1,122 @@
+"""Score one checkpoint's map variants on a split, by scene kind: how the settings that only change inference
+(the map choice, the fusion exponent, the slot-logit scale, IQR's alpha) move AP50, from one encoding pass.
+
+This is how the `real` preset's map was chosen on realsound *val* (docs/realsound.md); test is scored once, by
+`jsar eval reproduce`.
+
+    python -m evaluation.map_variants runs/real/best.pt data/realsound --split val
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import click
+import numpy as np
+import torch
+
+from jsa_retrieval.clips import Clip, read_dataset
+from jsa_retrieval.collect import presence_pairs
+from jsa_retrieval.dataset import ClipDataset, make_loader
+from jsa_retrieval.inference import iter_embeddings, pick_device
+from jsa_retrieval.checkpoints import load_model
+from jsa_retrieval.maps import upsample_and_normalise
+from jsa_retrieval.metrics import ap50, ciou, presence_auroc, threshold_map, vggss_gt_map
+
+from .localization import EVAL_SIZE, group_value
+
+SCENE_FIELD = "silent_object_in_view"
+
+
+@dataclass(frozen=True)
+class MapVariant:
+    """A name and the model fields it sets for scoring (`iqr_alpha` set: the refined map of Eq. 14)."""
+
+    name: str
+    settings: tuple[tuple[str, object], ...]
+    iqr_alpha: float | None = None
+
+
+def default_variants(with_location_head: bool) -> list[MapVariant]:
+    """The paper's map at logit scale 1 and 0.1, IQR at alpha 0.6 / 0.4, and with a location head the location
+    map and the fused map for beta 0.5 / 1 / 2 at both scales."""
+    variants = [MapVariant(f"cross x{scale}", (("localization_map", "cross"), ("infer_logit_scale", scale)))
+                for scale in (1.0, 0.1)]
+    variants += [MapVariant(f"IQR alpha {alpha}", (("localization_map", "cross"), ("infer_logit_scale", 1.0)),
+                            alpha) for alpha in (0.6, 0.4)]
+    if with_location_head:
+        variants.append(MapVariant("location", (("localization_map", "location"),)))
+        variants += [MapVariant(f"fused beta {beta} x{scale}", (("localization_map", "fused"), ("fusion_beta", beta),
+                                                               ("infer_logit_scale", scale)))
+                     for beta in (0.5, 1.0, 2.0) for scale in (1.0, 0.1)]
+    return variants
+
+
+@torch.no_grad()
+def score_variants(checkpoint: str | Path, clips: Sequence[Clip], device: str | None = None,
+                   variants: Sequence[MapVariant] | None = None, num_workers: int = 2) -> dict:
+    """{'variants': {name: {'all', scene values...: AP50}}, 'presence_auroc', 'n', 'n_by_scene'} at the fixed 0.6
+    threshold, every variant computed from the same encoded sides."""
+    where = pick_device(device)
+    model, config, _ = load_model(checkpoint, map_location=where)
+    loader = make_loader(ClipDataset(clips, config.data), 32, num_workers=num_workers, device=where)
+    images, audios, positions, blocks = [], [], [], []
+    for batch in iter_embeddings(model, loader, where):
+        if batch.image is None:
+            continue
+        images.append(batch.image)
+        audios.append(batch.audio)
+        positions.append(batch.indices.numpy())
+        blocks.append((batch.indices.numpy(), model.presence_matrix(batch.audio, batch.image).numpy()))
+    image, audio = _concatenate(images), _concatenate(audios)
+    kept = [clips[int(p)] for p in np.concatenate(positions)]
+    scenes = np.array([group_value(clip, SCENE_FIELD) for clip in kept])
+    truths = [vggss_gt_map(clip.boxes, EVAL_SIZE) for clip in kept]
+    variants = variants or default_variants(image.location_keys is not None)
+    results = {}
+    for variant in variants:
+        scored = copy.deepcopy(model)
+        for name, value in variant.settings:
+            setattr(scored.config.model, name, value)
+        coarse = (scored.refined_map(audio, image, variant.iqr_alpha) if variant.iqr_alpha is not None
+                  else scored.cross_map(audio, image))
+        full = upsample_and_normalise(coarse, EVAL_SIZE).numpy()
+        cious = np.array([ciou(threshold_map(m, "fixed"), truth) for m, truth in zip(full, truths)])
+        results[variant.name] = {"all": ap50(cious), **{value: ap50(cious[scenes == value])
+                                                        for value in sorted(set(scenes.tolist()))}}
+    present, absent = presence_pairs(clips, blocks)
+    return {"variants": results, "presence_auroc": presence_auroc(present, absent) if absent.size else None,
+            "n": len(kept), "n_by_scene": {value: int((scenes == value).sum()) for value in sorted(set(scenes.tolist()))}}
+
+
+def _concatenate(sides: list):
+    first = sides[0]
+    return type(first)(**{name: (torch.cat([getattr(side, name) for side in sides])
+                                 if isinstance(value, torch.Tensor) else value)
+                          for name, value in vars(first).items()})
+
+
+@click.command(help="AP50 (fixed 0.6) of a checkpoint's map variants on a split, overall and by scene kind.")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", default="val", show_default=True)
+@click.option("--device", default=None)
+def main(checkpoint: Path, data_dir: Path, split: str, device: str | None) -> None:
+    clips = [clip for clip in read_dataset(data_dir, split).clips if clip.boxes is not None and len(clip.boxes)]
+    if not clips:
+        raise click.BadParameter(f"no clip of {split} has boxes", param_hint="DATA_DIR")
+    report = score_variants(checkpoint, clips, device)
+    scenes = list(report["n_by_scene"])
+    click.echo(f"{checkpoint} on {split}: {report['n']} clips ({report['n_by_scene']}); AP50 % at 0.6")
+    click.echo(f"{'variant':<24} {'all':>6} " + " ".join(f"{SCENE_FIELD}={scene:>6}" for scene in scenes))
+    for name, values in report["variants"].items():
+        click.echo(f"{name:<24} {100 * values['all']:6.1f} "
+                   + " ".join(f"{100 * values[scene]:{len(SCENE_FIELD) + 7}.1f}" for scene in scenes))
+    if report["presence_auroc"] is not None:
+        click.echo(f"presence AUROC {report['presence_auroc']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
