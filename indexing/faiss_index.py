@@ -6,6 +6,13 @@ INDEX_DIR/audio.faiss holds the audio vectors and answers image queries. Index i
 (vectors are added in row order), so a hit maps straight to `EmbeddingStore.record(row)`.
 INDEX_DIR/index.json records the choice, its search parameters, the sizes and the store's fingerprint
 and id digest, so indexes are never used with vectors of another model or a store that has changed.
+
+Search parameters are calibrated, not guessed: the store holds each row's paired vector of the other modality,
+real cross-modal queries, so `calibrated_search_params` searches a sample of them over a grid of the index's
+parameters (nprobe of IVF, efSearch of HNSW, and jointly the shortlist factor k_factor of a refine stage) and
+keeps the cheapest point whose recall@10 against exact search reaches CALIBRATION_RECALL. Per call, `search`
+picks the threads and, for one query on IVF fast-scan lists, the path that splits that query's lists over the
+cores (faiss `implem` 14/15); batches keep faiss's default of one query per thread.
 """
 from __future__ import annotations
 
@@ -35,7 +42,16 @@ BLAS_THRESHOLD = 16  # FAISS default 20: batches of 16-19 queries otherwise take
 INDEX_FORMAT_VERSION = 1
 PROGRESS_MIN_ROWS = 100_000  # smaller indexes build in about a second: no bar
 CALIBRATION_LADDERS = {"nprobe": (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512),
-                       "efSearch": (16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512, 768, 1024)}
+                       "efSearch": (16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512, 768, 1024),
+                       "k_factor_rf": (4, 8, 16, 24, 32, 48, 64, 96, 128)}
+# Cost model of one query, to rank calibration points by (measured at 1M x 512 on 2 cores, faiss 1.15.1): scanning
+# 4-bit fast-scan codes costs about 0.09 ns a code byte (nprobe 16 -> 256 over lists of 500 x 128-byte codes added
+# 1.37 ms), re-ranking a shortlisted candidate about 0.3 ns a byte of its stored vector (0.6 us for 2 KB floats,
+# read at random). A model rather than a stopwatch: calibration then picks the same point on a loaded machine.
+SCAN_NS_PER_CODE_BYTE = 0.09
+REFINE_NS_PER_BYTE = 0.3
+SINGLE_QUERY_IMPLEM = {False: 14, True: 15}  # IVF fast-scan, one query: lists split over threads (heap, reservoir)
+RESERVOIR_MIN_K = 21  # faiss's own rule: a reservoir rather than a heap for k > 20
 CALIBRATION_QUERIES = 300
 EXACT_BLOCK_BYTES = 1 << 28  # similarities of exact search held at once: 256 MB of float32
 CALIBRATION_RECALL = 0.96  # a margin over the 0.95 goal: 300 queries measure recall@10 to about +-0.01
@@ -93,32 +109,109 @@ def build_index(store: EmbeddingStore, field: str = "image_vectors", choice: Ind
 
 
 def calibrated_search_params(index: faiss.Index, store: EmbeddingStore, field: str, choice: IndexChoice,
-                             chunk_rows: int = 65536, seed: int = 0, k: int = 10) -> dict[str, Any]:
-    """The search parameters this index will use, measured rather than guessed: the parameter that trades recall
-    for speed (nprobe of IVF, efSearch of HNSW) at the smallest value of its ladder whose recall@k reaches
-    CALIBRATION_RECALL for CALIBRATION_QUERIES paired vectors of the other modality (real cross-modal queries the
-    store holds), against exact search over `field`. Returns {'search_params': ..., 'calibration_recall': recall@k} (no recall where nothing is tuned)."""
-    name, ladder = calibration_ladder(index)
-    if name is None or len(store) <= k:
-        return {"search_params": dict(choice.search_params)}
+                             chunk_rows: int = 65536, seed: int = 0, k: int = 10,
+                             fixed: dict[str, int] | None = None) -> dict[str, Any]:
+    """The search parameters this index will use, measured rather than guessed: over the index's calibration grid
+    (`calibration_grid`: nprobe of IVF or efSearch of HNSW, jointly with k_factor_rf of a refine stage), the
+    cheapest point by `query_cost` whose recall@k reaches CALIBRATION_RECALL for CALIBRATION_QUERIES paired
+    vectors of the other modality (real cross-modal queries the store holds), against exact search over `field`.
+    `fixed` parameters are held at their values. Returns {'search_params': ..., 'calibration_recall': recall@k}
+    (no recall where nothing is tuned); the index is left set to the chosen point."""
+    fixed = dict(fixed or {})
+    grid = calibration_grid(index, fixed)
+    if not grid or len(store) <= k:
+        params = {**choice.search_params, **fixed}
+        apply_search_params(index, params)
+        return {"search_params": params}
     rows = np.sort(np.random.default_rng([seed, 2]).choice(len(store), min(CALIBRATION_QUERIES, len(store)),
                                                           replace=False))
     queries = store.read_rows(PAIRED_FIELD[field], rows)
     exact = exact_top_k(store.iter_chunks(field, chunk_rows), queries, k)
-    value, recall = calibrate_search_param(index, name, ladder, queries, exact)
-    logger.info("%s over %s: %s %d reaches recall@%d %.3f on %d paired queries", choice.factory, field, name, value,
-                k, recall, rows.size)
-    return {"search_params": {**choice.search_params, name: value}, "calibration_recall": round(recall, 4)}
+    point, recall = calibrate(index, grid, queries, exact)
+    logger.info("%s over %s: %s reaches recall@%d %.3f on %d paired queries", choice.factory, field, point, k, recall,
+                rows.size)
+    return {"search_params": {**choice.search_params, **fixed, **point}, "calibration_recall": round(recall, 4)}
 
 
 def calibration_ladder(index: faiss.Index) -> tuple[str | None, tuple[int, ...]]:
-    """The recall/speed parameter of `index` and the values calibration tries (nprobe up to nlist)."""
+    """The recall/speed parameter of `index`'s first stage and the values calibration tries (nprobe up to nlist)."""
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         return "nprobe", tuple(v for v in CALIBRATION_LADDERS["nprobe"] if v < ivf.nlist) + (int(ivf.nlist),)
-    if isinstance(faiss.downcast_index(index), faiss.IndexHNSW):
+    if any(isinstance(part, faiss.IndexHNSW) for part in _nested_indexes(index)):
         return "efSearch", CALIBRATION_LADDERS["efSearch"]
     return None, ()
+
+
+def calibration_grid(index: faiss.Index, fixed: dict[str, int] | None = None) -> list[dict[str, int]]:
+    """Every point calibration may try: the first stage's ladder (`calibration_ladder`) crossed with the refine
+    stage's shortlist factors (k_factor_rf) when the index re-ranks; parameters in `fixed` are left out of the
+    grid (held at their values). Ordered by the first stage's value, then the factor."""
+    fixed = fixed or {}
+    axes: list[tuple[str, tuple[int, ...]]] = []
+    name, ladder = calibration_ladder(index)
+    if name is not None and name not in fixed:
+        axes.append((name, ladder))
+    if _refine_stage(index) is not None and "k_factor_rf" not in fixed:
+        axes.append(("k_factor_rf", CALIBRATION_LADDERS["k_factor_rf"]))
+    points: list[dict[str, int]] = [{}]
+    for axis, values in axes:
+        points = [{**point, axis: int(value)} for point in points for value in values]
+    return points if axes else []
+
+
+def query_cost(index: faiss.Index, params: dict[str, int], k: int = 10) -> float:
+    """Modelled nanoseconds of one query at `params` beyond the fixed part (coarse quantizer, the call): the IVF
+    lists' codes scanned plus the refine stage's shortlist read at random (SCAN_NS_PER_CODE_BYTE,
+    REFINE_NS_PER_BYTE); HNSW's cost is its efSearch."""
+    cost = 0.0
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        nprobe = params.get("nprobe", ivf.nprobe)
+        cost += nprobe * max(ivf.ntotal, 1) / max(ivf.nlist, 1) * ivf.code_size * SCAN_NS_PER_CODE_BYTE
+    elif "efSearch" in params:
+        cost += params["efSearch"]
+    refine = _refine_stage(index)
+    if refine is not None:
+        stored = faiss.downcast_index(refine.refine_index)
+        bytes_per_vector = getattr(stored, "code_size", 4 * index.d)
+        cost += k * params.get("k_factor_rf", refine.k_factor) * bytes_per_vector * REFINE_NS_PER_BYTE
+    return cost
+
+
+def calibrate(index: faiss.Index, grid: list[dict[str, int]], queries: np.ndarray, exact_ids: np.ndarray,
+              target: float = CALIBRATION_RECALL) -> tuple[dict[str, int], float]:
+    """The cheapest point of `grid` (by `query_cost`) whose recall@k of (Q, d) `queries` against `exact_ids` (Q, k)
+    reaches `target`; the most expensive point if none does. Points are searched with per-call parameters
+    (`search_parameters`, the index untouched) from the cheapest up, stopping at the first that reaches the
+    target; a point with no more of any parameter than one that missed is skipped (recall grows with each).
+    Returns (point, its recall), the index left set to the point."""
+    k = exact_ids.shape[1]
+    ranked = sorted(grid, key=lambda point: (query_cost(index, point, k), tuple(point.values())))
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    chosen, recall, missed = ranked[-1], None, []
+    for point in ranked:
+        if any(all(point[name] <= low[name] for name in point) for low in missed):
+            continue  # no more lists and no longer a shortlist than a point that missed: it misses too
+        found = index.search(queries, k, params=search_parameters(index, point))[1]
+        point_recall = neighbour_recall_at_k(found, exact_ids, k)
+        if point_recall >= target:
+            chosen, recall = point, point_recall
+            break
+        missed.append(point)
+    if recall is None:  # none reached the target: the most expensive point, measured
+        recall = neighbour_recall_at_k(index.search(queries, k, params=search_parameters(index, chosen))[1],
+                                       exact_ids, k)
+    apply_search_params(index, chosen)
+    return dict(chosen), recall
+
+
+def calibrate_search_param(index: faiss.Index, name: str, ladder: Iterable[int], queries: np.ndarray,
+                           exact_ids: np.ndarray, target: float = CALIBRATION_RECALL) -> tuple[int, float]:
+    """One parameter alone (`calibrate` over the grid of `ladder`'s values of `name`): the smallest value whose
+    recall@k reaches `target`, else the last. Returns (value, its recall), the index left set to it."""
+    point, recall = calibrate(index, [{name: int(value)} for value in ladder], queries, exact_ids, target)
+    return point[name], recall
 
 
 def neighbour_recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
@@ -131,19 +224,42 @@ def neighbour_recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float
     return float(np.mean(hits)) / k
 
 
-def calibrate_search_param(index: faiss.Index, name: str, ladder: Iterable[int], queries: np.ndarray,
-                           exact_ids: np.ndarray, target: float = CALIBRATION_RECALL) -> tuple[int, float]:
-    """Smallest value of `ladder` for parameter `name` whose recall@k of (Q, d) `queries` against `exact_ids`
-    (Q, k) reaches `target`; the last value if none does. Returns (value, its recall), the index left set to it."""
-    k = exact_ids.shape[1]
-    values, recall = list(ladder), 0.0
-    for value in values:
-        apply_search_params(index, {name: int(value)})
-        found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
-        recall = neighbour_recall_at_k(found, exact_ids, k)
-        if recall >= target:
-            return int(value), recall
-    return int(values[-1]), recall
+def _refine_stage(index: faiss.Index) -> Any:
+    """The IndexRefine (or IndexRefineFlat) at the top of `index`, or None."""
+    top = faiss.downcast_index(index)
+    return top if isinstance(top, faiss.IndexRefine) else None
+
+
+def first_stage(index: faiss.Index) -> faiss.Index:
+    """The index whose (approximate) scores pick a refine stage's shortlist; `index` itself without one."""
+    refine = _refine_stage(index)
+    return faiss.downcast_index(refine.base_index) if refine is not None else index
+
+
+def search_parameters(index: faiss.Index, params: dict[str, int]) -> faiss.SearchParameters | None:
+    """Per-call faiss parameters for `params` (nprobe, efSearch, k_factor_rf): an IndexRefineSearchParameters
+    around the first stage's own, so a search at other settings never changes the shared index. The nested
+    objects are kept alive on the returned one (faiss holds raw pointers)."""
+    refine = _refine_stage(index)
+    first = faiss.downcast_index(refine.base_index) if refine is not None else faiss.downcast_index(index)
+    inner: faiss.SearchParameters | None = None
+    if isinstance(first, faiss.IndexIVF):
+        inner = (faiss.IVFRaBitQSearchParameters() if isinstance(first, faiss.IndexIVFRaBitQFastScan)
+                 or isinstance(first, faiss.IndexIVFRaBitQ) else faiss.IVFSearchParameters())
+        inner.nprobe = int(params.get("nprobe", first.nprobe))
+        if isinstance(inner, faiss.IVFRaBitQSearchParameters):
+            inner.qb, inner.centered = first.qb, first.centered
+    elif isinstance(first, faiss.IndexHNSW):
+        inner = faiss.SearchParametersHNSW()
+        inner.efSearch = int(params.get("efSearch", first.hnsw.efSearch))
+    if refine is None:
+        return inner
+    outer = faiss.IndexRefineSearchParameters()
+    outer.k_factor = float(params.get("k_factor_rf", refine.k_factor))
+    if inner is not None:
+        outer.base_index_params = inner
+        outer.referenced_objects = [inner]
+    return outer
 
 
 def exact_top_k(blocks: Iterable[tuple[int, np.ndarray]], queries: np.ndarray, k: int,
@@ -282,11 +398,14 @@ def load_index(path: str | Path, search_params: dict[str, int] | None = None) ->
     return apply_search_params(faiss.read_index(str(path)), search_params)
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(index: faiss.Index, queries: np.ndarray, k: int,
+           single_query_parallel: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Top-k by inner product of L2-normalised queries (cosine). queries (Q, d) or (d,) -> scores, ids (Q, k').
 
     k' = min(k, ntotal), minus trailing columns where no query found anything (IVF lists can hold fewer
     than k vectors); any remaining gap is id -1 with score -inf. ids are store row numbers.
+    The call runs on `call_threads` threads, and one query on IVF fast-scan lists takes faiss's path that splits
+    its lists over them (`single_query_parallel=False`: the one-thread path, as batches of one were before).
     """
     configure_faiss()
     if k < 1:
@@ -298,12 +417,54 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     depth = min(int(k), int(index.ntotal))
     if depth == 0 or matrix.shape[0] == 0:
         return np.zeros((matrix.shape[0], 0), np.float32), np.zeros((matrix.shape[0], 0), np.int64)
-    scores, ids = index.search(l2_normalise(matrix), depth)
+    fast_scan = _fast_scan_lists(index)
+    parallel_one = single_query_parallel and fast_scan is not None and matrix.shape[0] == 1
+    if fast_scan is not None:  # one index object serves all threads: the path follows this call's size
+        wanted = depth * _shortlist_factor(index)
+        fast_scan.implem = SINGLE_QUERY_IMPLEM[wanted >= RESERVOIR_MIN_K] if parallel_one else 0
+    threads = faiss.omp_get_max_threads()  # restored after: torch may share this thread and its OpenMP runtime
+    faiss.omp_set_num_threads(call_threads(matrix.shape[0], parallel_one))
+    try:
+        scores, ids = index.search(l2_normalise(matrix), depth)
+    finally:
+        faiss.omp_set_num_threads(threads)
     found = np.flatnonzero((ids >= 0).any(axis=0))
     width = int(found[-1]) + 1 if found.size else 0
     scores, ids = scores[:, :width].copy(), ids[:, :width].copy()
     scores[ids < 0] = -np.inf
     return scores, ids
+
+
+def single_query_path(index: faiss.Index) -> str:
+    """How `search` runs one query on `index` (recorded in index.json beside the search parameters)."""
+    fast_scan = _fast_scan_lists(index)
+    if fast_scan is None:
+        return "one thread"
+    implem = SINGLE_QUERY_IMPLEM[10 * _shortlist_factor(index) >= RESERVOIR_MIN_K]
+    return f"fast-scan implem {implem}: the query's lists split over {configure_faiss()} threads"
+
+
+def call_threads(num_queries: int, single_query_parallel: bool) -> int:
+    """OpenMP threads for one call: every usable core for a batch, or for one query on a path that splits its work;
+    one thread for a single query otherwise (faiss would run it on one thread anyway, and waking idle OpenMP
+    threads costs more than the work of a small call). OpenMP keeps the setting per calling thread."""
+    cores = configure_faiss()
+    return cores if single_query_parallel or num_queries > 1 else 1
+
+
+def _fast_scan_lists(index: faiss.Index) -> Any:
+    """The IndexIVFFastScan (PQ or RaBitQ fast-scan lists) that answers `index`'s first stage, or None."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return None
+    ivf = faiss.downcast_index(ivf)
+    return ivf if isinstance(ivf, faiss.IndexIVFFastScan) else None
+
+
+def _shortlist_factor(index: faiss.Index) -> int:
+    """How many candidates per wanted hit the first stage returns: the refine stage's k_factor, else 1."""
+    refine = _refine_stage(index)
+    return int(refine.k_factor) if refine is not None else 1
 
 
 @dataclass
@@ -325,26 +486,30 @@ class RetrievalIndexes:
 
 
 def build_indexes(index_dir: str | Path, factory: str | None = None, memory_budget: int | None = None,
-                  chunk_rows: int = 65536, seed: int = 0, gpu: bool | None = None) -> dict[str, Any]:
+                  chunk_rows: int = 65536, seed: int = 0, gpu: bool | None = None, calibrate: bool | None = None,
+                  fixed_params: dict[str, int] | None = None) -> dict[str, Any]:
     """Build image.faiss and audio.faiss over INDEX_DIR/store.h5 and write index.json; returns its content.
 
     memory_budget (bytes) is for both indexes together, so each gets half. `gpu` (default: GPUs present)
-    only steers the choice towards GPU-capable types; files are always written as CPU indexes.
+    only steers the choice towards GPU-capable types; files are always written as CPU indexes. Search parameters
+    are calibrated per modality (`calibrated_search_params`) when `calibrate` (default: only for the automatic
+    choice; a named factory is used as named), holding `fixed_params` at their values.
     """
     index_dir = Path(index_dir)
     with EmbeddingStore.open(index_dir) as store:
         use_gpu = num_gpus() > 0 if gpu is None else gpu
         budget = None if memory_budget is None else memory_budget // 2
         choice = choose_index(len(store), store.dim, budget, gpu=use_gpu, factory=factory)
-        calibrate = factory is None  # a named factory is used as named
+        calibrate = factory is None if calibrate is None else calibrate
         entries = {}
         for name, (field, file_name) in INDEX_FILES.items():
             index = build_index(store, field, choice, chunk_rows, seed)
-            searched = (calibrated_search_params(index, store, field, choice, chunk_rows, seed) if calibrate
-                        else {"search_params": dict(choice.search_params)})
+            searched = (calibrated_search_params(index, store, field, choice, chunk_rows, seed, fixed=fixed_params)
+                        if calibrate else {"search_params": {**choice.search_params, **(fixed_params or {})}})
             save_index(index, index_dir / file_name)
             entries[name] = {"file": file_name, "field": field, "ntotal": int(index.ntotal),
-                             "answers": "audio queries" if name == "image" else "image queries", **searched}
+                             "answers": "audio queries" if name == "image" else "image queries", **searched,
+                             "single_query_path": single_query_path(index)}
             del index
         info = {"format_version": INDEX_FORMAT_VERSION, "fingerprint": store.meta.fingerprint,
                 "model_name": store.meta.model_name, "store_rows": len(store), "store_ids_sha256": store.ids_sha256,

@@ -4,11 +4,12 @@ autofaiss-style rule, kept apart from the code that trains and fills indexes so 
 alone. All indexes use inner product on L2-normalised vectors (= cosine similarity).
 
 - Exact `Flat` while a brute-force scan is cheap (<= 100k vectors; <= 1M on a GPU) and fits the budget.
-- Beyond that on CPU, `IVF{nlist},PQ{d/2}x4fs,RFlat`: inverted lists of 4-bit fast-scan PQ codes (SIMD
-  look-ups, d/4 bytes per vector) whose top k * 64 candidates are re-ranked exactly against the full vectors
-  (the refine stage keeps them, so it needs the flat vectors' memory). On GPU, `IVF{nlist},Flat`.
-  nlist ~ 2 sqrt(n) on CPU, 4 sqrt(n) on GPU; nprobe = nlist / 20 here, which `build_indexes` then
-  calibrates per modality on the store's own paired vectors (indexing.faiss_index.calibrated_search_params).
+- Beyond that on CPU, `IVF{nlist},PQ{d/2}x4fs,{CPU_RERANK}`: inverted lists of 4-bit fast-scan PQ codes (SIMD
+  look-ups, d/4 bytes per vector) whose top k * k_factor candidates are re-ranked against a second copy of the
+  vectors (`REFINE_BYTES_PER_DIM`: 4 for RFlat, 2 for Refine(SQfp16), 1 for Refine(SQ8)). On GPU,
+  `IVF{nlist},Flat`. nlist ~ 2 sqrt(n) on CPU, 4 sqrt(n) on GPU; nprobe = nlist / 20 and k_factor 64 here,
+  which `build_indexes` then calibrates jointly per modality on the store's own paired vectors
+  (indexing.faiss_index.calibrated_search_params: the cheapest point reaching recall@10 0.96).
 - Graphs (HNSW) only when named: a cross-modal query's neighbours lie spread over the indexed modality, which a
   graph walk reaches badly (plain HNSW32: recall@10 0.65 / 0.44 at 1M); the query-guided graph that repairs
   part of it trails the calibrated IVF above both ways (indexing.experimental.query_guided, with its figures).
@@ -19,8 +20,8 @@ alone. All indexes use inner product on L2-normalised vectors (= cosine similari
 Search parameters are chosen for recall@10 >= 0.95 against exact search on clustered embeddings
 (tests/test_faiss_index.py measures it) and stored with the choice so that they are re-applied on load.
 
-Why these types, with the measurements behind them (IVF-Flat's recall at 1M cross-modal queries, the refine
-factor, HNSW's builds and cross-modal recall): README, Benchmarks.
+Why these types, with the measurements behind them (IVF-Flat's recall at 1M cross-modal queries, the re-ranking
+stage and its factor, HNSW's builds and cross-modal recall): docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ IVF_PROBE_FRACTION = 20  # visit 1/20 of the lists (see the module docstring)
 HNSW_M = 32
 HNSW_EF_SEARCH = 128
 HNSW_EF_CONSTRUCTION = 40  # 80 doubled 1M builds (4-8 min a modality)
-REFINE_K_FACTOR = 64  # shortlist k * 64 for the exact re-ranking of a refine stage
+REFINE_K_FACTOR = 64  # shortlist k * 64 for the re-ranking of a refine stage, until calibration says otherwise
+CPU_RERANK = "RFlat"  # the re-ranking stage of the CPU choice (the figures behind it: docs/benchmarks.md)
+REFINE_BYTES_PER_DIM = {"RFlat": 4, "Refine(Flat)": 4, "Refine(SQfp16)": 2, "Refine(SQ8)": 1}
 IVF_TRAIN_PER_LIST = 64  # FAISS wants 39..256 training points per centroid
 QUANTIZER_TRAIN_SIZE = 65_536  # PQ/SQ codebooks: 256 centroids per sub-quantizer need >= 9,984 points
 IVF_ID_BYTES = 8
@@ -78,9 +81,10 @@ def ivf_nprobe(nlist: int) -> int:
     return int(min(nlist, max(16, nlist // IVF_PROBE_FRACTION)))
 
 
-def estimate_bytes(kind: str, num_vectors: int, dim: int, nlist: int = 0, code_bytes: int = 0) -> int:
+def estimate_bytes(kind: str, num_vectors: int, dim: int, nlist: int = 0, code_bytes: int = 0,
+                   refine_bytes_per_dim: int = 4) -> int:
     """Resident memory of an index kind ('flat', 'hnsw', 'ivf_flat', 'ivf_pqfs_refine', 'ivf_sq8', 'ivf_pq'),
-    in bytes."""
+    in bytes; a refine stage stores `refine_bytes_per_dim` bytes a dimension."""
     n, d = num_vectors, dim
     centroids = 4 * nlist * d
     if kind == "flat":
@@ -89,8 +93,8 @@ def estimate_bytes(kind: str, num_vectors: int, dim: int, nlist: int = 0, code_b
         return int(n * (4 * d + 2 * HNSW_M * 4 * 1.1 + 16))  # level-0 links (2M) + upper levels + offsets
     if kind == "ivf_flat":
         return n * (4 * d + IVF_ID_BYTES) + centroids
-    if kind == "ivf_pqfs_refine":  # 4-bit codes for d/2 sub-quantizers + ids, and the refine stage's flat copy
-        return n * (d // 4 + IVF_ID_BYTES) + centroids + 4 * n * d
+    if kind == "ivf_pqfs_refine":  # 4-bit codes for d/2 sub-quantizers + ids, and the refine stage's copy
+        return n * (d // 4 + IVF_ID_BYTES) + centroids + refine_bytes_per_dim * n * d
     if kind == "ivf_sq8":
         return n * (d + IVF_ID_BYTES) + centroids
     if kind == "ivf_pq":
@@ -113,10 +117,11 @@ def choose_index(num_vectors: int, dim: int, memory_budget_bytes: int | None = N
     if flat <= budget:
         if n <= flat_limit:
             return _made("Flat", n, f"{n} vectors <= {flat_limit}: exact search is fast enough", flat)
-        fast_scan = estimate_bytes("ivf_pqfs_refine", n, d, nlist)
+        fast_scan = estimate_bytes("ivf_pqfs_refine", n, d, nlist,
+                                   refine_bytes_per_dim=REFINE_BYTES_PER_DIM[CPU_RERANK])
         if not gpu and d % 2 == 0 and fast_scan <= budget:
-            return _made(f"IVF{nlist},PQ{d // 2}x4fs,RFlat", n, f"{n} vectors > {flat_limit} on CPU: fast-scan PQ "
-                         "lists, shortlist re-ranked on the full vectors", fast_scan)
+            return _made(f"IVF{nlist},PQ{d // 2}x4fs,{CPU_RERANK}", n, f"{n} vectors > {flat_limit} on CPU: fast-scan "
+                         f"PQ lists, shortlist re-ranked by {CPU_RERANK}", fast_scan)
         ivf_flat = estimate_bytes("ivf_flat", n, d, nlist)
         if ivf_flat <= budget:
             where = "GPU" if gpu else "CPU"

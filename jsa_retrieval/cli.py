@@ -564,7 +564,8 @@ BENCH_FAISS = _options(
     click.option("--dim", type=click.IntRange(min=1), default=512, show_default=True),
     click.option("--factory", help="FAISS factory string instead of the automatic choice."),
     click.option("--compare", multiple=True, help="Another factory measured in the same run on the same store and "
-                 "exact neighbours (repeatable), e.g. --compare HNSW32."),
+                 "exact neighbours (repeatable), e.g. --compare HNSW32; 'FACTORY|k_factor_rf=64' holds a search "
+                 "parameter while the rest is calibrated."),
     click.option("--vectors-from", type=click.Path(exists=True, file_okay=False, path_type=Path),
                  help="A folder `jsar index` made: its image/audio vectors are the bases (no indexing step)."),
     click.option("--sigma", type=float, default=0.6, show_default=True, help="Noise of each copy of a base vector."),
@@ -572,9 +573,14 @@ BENCH_FAISS = _options(
     click.option("--batch-queries", type=click.IntRange(min=1), help="Batch size for queries/s [2000]."),
     click.option("--recall-queries", type=click.IntRange(min=1), help="Queries scored against exact search [1000]."),
     click.option("--sweep", "sweep_values", type=click.IntRange(min=1), multiple=True,
-                 help="An nprobe/efSearch value to sweep (repeatable) [8..256]."))
+                 help="An nprobe/efSearch value to sweep (repeatable) [8..256]."),
+    click.option("--augmented-from", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                 help="A data folder: also measure a store of real augmented encodings of its clips (new crops and "
+                      "audio windows through --checkpoint) beside the noisy copies."),
+    click.option("--augmented-vectors", type=click.IntRange(min=1),
+                 help="Rows of the augmented store [as many as --vectors]."))
 FAISS_FIELDS = ("vectors", "dim", "factory", "compare", "vectors_from", "sigma", "latency_queries", "batch_queries",
-                "recall_queries", "sweep_values")
+                "recall_queries", "sweep_values", "augmented_from", "augmented_vectors")
 
 
 def _bench_config(options: dict) -> "object":

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from evaluation.bench import (BenchConfig, BenchReport, FaissSettings, bench_faiss_scale, make_random_checkpoint,
                               run_benchmarks)
-from evaluation.bench.faiss_scale import exact_neighbours
+from evaluation.bench.faiss_scale import GivenRows, compare_spec, exact_neighbours
 from evaluation.bench.memory import PeakMemory
 from evaluation.bench.report import render_table
 from evaluation.bench.vectors import (mean_pairwise_cosine, noisy_copies, orthogonal_map, prepare_bases,
@@ -96,14 +96,17 @@ def test_ivf_benchmark_sweeps_nprobe_and_is_exact_when_every_list_is_probed(tmp_
     settings = FaissSettings(vectors=4000, dim=64, factory="IVF32,Flat", latency_queries=5, batch_queries=50,
                              recall_queries=50, sweep_values=(1, 4, 32, 64))
     bench = bench_faiss_scale(tmp_path / "scale", image, audio, settings)
-    assert bench.factory == "IVF32,Flat" and bench.search_params == {"nprobe": 16} and bench.sweep_param == "nprobe"
-    assert not bench.bases["centred"]
+    assert bench.factory == "IVF32,Flat" and bench.sweep_param == "nprobe"
+    assert set(bench.search_params) == {"nprobe"}  # calibrated by build_indexes, a named factory too
+    assert not bench.bases["centred"] and bench.source == "noisy copies"
     for direction in bench.directions:
         assert 0.0 <= direction.recall_vs_flat <= 1.0 and direction.flat_vs_numpy == 1.0
         assert [point.value for point in direction.sweep] == [1, 4, 32]  # 64 > nlist is dropped
         assert all(0.0 <= point.recall <= 1.0 and point.median_ms > 0 for point in direction.sweep)
         assert direction.sweep[-1].recall == 1.0  # every list probed = exhaustive search
         assert direction.sweep[0].recall <= direction.sweep[-1].recall
+        assert direction.serial_median_ms > 0 and direction.margin_gap > 0
+        assert direction.first_stage_error < 1e-6  # IVF over flat vectors: the scores are exact
     assert "sweep nprobe=1" in BenchReport({"usable_cores": 2, "load_average": [0.0], "torch_version": "t",
                                             "torch_threads": 2, "faiss_version": "f"}, None, bench, 1.0).table()
 
@@ -118,7 +121,7 @@ def test_compared_indexes_share_the_store_and_the_exact_neighbours(tmp_path: Pat
     guided = bench.compared[0]
     assert bench.sweep_param is None and guided.sweep_param == "efSearch"
     assert set(guided.rss) == {"build", "search"} and guided.build_seconds > 0 and not guided.automatic
-    assert guided.search_params == {"efSearch": 128}  # a named factory keeps its own parameters
+    assert set(guided.search_params) == {"efSearch"}  # calibrated on the store's paired vectors
     for exact, found in zip(bench.directions, guided.directions):
         assert exact.recall_vs_flat == 1.0 and found.recall_vs_flat >= 0.9
         assert found.flat_median_ms == exact.flat_median_ms  # one exact pass, shared
@@ -230,3 +233,50 @@ def test_jsar_bench_faiss_takes_repeated_sweep_and_compare_values(monkeypatch: p
 def test_jsar_bench_rejects_a_bad_sweep_in_one_line() -> None:
     result = CliRunner().invoke(cli, ["bench", "faiss", "--sweep", "x"])
     assert result.exit_code == 2 and "--sweep" in result.output and "Traceback" not in result.output
+
+
+def test_refine_comparisons_hold_fixed_parameters_and_measure_the_first_stage_error(tmp_path: Path) -> None:
+    image, audio = spread_bases(60, 24)
+    settings = FaissSettings(vectors=4000, dim=64, factory="IVF32,PQ32x4fs,Refine(SQfp16)",
+                             compare=("IVF32,PQ32x4fs,RFlat|k_factor_rf=64",), latency_queries=5, batch_queries=50,
+                             recall_queries=50, sweep_values=(8,), margin_queries=20)
+    bench = bench_faiss_scale(tmp_path / "scale", image, audio, settings)
+    assert set(bench.search_params) == {"nprobe", "k_factor_rf"} or "image index nprobe" in bench.search_params
+    held = bench.compared[0]
+    assert held.label == "IVF32,PQ32x4fs,RFlat | k_factor_rf=64"
+    assert all(value == 64 for key, value in held.search_params.items() if key.endswith("k_factor_rf"))
+    for direction in bench.directions + held.directions:
+        assert direction.first_stage_error > 0 and direction.margin_gap > 0  # 4-bit PQ scores are approximate
+        assert direction.median_ms > 0 and direction.serial_median_ms > 0
+    table = BenchReport({"usable_cores": 2, "load_average": [0.0], "torch_version": "t", "torch_threads": 2,
+                         "faiss_version": "f"}, None, bench, 1.0).table()
+    assert "k_factor_rf=64" in table and "first-stage error" in table and "one thread" in table
+
+
+def test_given_rows_are_stored_as_given_and_searched_with_their_own_queries(tmp_path: Path) -> None:
+    image, audio = spread_bases(30, 64)
+    rows = 2000
+    rng = np.random.default_rng(3)
+    store_image = noisy_copies(image, np.arange(rows) % 30, 0.5, rng)
+    store_audio = noisy_copies(audio, np.arange(rows) % 30, 0.5, rng)
+    queries = {"audio->image": noisy_copies(audio, np.arange(60) % 30, 0.5, rng),
+               "image->audio": noisy_copies(image, np.arange(60) % 30, 0.5, rng)}
+    settings = FaissSettings(vectors=rows, dim=64, factory="Flat", latency_queries=5, batch_queries=50,
+                             recall_queries=50, margin_queries=10)
+    bench = bench_faiss_scale(tmp_path / "given", image, audio, settings,
+                              given=GivenRows(store_image, store_audio, queries, clips=30))
+    assert bench.source == "augmented encodings" and bench.vectors == rows and bench.base_clips == 30
+    with EmbeddingStore.open(tmp_path / "given") as store:
+        np.testing.assert_allclose(store.read_rows("audio_vectors", np.arange(5)), store_audio[:5], atol=1e-6)
+    assert all(direction.recall_vs_flat == 1.0 for direction in bench.directions)
+    table = BenchReport({"usable_cores": 2, "load_average": [0.0], "torch_version": "t", "torch_threads": 2,
+                         "faiss_version": "f"}, None, None, 1.0, faiss_augmented=bench).table()
+    assert "faiss-real" in table and "augmented encodings" in table
+
+
+def test_compare_spec_reads_fixed_parameters_and_refuses_bad_ones() -> None:
+    assert compare_spec("HNSW32") == ("HNSW32", {})
+    assert compare_spec("IVF8,PQ4x4fs,RFlat|k_factor_rf=64|nprobe=4") == ("IVF8,PQ4x4fs,RFlat",
+                                                                          {"k_factor_rf": 64, "nprobe": 4})
+    with pytest.raises(ValueError, match="name=integer"):
+        compare_spec("IVF8,Flat|nprobe")

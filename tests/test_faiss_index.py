@@ -244,3 +244,92 @@ def test_gpu_search_matches_cpu(store: EmbeddingStore, pairs: tuple[np.ndarray, 
         assert recall_at_10(search(placed, pairs[1][:50], 10)[1], cpu_ids) >= 0.99
     reloaded = load_index(save_index(to_gpu(index), tmp_path / "gpu.faiss"), choice.search_params)
     assert np.array_equal(search(reloaded, pairs[1][:50], 10)[1], cpu_ids)
+
+
+@pytest.fixture(scope="module")
+def refine_index(store: EmbeddingStore) -> faiss.Index:
+    """Fast-scan PQ lists re-ranked on float16 vectors: the kind of index whose nprobe and k_factor are tuned
+    together."""
+    return build_index(store, "image_vectors", choose_index(NUM, DIM, factory="IVF64,PQ32x4fs,Refine(SQfp16)"))
+
+
+def test_joint_calibration_picks_the_cheapest_point_that_reaches_the_recall_target(
+        refine_index: faiss.Index, pairs: tuple[np.ndarray, np.ndarray]) -> None:
+    image, audio = pairs
+    queries = audio[::15]
+    _, exact = brute_force_top_k(image, queries, 10)
+    grid = faiss_index.calibration_grid(refine_index)
+    assert {tuple(point) for point in grid} == {("nprobe", "k_factor_rf")}
+    point, recall = faiss_index.calibrate(refine_index, grid, queries, exact, target=0.95)
+    assert recall >= 0.95
+    assert faiss.extract_index_ivf(refine_index).nprobe == point["nprobe"]  # left set to the chosen point
+    assert faiss.downcast_index(refine_index).k_factor == point["k_factor_rf"]
+    assert recall_at_10(search(refine_index, queries, 10)[1], exact) >= 0.95
+    cost = faiss_index.query_cost(refine_index, point)
+    for cheaper in (p for p in grid if faiss_index.query_cost(refine_index, p) < cost):  # every cheaper point misses
+        found = refine_index.search(queries, 10, params=faiss_index.search_parameters(refine_index, cheaper))[1]
+        assert recall_at_10(found, exact) < 0.95, cheaper
+
+
+def test_per_call_parameters_leave_the_shared_index_unchanged(refine_index: faiss.Index,
+                                                              pairs: tuple[np.ndarray, np.ndarray]) -> None:
+    faiss_index.apply_search_params(refine_index, {"nprobe": 4, "k_factor_rf": 8})
+    queries = pairs[1][:40]
+    wide = {"nprobe": 64, "k_factor_rf": 128}
+    found = refine_index.search(queries, 10, params=faiss_index.search_parameters(refine_index, wide))[1]
+    assert faiss.extract_index_ivf(refine_index).nprobe == 4 and faiss.downcast_index(refine_index).k_factor == 8
+    faiss_index.apply_search_params(refine_index, wide)
+    assert np.array_equal(found, refine_index.search(queries, 10)[1])
+
+
+def test_one_query_on_both_cores_finds_what_the_batch_and_the_one_thread_path_find(
+        refine_index: faiss.Index, pairs: tuple[np.ndarray, np.ndarray]) -> None:
+    faiss_index.apply_search_params(refine_index, {"nprobe": 16, "k_factor_rf": 32})
+    queries = pairs[1][:60]
+    batch_scores, batch_ids = search(refine_index, queries, 10)
+    one = [search(refine_index, query, 10) for query in queries]
+    serial = [search(refine_index, query, 10, single_query_parallel=False) for query in queries]
+    assert np.array_equal(np.concatenate([ids for _, ids in one]), batch_ids)
+    assert np.array_equal(np.concatenate([ids for _, ids in serial]), batch_ids)
+    np.testing.assert_allclose(np.concatenate([scores for scores, _ in one]), batch_scores, atol=1e-6)
+    fast_scan = faiss.downcast_index(faiss.extract_index_ivf(refine_index))
+    assert fast_scan.implem == 0  # left on the batch path by the last (one-thread) call
+    search(refine_index, queries[0], 10)
+    assert fast_scan.implem == faiss_index.SINGLE_QUERY_IMPLEM[True]  # 10 x 32 candidates: the reservoir variant
+    threads = faiss.omp_get_max_threads()
+    search(refine_index, queries[0], 10, single_query_parallel=False)
+    assert faiss.omp_get_max_threads() == threads  # the caller's OpenMP setting is restored
+
+
+def test_call_threads_follow_the_call_size() -> None:
+    cores = faiss_index.configure_faiss()
+    assert faiss_index.call_threads(1, single_query_parallel=False) == 1
+    assert faiss_index.call_threads(1, single_query_parallel=True) == cores
+    assert faiss_index.call_threads(500, single_query_parallel=False) == cores
+
+
+def test_calibrated_build_records_both_refine_parameters_in_index_json(tmp_path: Path) -> None:
+    image, audio = clustered_pairs(3000, 32, seed=8)
+    write_store(tmp_path, image, audio)
+    info = build_indexes(tmp_path, factory="IVF32,PQ16x4fs,Refine(SQfp16)", calibrate=True, gpu=False)
+    written = json.loads((tmp_path / INDEX_JSON).read_text())
+    for side in ("image", "audio"):
+        entry = written["indexes"][side]
+        assert set(entry["search_params"]) == {"nprobe", "k_factor_rf"} and entry["calibration_recall"] >= 0.96
+        assert "implem 15" in entry["single_query_path"]
+    held = build_indexes(tmp_path, factory="IVF32,PQ16x4fs,Refine(SQfp16)", calibrate=True, gpu=False,
+                         fixed_params={"k_factor_rf": 64})
+    assert all(entry["search_params"]["k_factor_rf"] == 64 for entry in held["indexes"].values())
+    opened = open_indexes(tmp_path, gpu=False)
+    try:
+        refine = faiss.downcast_index(opened.image)
+        assert refine.k_factor == 64  # re-applied on load
+        assert faiss.extract_index_ivf(opened.image).nprobe == held["indexes"]["image"]["search_params"]["nprobe"]
+    finally:
+        opened.store.close()
+
+
+def test_cost_model_prices_a_shorter_shortlist_and_fewer_lists_lower(refine_index: faiss.Index) -> None:
+    cost = faiss_index.query_cost
+    assert cost(refine_index, {"nprobe": 8, "k_factor_rf": 16}) < cost(refine_index, {"nprobe": 8, "k_factor_rf": 32})
+    assert cost(refine_index, {"nprobe": 8, "k_factor_rf": 16}) < cost(refine_index, {"nprobe": 16, "k_factor_rf": 16})

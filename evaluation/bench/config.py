@@ -28,11 +28,16 @@ class FaissSettings:
     factory: str | None = None  # None: the automatic choice (index_choice.choose_index)
     compare: tuple[str, ...] = ()  # further factories measured on the same store and exact neighbours
     vectors_from: Path | None = None  # a folder `jsar index` made: its vectors are the bases (no indexing step)
+    # compare entries: a factory, or 'FACTORY|name=value|...' holding search parameters fixed while the rest is
+    # calibrated (e.g. 'IVF2000,PQ256x4fs,RFlat|k_factor_rf=64', the re-ranking depth used before calibration)
     sigma: float = NOISE_SIGMA
     latency_queries: int = 200
     batch_queries: int | None = None  # [2000; quick 1000]
     recall_queries: int | None = None  # [1000; quick 300]
     sweep_values: tuple[int, ...] | None = None  # None: SWEEP_VALUES of the index's search parameter
+    augmented_from: Path | None = None  # a data folder: also a store of real augmented encodings of its clips
+    augmented_vectors: int | None = None  # rows of that store [the noisy-copy store's]
+    margin_queries: int = 100  # queries whose 10th and 640th exact scores are set against the first stage's error
 
     def resolved(self, quick: bool = False) -> "FaissSettings":
         """A copy with every size filled in (the quick sizes with `quick`)."""

@@ -15,8 +15,9 @@ from indexing.embed import index_dataset
 from indexing.store import EmbeddingStore
 from jsa_retrieval.machine import machine_info
 
-from .config import DEFAULT_CLIPS, QUICK_CLIPS, BenchConfig
-from .faiss_scale import bench_faiss_scale
+from .augmented import augmented_encodings
+from .config import DEFAULT_CLIPS, QUICK_CLIPS, BenchConfig, FaissSettings
+from .faiss_scale import FaissBench, GivenRows, bench_faiss_scale
 from .indexing import bench_indexing
 from .report import BenchReport
 from .workspace import checkpoint_or_random, clips_or_synthetic, workspace
@@ -60,11 +61,39 @@ def run_benchmarks(config: BenchConfig | None = None, indexing: bool = True, fai
                 shutil.rmtree(scale_dir)
             faiss_bench = bench_faiss_scale(scale_dir, image, audio, settings, seed=config.seed)
             shutil.rmtree(scale_dir)  # gigabytes: a kept work folder keeps the clips, not the scale store
+        augmented_bench = None
+        if faiss_scale and settings.augmented_from is not None:
+            augmented_bench = bench_augmented(root / "augmented-index", settings, checkpoint or config.checkpoint,
+                                              config.batch_size, config.workers, config.seed)
         report = BenchReport(machine=machine, indexing=indexing_bench, faiss_scale=faiss_bench,
-                             seconds=time.perf_counter() - started)
+                             seconds=time.perf_counter() - started, faiss_augmented=augmented_bench)
     if config.json_path is not None:
         Path(config.json_path).write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
     return report
+
+
+def bench_augmented(index_dir: Path, settings: FaissSettings, checkpoint: Path | None, batch_size: int,
+                    workers: int, seed: int) -> FaissBench:
+    """The FAISS benchmark on real augmented encodings (bench.augmented) of `settings.augmented_from`'s clips:
+    `augmented_vectors` rows (default: as many as the noisy-copy store) and each direction's queries, further
+    augmentations from another seed."""
+    if checkpoint is None:
+        raise ValueError("real augmented encodings need the trained model: give --checkpoint")
+    rows = settings.augmented_vectors or settings.vectors
+    count = max(settings.latency_queries, settings.batch_queries, settings.recall_queries)
+    logger.info(f"encoding {rows:,} augmented views of {settings.augmented_from} (+ {count:,} query views)")
+    image, audio, clips = augmented_encodings(settings.augmented_from, Path(checkpoint), rows, settings.dim, seed,
+                                              batch_size, workers)
+    query_image, query_audio, _ = augmented_encodings(settings.augmented_from, Path(checkpoint), count, settings.dim,
+                                                      seed + 1, batch_size, workers)
+    given = GivenRows(image=image, audio=audio, clips=clips,
+                      queries={"audio->image": query_audio, "image->audio": query_image})
+    if index_dir.exists():
+        shutil.rmtree(index_dir)
+    try:
+        return bench_faiss_scale(index_dir, image, audio, settings, seed=seed, given=given)
+    finally:
+        shutil.rmtree(index_dir, ignore_errors=True)
 
 
 def store_vectors(index_dir: Path) -> tuple[np.ndarray, np.ndarray]:

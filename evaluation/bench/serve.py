@@ -15,6 +15,7 @@ Goals (2 cores): warm p50 <= 50 ms, >= 40 searches/s under load, 0 errors.
 from __future__ import annotations
 
 import http.client
+import dataclasses
 import json
 import logging
 import re
@@ -30,10 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from indexing.embed import index_dataset
 from indexing.engine import Engine
 from indexing.service.client import multipart_body
+from indexing.service.uploads import SOUND_FORMATS, decode_upload
+from jsa_retrieval.dataset import load_audio_window
+from jsa_retrieval.transforms import log_spectrogram
 from jsa_retrieval.machine import machine_info
 
 from .config import DEFAULT_SERVE_CLIPS, QUICK_SERVE_CLIPS, BenchConfig, ServeSettings
@@ -84,6 +89,7 @@ class ServeBench:
     rss_after_load: int
     machine: dict[str, Any] = field(default_factory=dict)
     engine_with_maps: LatencySummary | None = None  # in-process Engine: audio search + k maps written
+    profile: dict[str, float] = field(default_factory=dict)  # median ms of each stage of a search (search_profile)
 
     @property
     def load_rate(self) -> float:
@@ -110,6 +116,8 @@ class ServeBench:
             ("load latency", f"p50 {self.load.p50_ms:.0f} ms, p99 {self.load.p99_ms:.0f} ms", ""),
             ("load errors", str(self.load_errors), f"goal 0: {goal_met(self.load_errors == 0)}"),
             ("mean micro-batch under load", f"{self.mean_batch:.1f} searches", ""),
+            *[(f"profile: {stage}", f"{ms:.2f} ms", "median, one search in process (search_profile)")
+              for stage, ms in self.profile.items()],
             ("service RSS: start / before load / half / end",
              " / ".join(f"{value / 2**20:.0f}" for value in (self.rss_start, self.rss_before_load, self.rss_half_load,
                                                              self.rss_after_load)) + " MiB",
@@ -243,6 +251,47 @@ def _sequential(client: SearchClient, bodies: list[tuple[bytes, str]], count: in
     return latencies
 
 
+# ------------------------------------------------------------------------------------------------ profile
+SEARCH_STAGES = ("upload written + audio decoded", "spectrogram", "audio encoder (batch of 1)",
+                 "audio encoder per search (batch of 16)", "FAISS search", "hit records (store)", "JSON")
+
+
+@torch.no_grad()
+def search_profile(engine: Engine, wavs: list[Path], k: int, searches: int) -> dict[str, float]:
+    """Median milliseconds of each stage of one audio search as the service runs it (the SEARCH_STAGES), in this
+    process on a warm engine: the upload written to a file and decoded to the model's audio window, its
+    spectrogram, the audio encoder alone and as one of a batch of 16 (what the micro-batcher runs under load),
+    the FAISS search, reading the hits' records from the store, and the response's JSON. Two warm-up rounds."""
+    config = engine.config.data
+    times: dict[str, list[float]] = {stage: [] for stage in SEARCH_STAGES}
+    bodies = [wav.read_bytes() for wav in wavs]
+    for number in range(searches + 2):
+        data = bodies[number % len(bodies)]
+        began = time.perf_counter()
+        window = decode_upload(data, SOUND_FORMATS, "sound", lambda path: load_audio_window(path, config))
+        decoded = time.perf_counter()
+        spectrogram = log_spectrogram(window, config)
+        transformed = time.perf_counter()
+        side = engine.encode_audio(spectrogram.unsqueeze(0))
+        encoded = time.perf_counter()
+        batch = engine.encode_audio(spectrogram.unsqueeze(0).expand(16, -1, -1, -1).contiguous())
+        batched = time.perf_counter()
+        scores, rows = engine.indexes.audio_to_image(side.vector.cpu().numpy(), k)
+        searched = time.perf_counter()
+        hits = engine._hits(scores[0], rows[0])
+        recorded = time.perf_counter()
+        json.dumps({"kind": "audio", "k": k, "hits": [dataclasses.asdict(hit) for hit in hits]})
+        done = time.perf_counter()
+        del batch
+        if number < 2:
+            continue
+        for stage, seconds in zip(SEARCH_STAGES, (decoded - began, transformed - decoded, encoded - transformed,
+                                                  (batched - encoded) / 16, searched - batched,
+                                                  recorded - searched, done - recorded)):
+            times[stage].append(seconds * 1000)
+    return {stage: float(np.median(values)) for stage, values in times.items()}
+
+
 # ------------------------------------------------------------------------------------------------ the run
 def engine_search_with_maps(index_dir: Path, checkpoint: Path, wavs: list[Path], k: int, searches: int) -> LatencySummary:
     """In-process `Engine` audio searches, each writing its k hit overlays, contact sheet and results.json
@@ -274,7 +323,10 @@ def run_serve_bench(config: BenchConfig | None = None) -> ServeBench:
             logger.info(f"indexing {data_dir} into {index_dir}")
             index_dataset(data_dir, checkpoint, index_dir, num_workers=1, progress=False)
         wavs = sorted((data_dir / "audio").glob("*.wav"))[:64]
-        logger.info(f"in-process Engine: {settings.map_requests} audio searches with their maps")
+        logger.info(f"in-process Engine: where a search's time goes, then {settings.map_requests} audio searches "
+                    "with their maps")
+        profile = search_profile(Engine.open(index_dir, checkpoint, device="cpu"), wavs, settings.k,
+                                 settings.warm_requests)
         engine_maps = engine_search_with_maps(index_dir, checkpoint, wavs, settings.k, settings.map_requests)
         logger.info("cold jsar query, new process per search")
         cold_query = [_timed_process(_jsar("query", "--index", str(index_dir), "--checkpoint", str(checkpoint),
@@ -284,7 +336,8 @@ def run_serve_bench(config: BenchConfig | None = None) -> ServeBench:
         figures = measure_service(index_dir, checkpoint, wavs, settings, root / "serve.log")
         bench = ServeBench(clips=json.loads((index_dir / "index.json").read_text())["store_rows"], k=settings.k,
                            concurrency=settings.concurrency, cold_query_s=cold_query, machine=machine,
-                           engine_with_maps=engine_maps, load_requests_asked=settings.requests, **figures)
+                           engine_with_maps=engine_maps, load_requests_asked=settings.requests, profile=profile,
+                           **figures)
     if config.json_path:
         Path(config.json_path).write_text(json.dumps(bench.to_dict(), indent=2) + "\n")
     return bench

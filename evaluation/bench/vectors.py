@@ -127,6 +127,22 @@ def write_structured_store(index_dir: str | Path, bases: BaseVectors, num_vector
     return writer.finalize()
 
 
+def write_given_store(index_dir: str | Path, image: np.ndarray, audio: np.ndarray, seed: int = 0,
+                      chunk_rows: int = 65536) -> Path:
+    """Write (n, dim) given image and audio rows (bench.augmented's) into INDEX_DIR/store.h5 through StoreWriter."""
+    num, dim = image.shape
+    meta = StoreMeta(fingerprint=f"bench-given-seed{seed}-{num}", model_name="bench",
+                     config={"vectors": num, "dim": dim, "source": "given rows"}, checkpoint="none", dim=dim)
+    writer = StoreWriter(index_dir, meta, chunk_rows=chunk_rows)
+    for start in range(0, num, chunk_rows):
+        rows = range(start, min(start + chunk_rows, num))
+        empty = [""] * len(rows)
+        writer.write(StoreRecords(ids=[f"v{r}" for r in rows], labels=empty, image_paths=empty, audio_paths=empty,
+                                  image_vectors=image[rows.start:rows.stop], audio_vectors=audio[rows.start:rows.stop]),
+                     positions=np.arange(rows.start, rows.stop))
+    return writer.finalize()
+
+
 def cross_modal_queries(bases: BaseVectors, side: str, count: int, sigma: float = NOISE_SIGMA,
                         seed: int = 0) -> np.ndarray:
     """(count, dim) fresh noisy copies of random `side` bases, drawn from a seed stream the store never uses."""
