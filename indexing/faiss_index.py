@@ -534,6 +534,10 @@ def open_indexes(index_dir: str | Path, gpu: bool | None = None, shard: bool = F
     if not info_path.exists():
         raise FileNotFoundError(f"no {INDEX_JSON} in {index_dir}; build the indexes first")
     info = json.loads(info_path.read_text())
+    if "indexes" not in info:
+        raise FileNotFoundError(f"{index_dir} holds no FAISS indexes (its {INDEX_JSON} records the "
+                                f"{info.get('backend', 'unknown')!r} back end); build them with `jsar index` "
+                                "without --backend milvus")
     store = EmbeddingStore.open(index_dir)
     if info["fingerprint"] != store.meta.fingerprint:
         raise FingerprintMismatch(

@@ -486,8 +486,11 @@ def eval_compare(checkpoints: tuple[Path, ...], data_dir: Path, split: str | Non
 @click.option("--seed", default=0, show_default=True)
 @click.option("--seeds", default=None, help="Comma-separated seeds (e.g. 0,1,2): one experiment each in "
               "OUT/seed<N>/ and a mean ± std table in OUT/experiment_seeds.md; overrides --seed.")
-@click.option("--runs", default=None, help="Comma-separated subset of: jsa, ezvsl, alignment, jsa_no_match, "
-              "jsa_no_div, jsa_no_fn, jsa_unshared [all].")
+@click.option("--runs", default=None, help="Comma-separated runs: jsa, ezvsl, alignment, jsa_no_match, jsa_no_div, "
+              "jsa_no_fn, jsa_unshared [these seven: the paper's tables], and beyond the paper jsa_listen (maps "
+              "that listen), jsa_listen_logits1 / jsa_listen_location (its checkpoint with logit scale 1 / the "
+              "location map alone), jsa_gated (audio-gated matching target), jsa_release_inference (jsa's "
+              "checkpoint under the JSA release's inference settings).")
 @click.option("--threshold", type=click.Choice(["median", "fixed", "adaptive"]), default="fixed", show_default=True,
               help="Main table's threshold mode (the second table uses the other convention).")
 @device_option()
