@@ -287,6 +287,7 @@ class ExperimentRow:
     n_retrieval: int
     localization_by_group: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
     presence_auroc: float | None = None
+    presence_auroc_hits: float | None = None
 
 
 @dataclass
@@ -332,6 +333,7 @@ def experiment_table(rows: Sequence[ExperimentRow], threshold: str, retrieval: b
                 record[heading] = by_group.get("plain", {}).get("ap50")
         if any(row.presence_auroc is not None for row in rows):
             record["presence AUROC"] = row.presence_auroc
+            record["presence AUROC, hits"] = row.presence_auroc_hits
         if retrieval:
             for direction, arrow in ARROWS.items():
                 for k in KS:
@@ -488,7 +490,7 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
             checkpoint_sha=scores["checkpoint_sha"], localization=scores["localization"],
             retrieval=scores["retrieval"], n_localization=scores["n_localization"],
             n_retrieval=scores["n_retrieval"], localization_by_group=scores["localization_by_group"],
-            presence_auroc=scores["presence_auroc"]))
+            presence_auroc=scores["presence_auroc"], presence_auroc_hits=scores["presence_auroc_hits"]))
     write_experiment(report)
     logger.info("wrote %s", report.files["markdown"])
     return report

@@ -26,6 +26,7 @@ from jsa_retrieval.maps import upsample_and_normalise
 from jsa_retrieval.metrics import ap50, ciou, presence_auroc, threshold_map, vggss_gt_map
 
 from .localization import EVAL_SIZE, group_value
+from .presence import concatenate_sides
 
 SCENE_FIELD = "silent_object_in_view"
 
@@ -69,8 +70,9 @@ def score_variants(checkpoint: str | Path, clips: Sequence[Clip], device: str | 
         images.append(batch.image)
         audios.append(batch.audio)
         positions.append(batch.indices.numpy())
-        blocks.append((batch.indices.numpy(), model.presence_matrix(batch.audio, batch.image).numpy()))
-    image, audio = _concatenate(images), _concatenate(audios)
+        blocks.append((batch.indices.numpy(), model.presence_matrix(batch.audio, batch.image).numpy(),
+                       (batch.audio.vector @ batch.image.vector.T).numpy()))
+    image, audio = concatenate_sides(images), concatenate_sides(audios)
     kept = [clips[int(p)] for p in np.concatenate(positions)]
     scenes = np.array([group_value(clip, SCENE_FIELD) for clip in kept])
     truths = [vggss_gt_map(clip.boxes, EVAL_SIZE) for clip in kept]
@@ -89,13 +91,6 @@ def score_variants(checkpoint: str | Path, clips: Sequence[Clip], device: str | 
     present, absent = presence_pairs(clips, blocks)
     return {"variants": results, "presence_auroc": presence_auroc(present, absent) if absent.size else None,
             "n": len(kept), "n_by_scene": {value: int((scenes == value).sum()) for value in sorted(set(scenes.tolist()))}}
-
-
-def _concatenate(sides: list):
-    first = sides[0]
-    return type(first)(**{name: (torch.cat([getattr(side, name) for side in sides])
-                                 if isinstance(value, torch.Tensor) else value)
-                          for name, value in vars(first).items()})
 
 
 @click.command(help="AP50 (fixed 0.6) of a checkpoint's map variants on a split, overall and by scene kind.")

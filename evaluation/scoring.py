@@ -23,6 +23,10 @@ from .reports import ComparisonReport
 from .retrieval import recall_from_vectors
 
 
+PRESENCE_HITS = 3
+"""Presence on the pairs a search returns: each sound's top 3 pictures of its batch by retrieval score."""
+
+
 @dataclass
 class OutputScores:
     """What one model pass scores: `localization[threshold][column]` over the clips with ground truth, and
@@ -36,6 +40,7 @@ class OutputScores:
     localization_by_group: dict[str, dict[str, dict[str, ColumnScores]]] = field(default_factory=dict)
     presence_auroc: float | None = None
     n_presence: tuple[int, int] = (0, 0)
+    presence_auroc_hits: float | None = None  # over each sound's top PRESENCE_HITS pictures of its batch
 
 
 def score_outputs(clips: Sequence[Clip], outputs: ModelOutputs, thresholds: Sequence[str],
@@ -68,6 +73,9 @@ def score_outputs(clips: Sequence[Clip], outputs: ModelOutputs, thresholds: Sequ
     if present.size and absent.size:
         scores.presence_auroc = presence_auroc(present, absent)
         scores.n_presence = (int(present.size), int(absent.size))
+    present, absent = presence_pairs(clips, outputs.presence, top_k=PRESENCE_HITS)
+    if present.size and absent.size:
+        scores.presence_auroc_hits = presence_auroc(present, absent)
     return scores
 
 
@@ -124,4 +132,5 @@ def summary_dict(scores: OutputScores) -> dict[str, Any]:
                                       for threshold, groups in scores.localization_by_group.items()},
             "retrieval": scores.retrieval, "n_localization": scores.n_localization,
             "n_retrieval": scores.n_retrieval, "n_unreadable": scores.n_unreadable,
-            "presence_auroc": scores.presence_auroc, "n_presence": list(scores.n_presence)}
+            "presence_auroc": scores.presence_auroc, "n_presence": list(scores.n_presence),
+            "presence_auroc_hits": scores.presence_auroc_hits}

@@ -472,6 +472,23 @@ def eval_compare(checkpoints: tuple[Path, ...], data_dir: Path, split: str | Non
     _echo_report(write_report(report, out_dir, f"Comparison on {data_dir}"))
 
 
+@cli.command("calibrate-presence", help="Calibrate a checkpoint's 'source not visible' cut on a labelled split (as "
+             "training does after each epoch) and write the checkpoint with it to OUT; an index built with the old "
+             "file needs `jsar index` again." + EXAMPLE
+             + "jsar calibrate-presence runs/real/best.pt data/realsound --out runs/real/calibrated.pt")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--split", default="val", show_default=True)
+@device_option()
+def calibrate_presence_command(checkpoint: Path, data_dir: Path, out_path: Path, split: str,
+                               device: str | None) -> None:
+    from training.validation import calibrate_presence
+
+    cut = calibrate_presence(checkpoint, data_dir, out_path, split, device)
+    click.echo(f"presence cut {cut:.4f} (calibrated on {data_dir} {split}) written with the model to {out_path}")
+
+
 @eval_group.command("reproduce", help="Train JSA, the baselines and the ablations (paper Tables 5, 6) under one "
                     "budget on DATA_DIR and write the paper-format table of their test scores to OUT/experiment.md "
                     "(.csv, .json); with --seeds, one experiment per seed and mean ± std in OUT/experiment_seeds.md."

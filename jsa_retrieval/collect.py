@@ -34,7 +34,7 @@ class ModelOutputs:
     positions (n,) index into the clip list; image_vectors / audio_vectors (n, d) float32; plain, refined and
     objects (n, h, w) coarse maps (refined None without IQR, objects None without an object prior);
     presence: per batch, (positions (B,), model.presence_matrix (B, B) of every sound against every picture of
-    that batch), when asked for (source-presence calibration and AUROC).
+    that batch, their retrieval similarity (B, B)), when asked for (source-presence calibration and AUROC).
     """
 
     positions: np.ndarray
@@ -44,7 +44,7 @@ class ModelOutputs:
     refined: torch.Tensor | None
     objects: torch.Tensor | None
     failures: FailureLog
-    presence: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    presence: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
 
     def subset(self, rows: np.ndarray) -> "ModelOutputs":
         """The outputs at `rows` (indices into this object's arrays, not clip positions; presence blocks are
@@ -88,7 +88,8 @@ def collect_outputs(model: nn.Module, clips: Sequence[Clip], data_config: DataCo
         plain.append(coarse_map(model, batch.audio, batch.image).float().cpu())
         if presence:
             presence_blocks.append((batch.indices.numpy(),
-                                    model.presence_matrix(batch.audio, batch.image).float().cpu().numpy()))
+                                    model.presence_matrix(batch.audio, batch.image).float().cpu().numpy(),
+                                    (batch.audio.vector @ batch.image.vector.T).float().cpu().numpy()))
         if with_iqr:
             refined.append(coarse_map(model, batch.audio, batch.image, iqr=True, alpha=iqr_alpha).float().cpu())
         if object_prior is not None:
@@ -110,17 +111,24 @@ def collect_outputs(model: nn.Module, clips: Sequence[Clip], data_config: DataCo
     )
 
 
-def presence_pairs(clips: Sequence[Clip], blocks: Sequence[tuple[np.ndarray, np.ndarray]]
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(present scores, absent scores) from presence blocks (ModelOutputs.presence: clip positions and their
-    sound-by-picture presence matrix): present where the picture shows the
+def presence_pairs(clips: Sequence[Clip], blocks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                   top_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(present scores, absent scores) from presence blocks (ModelOutputs.presence: clip positions, their
+    sound-by-picture presence matrix and retrieval similarity). With `top_k` only each sound's top_k pictures of
+    its batch by retrieval similarity count: the pairs a search returns, whose absent ones look most like the
+    sound (the cut that marks search hits is calibrated on these). Present where the picture shows the
     sound's class as its sounding object, absent where it holds no object of that class (a clip's silent
     object's class, `extra["silent_class"]`, counts as held); undecided pairs are left out."""
     present, absent = [], []
-    for positions, matrix in blocks:
+    for positions, matrix, similarity in blocks:
         batch = [clips[int(p)] for p in positions]
         classes = [{clip.label, clip.extra.get("silent_class")} - {None, ""} for clip in batch]
-        targets = presence_targets([clip.label for clip in batch], classes)
+        targets = presence_targets([clip.label for clip in batch], [clip.label for clip in batch], classes)
+        if top_k is not None:
+            ranked = np.argsort(-similarity, axis=1, kind="stable")[:, :top_k]
+            kept = np.zeros_like(targets, dtype=bool)
+            np.put_along_axis(kept, ranked, True, axis=1)
+            targets = np.where(kept, targets, np.nan)
         present.append(matrix[targets == 1.0])
         absent.append(matrix[targets == 0.0])
     if not present:

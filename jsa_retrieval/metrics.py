@@ -361,18 +361,20 @@ def recall_by_category(ranked_labels: Any, query_labels: Any,
 # Source presence: does the picture show the sound's source at all?
 # --------------------------------------------------------------------------------------------------------------
 
-def presence_targets(audio_labels: Sequence[Any], image_classes: Sequence[set]) -> np.ndarray:
-    """(A, I) float matrix: 1 where image j shows the sounding class of audio i (its own sounding object), 0
-    where it holds no object of that class at all, NaN where it is undecided (the class only as a silent object,
-    or an audio without a label). `image_classes[j]` is the set of sounding and silent classes in image j."""
-    targets = np.full((len(audio_labels), len(image_classes)), np.nan)
+def presence_targets(audio_labels: Sequence[Any], image_labels: Sequence[Any],
+                     image_classes: Sequence[set]) -> np.ndarray:
+    """(A, I) float matrix: 1 where image j's sounding object is of audio i's class, 0 where image j holds no
+    object of that class at all, NaN where it is undecided (the class only as a silent object, or an audio
+    without a label). `image_classes[j]` is the set of sounding and silent classes in image j."""
+    targets = np.full((len(audio_labels), len(image_labels)), np.nan)
     for i, label in enumerate(audio_labels):
         if label is None:
             continue
-        for j, classes in enumerate(image_classes):
-            if label not in classes:
+        for j, (sounding, classes) in enumerate(zip(image_labels, image_classes)):
+            if sounding == label:
+                targets[i, j] = 1.0
+            elif label not in classes:
                 targets[i, j] = 0.0
-        targets[i, i] = 1.0 if label in image_classes[i] else targets[i, i]
     return targets
 
 

@@ -76,15 +76,37 @@ def test_inference_logit_scale_flattens_the_slot_softmax():
 
 
 def test_presence_targets_auroc_and_cut_by_hand():
-    targets = presence_targets(["dog", "cat", None], [{"dog"}, {"cat", "dog"}, {"cow"}])
-    # audio "dog": its own picture present, picture 1 holds a dog (silent) -> undecided, picture 2 absent
-    np.testing.assert_array_equal(targets[0], [1.0, np.nan, 0.0])
+    targets = presence_targets(["dog", "cat", None], ["dog", "cat", "dog"], [{"dog"}, {"cat", "dog"}, {"dog", "cow"}])
+    # audio "dog": pictures 0 and 2 sound a dog -> present, picture 1 holds a dog only as a silent one -> undecided
+    np.testing.assert_array_equal(targets[0], [1.0, np.nan, 1.0])
     np.testing.assert_array_equal(targets[1], [0.0, 1.0, 0.0])
     assert np.isnan(targets[2]).all()
     assert presence_auroc([0.9, 0.8], [0.1, 0.85]) == pytest.approx(0.75)
     assert presence_cut([0.9, 0.8, 0.7], [0.1, 0.2, 0.3]) == pytest.approx(0.5)
     # one absent pair above two present ones: the best cut keeps the two highest present pairs only
     assert presence_cut([0.9, 0.8, 0.1, 0.15], [0.0, 0.05, 0.2, 0.3, 0.4, 0.5, 0.6]) == pytest.approx(0.7)
+
+
+def test_presence_pairs_on_search_hits_keep_each_sounds_best_pictures_only():
+    from pathlib import Path
+
+    from jsa_retrieval.clips import Clip
+    from jsa_retrieval.collect import presence_pairs
+
+    clips = [Clip(f"c{i}", Path("x.jpg"), Path("x.wav"), label=label, extra={"silent_class": silent})
+             for i, (label, silent) in enumerate([("dog", None), ("cat", "dog"), ("cow", None)])]
+    presence = np.array([[0.9, 0.8, 0.3], [0.2, 0.7, 0.1], [0.4, 0.5, 0.6]])
+    similarity = np.array([[1.0, 0.5, 0.9], [0.1, 1.0, 0.2], [0.3, 0.2, 1.0]])
+    block = [(np.arange(3), presence, similarity)]
+    present, absent = presence_pairs(clips, block)
+    # dog: picture 0 present, 1 undecided (a silent dog), 2 absent; cat: 1 present, 0 and 2 absent; cow: 2 present
+    assert sorted(present) == [0.6, 0.7, 0.9] and sorted(absent) == [0.1, 0.2, 0.3, 0.4, 0.5]
+    present, absent = presence_pairs(clips, block, top_k=2)
+    # top 2 by similarity: dog -> 0, 2; cat -> 1, 2; cow -> 2, 0
+    assert sorted(present) == [0.6, 0.7, 0.9] and sorted(absent) == [0.1, 0.3, 0.4]
+    clips[2].label = "dog"  # a second dog picture is present for the dog sound, and the other way round
+    present, absent = presence_pairs(clips, block)
+    assert sorted(present) == [0.3, 0.4, 0.6, 0.7, 0.9] and sorted(absent) == [0.1, 0.2]
 
 
 def test_config_check_refuses_a_fused_map_without_a_location_head():

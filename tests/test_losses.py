@@ -350,7 +350,8 @@ def _distributed_worker(process_rank: int, port: int, processes: int) -> None:
 
         # Per-rank objectives over the global batch average to the single-process objective on the whole batch.
         rows = slice(6 * process_rank, 6 * process_rank + 6)
-        shard = SimpleNamespace(**{name: value.detach()[rows] for name, value in vars(whole).items()})
+        shard = SimpleNamespace(**{name: None if value is None else value.detach()[rows]
+                                   for name, value in vars(whole).items()})
         terms = jsa_objective(shard, CONFIG)
         for name in ("ctr", "match", "div", "recon", "total"):
             mean = terms[name].detach().clone()

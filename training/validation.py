@@ -4,6 +4,7 @@ Checkpoints are selected on this split, never on the test set.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -13,10 +14,16 @@ from torch import nn
 from jsa_retrieval.metrics import (
     ap50, auc, ciou, presence_auroc, presence_cut, rank_by_similarity, recall_at_k, threshold_map, vggss_gt_map,
 )
-from jsa_retrieval.clips import Clip
+from jsa_retrieval.checkpoints import load_model, read_checkpoint, save_checkpoint
+from jsa_retrieval.clips import Clip, read_dataset
+from jsa_retrieval.inference import pick_device
 from jsa_retrieval.config import JSARConfig
 from jsa_retrieval.collect import ModelOutputs, NothingDecoded, collect_outputs, presence_pairs
 from jsa_retrieval.maps import upsample_and_normalise
+
+
+PRESENCE_TOP_K = 3
+"""Each val sound's top 3 pictures of its batch (up to 64) by retrieval score: the hits the cut is meant for."""
 
 
 @torch.no_grad()
@@ -54,10 +61,33 @@ def validation_scores(outputs: ModelOutputs, clips: Sequence[Clip], size: int) -
         scores.update(ap50=ap50(cious), auc=auc(cious), mean_ciou=float(np.mean(cious)))
     present, absent = presence_pairs(clips, outputs.presence)
     if present.size and absent.size:
-        scores.update(presence_auroc=presence_auroc(present, absent), presence_cut=presence_cut(present, absent))
+        scores["presence_auroc"] = presence_auroc(present, absent)
+    # the cut marks search hits, so it is calibrated on the pairs a search returns (each sound's best pictures)
+    present, absent = presence_pairs(clips, outputs.presence, top_k=PRESENCE_TOP_K)
+    if present.size and absent.size:
+        scores["presence_cut"] = presence_cut(present, absent)
     return scores
 
 
 def selection_score(scores: dict[str, float]) -> float:
     """One number to pick the best checkpoint: mean R@1 of both directions plus AP50 when available."""
     return (scores.get("r1_a2i", 0.0) + scores.get("r1_i2a", 0.0)) / 2 + scores.get("ap50", 0.0)
+
+
+def calibrate_presence(checkpoint: Path, data_dir: Path, out_path: Path, split: str = "val",
+                       device: str | None = None) -> float:
+    """Calibrate a checkpoint's presence cut on `split` (as the trainer does after each epoch) and write the
+    checkpoint with it to `out_path`, atomically. A new file, because a store's fingerprint names the checkpoint
+    file it was built with: indexes built with the old file need `jsar index` again with the new one."""
+    where = pick_device(device)
+    model, config, _ = load_model(checkpoint, map_location=where)
+    scores = validate(model, read_dataset(Path(data_dir), split).clips, config, where,
+                      num_workers=min(2, config.train.num_workers))
+    if "presence_cut" not in scores:
+        raise ValueError(f"{data_dir} split {split!r} has no labelled clips of several classes to calibrate on")
+    state = read_checkpoint(checkpoint)
+    state["meta"] = {**(state.get("meta") or {}), "presence_cut": scores["presence_cut"],
+                     "presence_calibration": {"data_dir": str(data_dir), "split": split,
+                                              "top_k": PRESENCE_TOP_K, "auroc": scores.get("presence_auroc")}}
+    save_checkpoint(Path(out_path), state)
+    return float(scores["presence_cut"])
