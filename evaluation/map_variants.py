@@ -19,14 +19,13 @@ import torch
 
 from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval.collect import presence_pairs
-from jsa_retrieval.dataset import ClipDataset, make_loader
-from jsa_retrieval.inference import iter_embeddings, pick_device
+from jsa_retrieval.inference import pick_device
 from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.maps import upsample_and_normalise
 from jsa_retrieval.metrics import ap50, ciou, presence_auroc, threshold_map, vggss_gt_map
 
 from .localization import EVAL_SIZE, group_value
-from .presence import concatenate_sides
+from .presence import encode_split
 
 SCENE_FIELD = "silent_object_in_view"
 
@@ -62,18 +61,10 @@ def score_variants(checkpoint: str | Path, clips: Sequence[Clip], device: str | 
     threshold, every variant computed from the same encoded sides."""
     where = pick_device(device)
     model, config, _ = load_model(checkpoint, map_location=where)
-    loader = make_loader(ClipDataset(clips, config.data), 32, num_workers=num_workers, device=where)
-    images, audios, positions, blocks = [], [], [], []
-    for batch in iter_embeddings(model, loader, where):
-        if batch.image is None:
-            continue
-        images.append(batch.image)
-        audios.append(batch.audio)
-        positions.append(batch.indices.numpy())
-        blocks.append((batch.indices.numpy(), model.presence_matrix(batch.audio, batch.image).numpy(),
-                       (batch.audio.vector @ batch.image.vector.T).numpy()))
-    image, audio = concatenate_sides(images), concatenate_sides(audios)
-    kept = [clips[int(p)] for p in np.concatenate(positions)]
+    image, audio, kept = encode_split(model, clips, config, where, num_workers)
+    presence, similarity = model.presence_matrix(audio, image).numpy(), (audio.vector @ image.vector.T).numpy()
+    blocks = [(np.arange(start, min(start + 32, len(kept))), presence[start:start + 32, start:start + 32],
+               similarity[start:start + 32, start:start + 32]) for start in range(0, len(kept), 32)]
     scenes = np.array([group_value(clip, SCENE_FIELD) for clip in kept])
     truths = [vggss_gt_map(clip.boxes, EVAL_SIZE) for clip in kept]
     variants = variants or default_variants(image.location_keys is not None)
@@ -88,7 +79,7 @@ def score_variants(checkpoint: str | Path, clips: Sequence[Clip], device: str | 
         cious = np.array([ciou(threshold_map(m, "fixed"), truth) for m, truth in zip(full, truths)])
         results[variant.name] = {"all": ap50(cious), **{value: ap50(cious[scenes == value])
                                                         for value in sorted(set(scenes.tolist()))}}
-    present, absent = presence_pairs(clips, blocks)
+    present, absent = presence_pairs(kept, blocks)
     return {"variants": results, "presence_auroc": presence_auroc(present, absent) if absent.size else None,
             "n": len(kept), "n_by_scene": {value: int((scenes == value).sum()) for value in sorted(set(scenes.tolist()))}}
 

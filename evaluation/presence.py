@@ -28,15 +28,7 @@ def hit_presence(checkpoint: str | Path, data_dir: str | Path, split: str, k: in
     where = pick_device(device)
     model, config, meta = load_model(checkpoint, map_location=where)
     clips = read_dataset(Path(data_dir), split).clips
-    loader = make_loader(ClipDataset(clips, config.data), 32, num_workers=2, device=where)
-    images, audios, positions = [], [], []
-    for batch in iter_embeddings(model, loader, where):
-        if batch.image is not None:
-            images.append(batch.image)
-            audios.append(batch.audio)
-            positions.append(batch.indices.numpy())
-    image, audio = concatenate_sides(images), concatenate_sides(audios)
-    kept = [clips[int(p)] for p in np.concatenate(positions)]
+    image, audio, kept = encode_split(model, clips, config, where)
     similarity = (audio.vector @ image.vector.T).numpy()
     presence = model.presence_matrix(audio, image).numpy()
     classes = [{clip.label, clip.extra.get("silent_class")} - {None, ""} for clip in kept]
@@ -53,6 +45,19 @@ def hit_presence(checkpoint: str | Path, data_dir: str | Path, split: str, k: in
             "cut": cut, "n_present": int(present.size), "n_absent": int(absent.size),
             "absent_flagged": None if cut is None else float(np.mean(absent <= cut)),
             "present_kept": None if cut is None else float(np.mean(present > cut))}
+
+
+@torch.no_grad()
+def encode_split(model: torch.nn.Module, clips: list, config, device: torch.device, num_workers: int = 2):
+    """(ImageSide, AudioSide, the clips that decoded) of every clip, each side one batch over the whole split."""
+    loader = make_loader(ClipDataset(clips, config.data), 32, num_workers=num_workers, device=device)
+    images, audios, positions = [], [], []
+    for batch in iter_embeddings(model, loader, device):
+        if batch.image is not None:
+            images.append(batch.image)
+            audios.append(batch.audio)
+            positions.append(batch.indices.numpy())
+    return concatenate_sides(images), concatenate_sides(audios), [clips[int(p)] for p in np.concatenate(positions)]
 
 
 def concatenate_sides(sides: list):

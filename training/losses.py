@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from jsa_retrieval.models import min_max
+
 
 def info_nce(image_target: Tensor, audio_target: Tensor, tau: float, false_negatives: Tensor | None = None, *,
              image_all: Tensor | None = None, audio_all: Tensor | None = None, offset: int = 0) -> Tensor:
@@ -59,10 +61,7 @@ def audio_gated_target(ia_vv: Tensor, location: Tensor, margin: float, temperatu
     Returns (B, hw), each row summing to one.
     """
     with torch.no_grad():
-        flat_low = location.amin(dim=1, keepdim=True)
-        span = location.amax(dim=1, keepdim=True) - flat_low
-        normalised = torch.where(span > 1e-6, (location - flat_low) / span.clamp_min(1e-6), torch.ones_like(location))
-        gate = torch.sigmoid((normalised - margin) / temperature)
+        gate = torch.sigmoid((min_max(location) - margin) / temperature)  # a flat c gives a flat gate
         weighted = ia_vv.detach() * gate
         return weighted / weighted.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
