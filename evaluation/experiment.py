@@ -28,10 +28,11 @@ import pandas as pd
 import jsa_retrieval
 from jsa_retrieval.checkpoints import checkpoint_short_sha, load_model, read_checkpoint
 from jsa_retrieval.clips import Clip, read_dataset
-from jsa_retrieval.config import JSARConfig, get_config
+from jsa_retrieval.config import ABLATIONS, JSARConfig, apply_settings, config_field, get_config
 from jsa_retrieval.files import write_atomically
 from jsa_retrieval.inference import pick_device
 from jsa_retrieval.machine import machine_info
+from training.recipes import RECIPES
 from training.trainer import split_train_val, train
 
 from jsa_retrieval.collect import collect_outputs
@@ -46,8 +47,8 @@ logger = logging.getLogger(__name__)
 KS = (1, 5, 10)
 LOCALIZATION_KEYS = (("ap50", "cIoU (AP50)"), ("auc", "AUC"), ("mean_ciou", "mean cIoU"))
 SCENE_COLUMNS = (("true", "AP50 silent object in view"), ("false", "AP50 one object"))
-FLAG_COLUMNS = (("use_match", "L_match"), ("use_div", "L_div"), ("use_false_negatives", "FN mitigation"),
-                ("share_initial_slots", "shared slots"))
+REPORTED_ABLATIONS = tuple(ablation for ablation in ABLATIONS if ablation.run)
+"""The switches the report shows as check-mark columns: those an experiment run turns off."""
 RUN_FILE = "run.json"
 
 
@@ -73,20 +74,10 @@ GATED_METHOD: tuple[tuple[str, Any], ...] = (
 """The audio-gated matching target in place of Eq. 8's (the head's loss also shapes v); measured, not chosen."""
 
 
-def apply_settings(config: JSARConfig, settings: Sequence[tuple[str, Any]]) -> JSARConfig:
-    """Set dotted config fields ("model.fusion_beta", 2.0) in place; an unknown field is a ValueError."""
-    for dotted, value in settings:
-        part, _, name = dotted.partition(".")
-        section = getattr(config, part, None)
-        if section is None or not hasattr(section, name):
-            raise ValueError(f"unknown configuration field {dotted!r}")
-        setattr(section, name, value)
-    return config
-
-
 @dataclass(frozen=True)
 class RunSpec:
-    """One row of the experiment: a model and, for JSA, which parts of the method it keeps (Tables 5-6).
+    """One row of the experiment: a model and, for a method with ablation switches (JSA), which parts of it the
+    run switches off (`ablated`, Tables 5-6).
 
     `settings` are further config fields the run trains with; `inference` are model fields changed only when
     scoring; a run with `checkpoint_of` trains nothing and scores that run's best.pt with its `inference`."""
@@ -94,10 +85,7 @@ class RunSpec:
     name: str
     label: str
     model_name: str
-    use_match: bool = True
-    use_div: bool = True
-    use_false_negatives: bool = True
-    share_initial_slots: bool = True
+    ablated: tuple[str, ...] = ()  # config fields of config.ABLATIONS this run switches off
     settings: tuple[tuple[str, Any], ...] = PAPER_METHOD
     inference: tuple[tuple[str, Any], ...] = ()
     checkpoint_of: str | None = None
@@ -105,18 +93,16 @@ class RunSpec:
     def configure(self, base: JSARConfig, seed: int, epochs: int | None) -> JSARConfig:
         """A copy of `base` with this run's switches, the shared seed and the epoch cap.
 
-        JSA switches are set explicitly (not and-ed with `base`), so "JSA (full)" is the full method whatever
-        the base config says; the baselines ignore them and keep `base` as it is.
+        The method's switches are set explicitly (not and-ed with `base`), so "JSA (full)" is the full method
+        whatever the base config says; methods without switches (the baselines) keep `base` as it is.
         """
         config = JSARConfig.from_dict(base.to_dict())
         config.train.seed = seed
         if epochs is not None:
             config.train.epochs = epochs
-        if self.model_name == "jsa":
-            config.train.use_match = self.use_match
-            config.train.use_div = self.use_div
-            config.train.use_false_negatives = self.use_false_negatives
-            config.model.share_initial_slots = self.share_initial_slots
+        switches = RECIPES[self.model_name].ablations
+        if switches:
+            apply_settings(config, [(switch.field, switch.field not in self.ablated) for switch in switches])
             apply_settings(config, self.settings)
         return config
 
@@ -125,10 +111,7 @@ RUNS: dict[str, RunSpec] = {spec.name: spec for spec in (
     RunSpec("jsa", "JSA (full)", "jsa"),
     RunSpec("ezvsl", "EZ-VSL", "ezvsl"),
     RunSpec("alignment", "Alignment", "alignment"),
-    RunSpec("jsa_no_match", "JSA w/o L_match", "jsa", use_match=False),
-    RunSpec("jsa_no_div", "JSA w/o L_div", "jsa", use_div=False),
-    RunSpec("jsa_no_fn", "JSA w/o FN mitigation", "jsa", use_false_negatives=False),
-    RunSpec("jsa_unshared", "JSA, unshared initial slots", "jsa", share_initial_slots=False),
+    *(RunSpec(ablation.run, ablation.label, "jsa", ablated=(ablation.field,)) for ablation in REPORTED_ABLATIONS),
     RunSpec("jsa_release_inference", "JSA, release inference (logits x 0.1, IQR alpha 0.4)", "jsa",
             inference=(("model.infer_logit_scale", 0.1), ("model.iqr_alpha", 0.4)), checkpoint_of="jsa"),
     RunSpec("jsa_listen", "JSA + maps that listen (ours)", "jsa", settings=LISTENING_METHOD),
@@ -138,8 +121,7 @@ RUNS: dict[str, RunSpec] = {spec.name: spec for spec in (
             inference=(("model.localization_map", "location"),), checkpoint_of="jsa_listen"),
     RunSpec("jsa_gated", "JSA, audio-gated matching target", "jsa", settings=GATED_METHOD),
 )}
-DEFAULT_RUNS: tuple[str, ...] = ("jsa", "ezvsl", "alignment", "jsa_no_match", "jsa_no_div", "jsa_no_fn",
-                                 "jsa_unshared")
+DEFAULT_RUNS: tuple[str, ...] = ("jsa", "ezvsl", "alignment", *(ablation.run for ablation in REPORTED_ABLATIONS))
 """The paper's comparison and ablations (Tables 1, 5, 6); JSA first, so that an experiment stopped early has the
 main method's row. `jsar eval reproduce --runs` adds the others by name."""
 
@@ -271,10 +253,7 @@ class ExperimentRow:
     run: str
     label: str
     model_name: str
-    use_match: bool | None
-    use_div: bool | None
-    use_false_negatives: bool | None
-    share_initial_slots: bool | None
+    switches: dict[str, bool | None]  # REPORTED_ABLATIONS' keys ("use_match"): on / off, None for the baselines
     status: str
     train_minutes: float | None
     epochs: int
@@ -321,8 +300,8 @@ def experiment_table(rows: Sequence[ExperimentRow], threshold: str, retrieval: b
     records = []
     for row in rows:
         record: dict[str, Any] = {"method": row.label}
-        for key, heading in FLAG_COLUMNS:
-            record[heading] = getattr(row, key)
+        for ablation in REPORTED_ABLATIONS:
+            record[ablation.column] = row.switches.get(ablation.key)
         scores = row.localization.get(threshold, {})
         for column, prefix in (("plain", ""), ("+IQR", "+IQR ")):
             for key, heading in LOCALIZATION_KEYS:
@@ -348,7 +327,7 @@ def experiment_table(rows: Sequence[ExperimentRow], threshold: str, retrieval: b
 def _display(frame: pd.DataFrame) -> pd.DataFrame:
     """Check-marks for switches and plain numbers for minutes, so markdown_table prints only scores as %."""
     shown = frame.astype(object).copy()
-    for _, heading in FLAG_COLUMNS:
+    for heading in (ablation.column for ablation in REPORTED_ABLATIONS):
         shown[heading] = [None if value is None or value != value else ("✓" if value else "")
                           for value in frame[heading]]
     shown["train minutes"] = [None if value is None or value != value else f"{value:.1f}"
@@ -409,13 +388,11 @@ def write_experiment(report: ExperimentReport) -> dict[str, Path]:
 # The experiment
 # --------------------------------------------------------------------------------------------------------------
 
-def _flags(model_name: str, config: dict[str, Any]) -> dict[str, bool | None]:
-    """The switches as the checkpoint's own config has them (None for the baselines)."""
-    if model_name != "jsa":
-        return {key: None for key, _ in FLAG_COLUMNS}
-    return {"use_match": config["train"]["use_match"], "use_div": config["train"]["use_div"],
-            "use_false_negatives": config["train"]["use_false_negatives"],
-            "share_initial_slots": config["model"]["share_initial_slots"]}
+def _switches(model_name: str, config: dict[str, Any]) -> dict[str, bool | None]:
+    """The reported switches as the checkpoint's own config has them (None where the method has no such part)."""
+    own = RECIPES[model_name].ablations
+    return {ablation.key: config_field(config, ablation.field) if ablation in own else None
+            for ablation in REPORTED_ABLATIONS}
 
 
 def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str | JSARConfig = "cpu",
@@ -484,7 +461,7 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
                                      inference=run.spec.inference)
         report.rows.append(ExperimentRow(
             run=run.spec.name, label=run.spec.label, model_name=scores["model_name"],
-            **_flags(scores["model_name"], scores["config"]), status=run.status,
+            switches=_switches(scores["model_name"], scores["config"]), status=run.status,
             train_minutes=None if run.train_seconds is None else run.train_seconds / 60,
             epochs=run.epochs_trained, best_epoch=scores["best_epoch"], checkpoint=str(run.best_path),
             checkpoint_sha=scores["checkpoint_sha"], localization=scores["localization"],
@@ -500,7 +477,7 @@ def seeds_table(reports: Sequence[ExperimentReport], threshold: str | None = Non
     """One row per method: mean ± sample std over the seeds' reports of every score (in %) and of the train
     minutes; switches as in `experiment_table`. Formatted strings, ready for markdown."""
     frames = [report.table(threshold) for report in reports]
-    keys = ["method"] + [heading for _, heading in FLAG_COLUMNS]
+    keys = ["method"] + [ablation.column for ablation in REPORTED_ABLATIONS]
     numeric = [column for column in frames[0].columns if column not in keys + ["epochs", "best epoch"]]
     stacked = pd.concat(frames, keys=range(len(frames)), names=["seed", "row"]).reset_index(level=0)
     records = []
@@ -514,7 +491,7 @@ def seeds_table(reports: Sequence[ExperimentReport], threshold: str | None = Non
                               f"{values.mean() * scale:.1f} ± {values.std(ddof=1) * scale if values.size > 1 else 0:.1f}")
         records.append(record)
     shown = pd.DataFrame(records)
-    for _, heading in FLAG_COLUMNS:
+    for heading in (ablation.column for ablation in REPORTED_ABLATIONS):
         shown[heading] = ["–" if value is None or value != value else ("✓" if value else "") for value in shown[heading]]
     return shown
 

@@ -15,7 +15,7 @@ from typing import Callable
 import click
 
 from . import __version__
-from .config import PRESETS, get_config
+from .config import ABLATIONS, MODEL_NAMES, PRESETS, apply_settings, get_config
 from .errors import JsarError
 
 EXAMPLE = "\n\n\b\nExample:\n  "
@@ -66,6 +66,19 @@ def _options(*decorators: Callable) -> Callable:
             function = decorator(function)
         return function
     return apply
+
+
+def ablation_options(function: Callable) -> Callable:
+    """One flag per switch of config.ABLATIONS (--no-match, ...), each passed as `without_<field>`."""
+    for ablation in reversed(ABLATIONS):
+        function = click.option(ablation.flag, f"without_{ablation.key}", is_flag=True,
+                                help=f"Ablation: {ablation.help}")(function)
+    return function
+
+
+def _list_option(values: tuple[str, ...]) -> list[str]:
+    """A repeatable option's values, each of which may also hold several separated by commas."""
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
 
 
 def _config(name: str, overrides: dict) -> "object":
@@ -154,7 +167,7 @@ def synth(out_dir: Path, n_clips: int, seed: int, image_size: int, seconds: floa
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--config", "config_name", default="cpu", show_default=True,
               help=f"A preset ({', '.join(sorted(PRESETS))}) or a JSON config file.")
-@click.option("--model", "model_name", type=click.Choice(["jsa", "ezvsl", "alignment"]), default="jsa",
+@click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="jsa",
               show_default=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/jsa"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
@@ -174,25 +187,17 @@ def synth(out_dir: Path, n_clips: int, seed: int, image_size: int, seconds: floa
 @click.option("--feature-cache", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for a frozen image trunk's per-clip output [~/.cache/jsar/trunk-features].")
 @device_option()
-@click.option("--no-match", is_flag=True, help="Ablation: drop the attention matching loss (Eq. 8).")
-@click.option("--no-div", is_flag=True, help="Ablation: drop the slot divergence loss (Eq. 9).")
-@click.option("--no-recon", is_flag=True, help="Ablation: drop the slot reconstruction loss (Eq. 10).")
-@click.option("--no-false-negatives", is_flag=True, help="Ablation: no k-reciprocal false-negative mitigation.")
-@click.option("--unshared-slots", is_flag=True, help="Ablation (Table 6): separate initial slots per modality.")
+@ablation_options
 @click.option("--target-slots", type=click.IntRange(1), help="Number of target slots (appendix Tables 8, 12).")
 @click.option("--off-target-slots", type=click.IntRange(1), help="Number of off-target slots.")
 def train(data_dir: Path, config_name: str, model_name: str, out_dir: Path, resume: bool, max_minutes: float | None,
-          device: str | None, no_match: bool, no_div: bool, no_recon: bool, no_false_negatives: bool,
-          unshared_slots: bool, target_slots: int | None, off_target_slots: int | None,
+          device: str | None, target_slots: int | None, off_target_slots: int | None,
           feature_cache: Path | None, **overrides) -> None:
     from training.trainer import train as run_training
 
     config = _config(config_name, overrides)
-    config.train.use_match &= not no_match
-    config.train.use_div &= not no_div
-    config.train.use_recon &= not no_recon
-    config.train.use_false_negatives &= not no_false_negatives
-    config.model.share_initial_slots &= not unshared_slots
+    apply_settings(config, [(ablation.field, False) for ablation in ABLATIONS
+                            if overrides.get(f"without_{ablation.key}")])
     config.model.num_target_slots = target_slots or config.model.num_target_slots
     config.model.num_off_target_slots = off_target_slots or config.model.num_off_target_slots
     result = run_training(data_dir, config, model_name, out_dir, resume=resume, max_minutes=max_minutes,
@@ -501,10 +506,11 @@ def calibrate_presence_command(checkpoint: Path, data_dir: Path, out_path: Path,
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs per run [config's].")
 @click.option("--minutes-per-run", type=float, default=None, help="Stop a run after the epoch crossing this.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--seeds", default=None, help="Comma-separated seeds (e.g. 0,1,2): one experiment each in "
-              "OUT/seed<N>/ and a mean ± std table in OUT/experiment_seeds.md; overrides --seed.")
-@click.option("--runs", default=None, help="Comma-separated runs: jsa, ezvsl, alignment, jsa_no_match, jsa_no_div, "
-              "jsa_no_fn, jsa_unshared [these seven: the paper's tables], and beyond the paper jsa_listen (maps "
+@click.option("--seeds", multiple=True, help="Seeds, repeated or comma-separated (e.g. 0,1,2): one experiment "
+              "each in OUT/seed<N>/ and a mean ± std table in OUT/experiment_seeds.md; overrides --seed.")
+@click.option("--runs", multiple=True, help="Runs, repeated or comma-separated: jsa, ezvsl, alignment, "
+              + ", ".join(ablation.run for ablation in ABLATIONS if ablation.run)
+              + " [these: the paper's tables], and beyond the paper jsa_listen (maps "
               "that listen), jsa_listen_logits1 / jsa_listen_location (its checkpoint with logit scale 1 / the "
               "location map alone), jsa_gated (audio-gated matching target), jsa_release_inference (jsa's "
               "checkpoint under the JSA release's inference settings).")
@@ -512,16 +518,16 @@ def calibrate_presence_command(checkpoint: Path, data_dir: Path, out_path: Path,
               help="Main table's threshold mode (the second table uses the other convention).")
 @device_option()
 def eval_reproduce(data_dir: Path, out_dir: Path, config_name: str, epochs: int | None,
-                   minutes_per_run: float | None, seed: int, seeds: str | None, runs: str | None, threshold: str,
-                   device: str | None) -> None:
+                   minutes_per_run: float | None, seed: int, seeds: tuple[str, ...], runs: tuple[str, ...],
+                   threshold: str, device: str | None) -> None:
     from evaluation.experiment import DEFAULT_RUNS, run_experiment, run_seeds
 
     quiet = _quiet()
 
-    names = [name.strip() for name in runs.split(",") if name.strip()] if runs else list(DEFAULT_RUNS)
+    names = _list_option(runs) or list(DEFAULT_RUNS)
     if seeds:
         try:
-            seed_list = [int(value) for value in seeds.split(",") if value.strip()]
+            seed_list = [int(value) for value in _list_option(seeds)]
         except ValueError as error:
             raise click.BadParameter("takes integers separated by commas", param_hint="--seeds") from error
         _, path = run_seeds(data_dir, out_dir, seed_list, config_name, epochs, minutes_per_run, names, threshold,

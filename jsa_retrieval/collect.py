@@ -57,7 +57,7 @@ class ModelOutputs:
 
 def has_iqr(model: nn.Module) -> bool:
     """IQR (Eq. 14) needs JSA's image query; the baselines' refined map is just their cross map."""
-    return getattr(model, "model_name", "") == "jsa"
+    return bool(getattr(model, "has_image_query", False))
 
 
 @torch.no_grad()

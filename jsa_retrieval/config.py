@@ -10,7 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 
 @dataclass
@@ -193,6 +193,60 @@ def use_listening_maps(config: JSARConfig) -> JSARConfig:
     config.model.fusion_beta = 1.0
     config.model.infer_logit_scale = 0.1
     return config
+
+
+MODEL_NAMES = ("jsa", "ezvsl", "alignment")
+"""The methods jsar trains: JSA and the two baselines (one recipe each in training/recipes.py)."""
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """A part of JSA that an ablation removes (the paper's Tables 5-6): a boolean config field, True in the full
+    method. Declared once here; `jsar train`'s flags, the experiment's runs and its report's check-mark columns
+    are made from this list."""
+
+    field: str  # dotted config field ("train.use_match")
+    flag: str  # the `jsar train` flag that sets it False
+    help: str
+    column: str  # heading of the report's check-mark column
+    run: str | None = None  # the experiment run that trains JSA without it (None: no such run)
+    label: str = ""  # that run's row label
+
+    @property
+    def key(self) -> str:
+        """The field's name without its section ("use_match")."""
+        return self.field.rpartition(".")[2]
+
+
+ABLATIONS: tuple[Ablation, ...] = (
+    Ablation("train.use_match", "--no-match", "drop the attention matching loss (Eq. 8).", "L_match",
+             "jsa_no_match", "JSA w/o L_match"),
+    Ablation("train.use_div", "--no-div", "drop the slot divergence loss (Eq. 9).", "L_div",
+             "jsa_no_div", "JSA w/o L_div"),
+    Ablation("train.use_recon", "--no-recon", "drop the slot reconstruction loss (Eq. 10).", "L_recon"),
+    Ablation("train.use_false_negatives", "--no-false-negatives", "no k-reciprocal false-negative mitigation.",
+             "FN mitigation", "jsa_no_fn", "JSA w/o FN mitigation"),
+    Ablation("model.share_initial_slots", "--unshared-slots", "separate initial slots per modality (Table 6).",
+             "shared slots", "jsa_unshared", "JSA, unshared initial slots"),
+)
+
+
+def apply_settings(config: JSARConfig, settings: Sequence[tuple[str, Any]]) -> JSARConfig:
+    """Set dotted config fields ("model.fusion_beta", 2.0) in place; an unknown field is a ValueError."""
+    for dotted, value in settings:
+        part, _, name = dotted.partition(".")
+        section = getattr(config, part, None)
+        if section is None or not hasattr(section, name):
+            raise ValueError(f"unknown configuration field {dotted!r}")
+        setattr(section, name, value)
+    return config
+
+
+def config_field(config: JSARConfig | dict[str, Any], dotted: str) -> Any:
+    """The value of a dotted field, from a config or its `to_dict()`."""
+    part, _, name = dotted.partition(".")
+    section = config[part] if isinstance(config, dict) else getattr(config, part)
+    return section[name] if isinstance(section, dict) else getattr(section, name)
 
 
 MATCH_TARGETS = ("intra", "audio_gated")

@@ -13,11 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import JSARConfig, check_config
+from .config import MODEL_NAMES, JSARConfig, check_config
 from .encoders import AudioEncoder, ImageEncoder
 from .slot_attention import JointSlotAttention, SlotAttentionOutput, slot_attention_weights
-
-MODEL_NAMES = ("jsa", "ezvsl", "alignment")
 
 
 class _BatchOfTensors:
@@ -188,6 +186,7 @@ class JSAModel(nn.Module):
     """
 
     model_name = "jsa"
+    has_image_query = True  # its refined map can apply IQR (Eq. 14)
 
     def __init__(self, config: JSARConfig, image_weights: str | None = None) -> None:
         super().__init__()
@@ -323,6 +322,8 @@ class _CosineMapModel(nn.Module):
     def cross_map(self, audio: AudioSide, image: ImageSide) -> torch.Tensor:
         """Cosine of the global audio vector with every image location -> (B, h, w); batch 1 broadcasts."""
         return (image.keys @ audio.queries.transpose(-1, -2))[..., 0].reshape(-1, *image.grid)
+
+    has_image_query = False  # no IQR: the refined map is the cross map
 
     def refined_map(self, audio: AudioSide, image: ImageSide, alpha: float | None = None) -> torch.Tensor:
         """Baselines have no image query: the refined map is the cross map."""

@@ -59,9 +59,10 @@ def test_every_run_is_trained_once_and_scored_on_test(experiment):
 def test_rows_carry_the_ablation_switches_of_their_checkpoint(experiment):
     _, report = experiment
     jsa, ezvsl, no_match = (report.row(name) for name in RUN_NAMES)
-    assert (jsa.use_match, jsa.use_div, jsa.use_false_negatives, jsa.share_initial_slots) == (True,) * 4
-    assert (no_match.use_match, no_match.use_div, no_match.use_false_negatives) == (False, True, True)
-    assert ezvsl.use_match is None and ezvsl.share_initial_slots is None
+    keys = ("use_match", "use_div", "use_false_negatives", "share_initial_slots")
+    assert [jsa.switches[key] for key in keys] == [True] * 4
+    assert [no_match.switches[key] for key in keys] == [False, True, True, True]
+    assert set(ezvsl.switches) == set(keys) and set(ezvsl.switches.values()) == {None}
     assert "+IQR" in jsa.localization["fixed"] and "+IQR" not in ezvsl.localization["fixed"]
     jsa_history = load_model(jsa.checkpoint)[2]["history"]
     no_match_history = load_model(no_match.checkpoint)[2]["history"]

@@ -15,7 +15,8 @@ from jsa_retrieval.slot_attention import slot_attention_weights, slot_softmax
 from jsa_retrieval.synth import SynthConfig, generate
 from training.losses import audio_gated_target, off_target_mass
 from training.objectives import jsa_objective
-from training.trainer import gate_weight, train
+from training.recipes import gate_weight
+from training.trainer import train
 
 from conftest import tiny_config
 

@@ -1,4 +1,4 @@
-"""The training loop: JSA and the two baselines through one plain loop.
+"""The training loop: JSA and the two baselines through one plain loop, each method by its recipe (recipes.py).
 
 Seeded per epoch (so `--resume` continues the same run), AdamW, optional gradient clipping, mixed precision on
 CUDA, a frozen image trunk's output computed once per clip (`trunk_cache`),
@@ -18,7 +18,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
@@ -32,8 +31,8 @@ from jsa_retrieval.dataset import CachedImageFeatures, ClipDataset, FailureLog, 
 from jsa_retrieval.distributed import cleanup_distributed, is_distributed, rank, setup_distributed, world_size
 from jsa_retrieval.models import create_model
 
-from .objectives import alignment_objective, ezvsl_objective, jsa_objective
-from .trunk_cache import ALIGNMENT_CROPS, cached_trunk_features
+from .recipes import Recipe, make_recipe
+from .trunk_cache import cached_trunk_features
 from .validation import selection_score, validate
 
 logger = logging.getLogger(__name__)
@@ -61,60 +60,63 @@ def split_train_val(data_dir: Path, val_fraction: float = 0.1) -> tuple[list[Cli
         return train, val or train[: max(1, len(train) // 10)]
 
 
-def gate_weight(config: JSARConfig, epoch_progress: float) -> float:
-    """How far the audio-gated matching target is ramped in (0 -> 1 over train.gate_ramp_epochs), given the
-    epochs done so far as a float."""
-    ramp = config.train.gate_ramp_epochs
-    return 1.0 if ramp <= 0 else min(1.0, epoch_progress / ramp)
-
-
-def _forward_terms(model: nn.Module, batch: dict, model_name: str, config: JSARConfig,
-                   device: torch.device, epoch_progress: float = 0.0) -> tuple[dict[str, torch.Tensor], object]:
-    """Loss terms and the model output for one batch. All views go through the model in one forward pass
-    (one DDP forward per backward), then are split back into views."""
+def _forward_terms(model: nn.Module, batch: dict, recipe: Recipe, device: torch.device,
+                   epoch_progress: float = 0.0) -> tuple[dict[str, torch.Tensor], object]:
+    """Loss terms and the first view's model output for one batch. All views go through the model in one forward
+    pass (one DDP forward per backward); the recipe splits them back."""
     views = 1 + sum(1 for key in batch if key.startswith("image_"))
     images = torch.cat([batch["image"]] + [batch[f"image_{v}"] for v in range(1, views)]).to(device)
     audio = torch.cat([batch["audio"]] + [batch[f"audio_{v}"] for v in range(1, views)]).to(device)
-    output = model(images, audio)
-    if model_name == "jsa":
-        return jsa_objective(output, config.train, gate_weight(config, epoch_progress)), output
-    if model_name == "ezvsl":
-        return ezvsl_objective(output, config.train), output
-    split = _split_views(output, views)
-    return alignment_objective(split, config.train), split[0]
+    return recipe.loss_terms(model(images, audio), views, epoch_progress)
 
 
-def _split_views(output, views: int) -> list:
-    """Split a batch-first output dataclass of `views` stacked views into one per view."""
-    fields = {name: value.chunk(views) for name, value in vars(output).items() if isinstance(value, torch.Tensor)}
-    return [type(output)(**{name: chunks[v] for name, chunks in fields.items()}) for v in range(views)]
+@dataclass
+class _Stepper:
+    """AdamW with its linear warm-up, the AMP scaler (CUDA only) and gradient clipping: one optimiser step."""
 
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    grad_clip: float | None
 
-def _conceptual_partners(image_bank: torch.Tensor, audio_bank: torch.Tensor, top_k: int,
-                         generator: torch.Generator) -> np.ndarray:
-    """(N, 2): for each clip, a random one of its top-k image neighbours and of its top-k audio neighbours
-    (the alignment baseline's conceptually similar positives, from the previous epoch's embeddings)."""
-    partners = []
-    for bank in (image_bank, audio_bank):
-        bank = F.normalize(bank, dim=1)
-        chosen = torch.empty(len(bank), dtype=torch.long)
-        for start in range(0, len(bank), 4096):
-            similarity = bank[start:start + 4096] @ bank.T
-            similarity[torch.arange(similarity.shape[0]), torch.arange(start, start + similarity.shape[0])] = -2
-            neighbours = similarity.topk(min(top_k, len(bank) - 1), dim=1).indices
-            pick = torch.randint(0, neighbours.shape[1], (len(neighbours),), generator=generator)
-            chosen[start:start + len(neighbours)] = neighbours[torch.arange(len(neighbours)), pick]
-        partners.append(chosen)
-    return torch.stack(partners, dim=1).numpy()
+    @classmethod
+    def for_model(cls, model: nn.Module, config: JSARConfig, device: torch.device) -> "_Stepper":
+        train_cfg = config.train
+        optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+        warmup = max(1, train_cfg.warmup_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        use_amp = train_cfg.amp and device.type == "cuda"
+        return cls(optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=use_amp), use_amp, train_cfg.grad_clip)
+
+    def step(self, loss: torch.Tensor, parameters) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    def state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def load(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state.get("scaler", {}))
+        self.scheduler.load_state_dict(state["scheduler"])
 
 
 def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: Path = Path("runs/jsa"),
           resume: bool = False, epochs: int | None = None, max_minutes: float | None = None,
           device: str | None = None, progress: bool = True, feature_cache: Path | None = None,
           on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train `model_name` on the clips of `data_dir`; write last.pt every epoch and best.pt on the best
-    validation score. Returns the run's paths and per-epoch history. `on_epoch(record)` runs on the main rank
-    right after each epoch's last.pt is saved (the experiment keeps its time ledger with it).
+    """Train `model_name` (by its recipe, training.recipes) on the clips of `data_dir`; write last.pt every
+    epoch and best.pt on the best validation score. Returns the run's paths and per-epoch history.
+    `on_epoch(record)` runs on the main rank right after each epoch's last.pt is saved (the experiment keeps its
+    time ledger with it).
 
     With the image trunk frozen (config.model.freeze_image='all') its output is computed once per clip and kept
     in `feature_cache` (default: trunk_cache.default_cache_dir()), so later runs on the same clips reuse it.
@@ -122,21 +124,17 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
     out_dir = Path(out_dir)
     device_ = setup_distributed(device)
     is_main = rank() == 0
-    train_cfg = config.train
-    epochs = epochs if epochs is not None else train_cfg.epochs
+    epochs = epochs if epochs is not None else config.train.epochs
     train_clips, val_clips = split_train_val(data_dir)
-    torch.manual_seed(train_cfg.seed)
+    recipe = make_recipe(model_name, config)
+    torch.manual_seed(config.train.seed)
     model = create_model(config, model_name).to(device_)
     train_features = val_features = None
     if model.image_encoder.trunk_frozen:
         train_features, val_features = _frozen_trunk_features(
             model, train_clips, val_clips, config, device_, feature_cache, progress and is_main,
-            crops=ALIGNMENT_CROPS if model_name == "alignment" else 0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    warmup = max(1, train_cfg.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    use_amp = train_cfg.amp and device_.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+            crops=recipe.trunk_crops)
+    stepper = _Stepper.for_model(model, config, device_)
     history: list[dict] = []
     start_epoch, best_score = 0, -math.inf
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
@@ -145,9 +143,7 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
         if state["model_name"] != model_name:
             raise ValueError(f"{last_path} was trained as {state['model_name']!r}, not {model_name!r}")
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state.get("scaler", {}))
-        scheduler.load_state_dict(state["scheduler"])
+        stepper.load(state)
         history = state["meta"]["history"]
         start_epoch, best_score = state["epoch"] + 1, state["meta"]["best_score"]
         if is_main:
@@ -155,89 +151,40 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
     # find_unused_parameters: with few tokens the mask ratio can round to zero masked tokens, leaving the
     # mask token without a gradient in that step.
     trained = DistributedDataParallel(model, find_unused_parameters=True) if is_distributed() else model
-    banks = {"image": None, "audio": None}
     failures = FailureLog()
     started = time.monotonic()
     for epoch in range(start_epoch, epochs):
-        epoch_seed = train_cfg.seed * 1000 + epoch
-        torch.manual_seed(epoch_seed)
-        random.seed(epoch_seed)
-        np.random.seed(epoch_seed)
-        partners = None
-        if model_name == "alignment" and banks["image"] is not None:
-            partners = _conceptual_partners(banks["image"], banks["audio"], train_cfg.alignment_neighbors,
-                                            torch.Generator().manual_seed(epoch_seed))
-        views = 2 if model_name == "alignment" else 1
-        # the alignment baseline keeps its wide time-shift augmentation; JSA and EZ-VSL take the centred window
-        dataset = ClipDataset(train_clips, config.data, train=True, views=views, partners=partners,
-                              audio_shift=math.inf if model_name == "alignment" else None,
-                              image_features=train_features)
-        sampler = DistributedSampler(dataset, seed=train_cfg.seed, drop_last=True) if is_distributed() else None
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        per_rank_batch = max(2, train_cfg.batch_size // world_size())
-        loader = make_loader(dataset, min(per_rank_batch, len(dataset) // world_size()), shuffle=True,
-                             num_workers=train_cfg.num_workers, drop_last=True, sampler=sampler,
-                             seed=epoch_seed, device=device_)
-        if model_name == "alignment":
-            dim = config.model.projection_dim
-            banks = {"image": torch.zeros(len(dataset), dim), "audio": torch.zeros(len(dataset), dim)}
-        trained.train()
-        sums: dict[str, float] = {}
-        steps = 0
+        epoch_seed = _seed_everything(config.train.seed * 1000 + epoch)
+        partners = recipe.begin_epoch(len(train_clips), epoch_seed)
+        dataset = ClipDataset(train_clips, config.data, train=True, views=recipe.views, partners=partners,
+                              audio_shift=recipe.audio_shift, image_features=train_features)
+        loader = _epoch_loader(dataset, config, epoch, epoch_seed, device_)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and is_main), leave=False)
-        for batch in bar:
-            failures.add(batch)
-            if "image" not in batch or len(batch["image"]) < 2:
-                continue
-            with torch.autocast(device_type=device_.type, enabled=use_amp):
-                terms, output = _forward_terms(trained, batch, model_name, config, device_,
-                                               epoch + steps / max(1, len(loader)))
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(terms["total"]).backward()
-            if train_cfg.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if model_name == "alignment":
-                banks["image"][batch["index"]] = output.image_projection.detach().float().cpu()
-                banks["audio"][batch["index"]] = output.audio_projection.detach().float().cpu()
-            steps += 1
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
-            bar.set_postfix({k: f"{v / steps:.3g}" for k, v in sums.items() if k != "false_negatives"})
-        if model_name == "alignment" and is_distributed():
-            for bank in banks.values():
-                torch.distributed.all_reduce(bank)
-        record = {"epoch": epoch + 1, "steps": steps, **{f"loss_{k}": v / max(steps, 1) for k, v in sums.items()},
+        record = {"epoch": epoch + 1, **_run_epoch(trained, bar, recipe, stepper, failures, epoch, device_),
                   "seconds": round(time.monotonic() - started, 1)}
+        recipe.end_epoch()
         if is_distributed():
             record["ddp_parameter_spread"] = _parameter_spread(model)
+        history.append(record)
         if is_main:
-            scores = validate(model, val_clips, config, device_, batch_size=min(64, train_cfg.batch_size),
-                              num_workers=min(2, train_cfg.num_workers), image_features=val_features)
+            scores = validate(model, val_clips, config, device_, batch_size=min(64, config.train.batch_size),
+                              num_workers=min(2, config.train.num_workers), image_features=val_features)
             record.update({f"val_{k}": v for k, v in scores.items()})
             score = selection_score(scores)
-            history.append(record)
-            improved = score > best_score
-            best_score = max(best_score, score)
+            improved, best_score = score > best_score, max(best_score, score)
             state = checkpoint_state(
                 model, config, epoch,
                 meta={"history": history, "best_score": best_score, "version": __version__,
                       "presence_cut": scores.get("presence_cut"),
                       "data_dir": str(data_dir), "train_clips": len(train_clips), "val_clips": len(val_clips),
                       "world_size": world_size()},
-                optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), scheduler=scheduler.state_dict())
+                **stepper.state())
             save_checkpoint(last_path, state)
             if improved:
                 save_checkpoint(best_path, state)
             logger.info(_format_record(record, improved))
             if on_epoch is not None:
                 on_epoch(record)
-        else:
-            history.append(record)
         if is_distributed():
             torch.distributed.barrier()
         if max_minutes is not None and (time.monotonic() - started) / 60 > max_minutes:
@@ -248,6 +195,47 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
         logger.warning(failures.summary())
     cleanup_distributed()
     return TrainResult(out_dir, best_path, last_path, history, len(failures))
+
+
+def _seed_everything(seed: int) -> int:
+    """Seed torch, random and numpy for an epoch (so a resumed run continues the same way); returns the seed."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    return seed
+
+
+def _epoch_loader(dataset: ClipDataset, config: JSARConfig, epoch: int, epoch_seed: int,
+                  device: torch.device) -> torch.utils.data.DataLoader:
+    """The epoch's shuffled loader: this rank's share of the global batch (a DistributedSampler under DDP)."""
+    sampler = DistributedSampler(dataset, seed=config.train.seed, drop_last=True) if is_distributed() else None
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+    per_rank_batch = max(2, config.train.batch_size // world_size())
+    return make_loader(dataset, min(per_rank_batch, len(dataset) // world_size()), shuffle=True,
+                       num_workers=config.train.num_workers, drop_last=True, sampler=sampler, seed=epoch_seed,
+                       device=device)
+
+
+def _run_epoch(trained: nn.Module, bar: tqdm, recipe: Recipe, stepper: _Stepper, failures: FailureLog, epoch: int,
+               device: torch.device) -> dict[str, float]:
+    """One pass over the epoch's batches; returns {'steps': n, 'loss_<term>': mean over the steps}."""
+    trained.train()
+    sums: dict[str, float] = {}
+    steps = 0
+    for batch in bar:
+        failures.add(batch)
+        if "image" not in batch or len(batch["image"]) < 2:
+            continue
+        with torch.autocast(device_type=device.type, enabled=stepper.use_amp):
+            terms, output = _forward_terms(trained, batch, recipe, device, epoch + steps / max(1, len(bar)))
+        stepper.step(terms["total"], trained.parameters())
+        recipe.after_step(batch, output)
+        steps += 1
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + float(value.detach())
+        bar.set_postfix({k: f"{v / steps:.3g}" for k, v in sums.items() if k != "false_negatives"})
+    return {"steps": steps, **{f"loss_{k}": v / max(steps, 1) for k, v in sums.items()}}
 
 
 def _frozen_trunk_features(model: nn.Module, train_clips: list[Clip], val_clips: list[Clip], config: JSARConfig,
