@@ -46,6 +46,24 @@ def test_audio_search_gives_the_engines_hits_with_urls_not_paths(client, engine,
     assert first["map_url"] == f"/maps/{answer['query_id']}/{first['id']}.png"
 
 
+def test_a_sound_search_comes_with_the_picture_of_its_query(client, engine, tiny_index):
+    _, data = tiny_index
+    wav = data / "audio" / "synth_000005.wav"
+    answer = upload(client, "/search/audio", wav.read_bytes(), k=3, name="q.wav").json()
+    assert answer["query_url"] == f"/queries/{answer['query_id']}.png"
+    response = client.get(answer["query_url"])
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    served = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"), dtype=int)
+    expected = np.asarray(engine.query_picture("audio", wav, engine.embed_audio(wav)), dtype=int)
+    assert served.shape == expected.shape  # spectrogram above, the attention strip below, as in contact sheets
+    assert np.abs(served - expected).mean() < 2  # the kept spectrogram is float16
+    assert client.get(answer["query_url"]).content == response.content  # cached once drawn
+    image = upload(client, "/search/image", (data / "frames" / "synth_000005.jpg").read_bytes(), k=2).json()
+    assert image["query_url"] is None  # the page shows a picture query from the file it sent
+    assert_one_line_error(client.get(f"/queries/{image['query_id']}.png"), 404)
+    assert_one_line_error(client.get(f"/queries/{'0' * 32}.png"), 404)
+
+
 def webm_opus(seconds: float = 1.0, rate: int = 48000) -> bytes:
     """What a browser's MediaRecorder sends: Opus in WebM."""
     import av

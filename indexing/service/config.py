@@ -23,6 +23,7 @@ class ServeConfig:
     max_batch: int = 32
     batch_wait_s: float = 0.0  # extra time a batch stays open for more requests (0: only what queued)
     query_cache_size: int = 1024  # searches remembered for their maps
+    query_picture_cache_size: int = 64  # latest sound queries whose spectrogram is kept to draw the query itself
     cache_ttl_s: float = 900.0
     map_cache_bytes: int = 64 * 1024 * 1024
     map_threads: int = 4  # threads that draw hit maps (their own pool: a page of tiles never blocks the rest)

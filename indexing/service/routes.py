@@ -15,6 +15,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import numpy as np
+import torch
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -58,8 +59,12 @@ def hit_json(hit: Hit, query_id: str | None) -> dict[str, Any]:
             "map_url": f"/maps/{query_id}/{item}.png" if query_id else None}
 
 
-def search_json(query_id: str | None, kind: str, k: int, hits: list[Hit], started: float) -> dict[str, Any]:
-    return {"query_id": query_id, "kind": kind, "k": k, "hits": [hit_json(hit, query_id) for hit in hits],
+def search_json(query_id: str | None, kind: str, k: int, hits: list[Hit], started: float,
+                query_picture: bool = False) -> dict[str, Any]:
+    """The search's answer; `query_url` is the picture of a sound query (its spectrogram and attention strip)."""
+    return {"query_id": query_id, "kind": kind, "k": k,
+            "query_url": f"/queries/{query_id}.png" if query_picture and query_id else None,
+            "hits": [hit_json(hit, query_id) for hit in hits],
             "took_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
@@ -95,7 +100,8 @@ async def search_audio(file: UploadFile = File(...), k: int = K_FORM,
     spectrogram = await run_in_threadpool(decode_upload, data, SOUND_FORMATS, "sound", service.engine.audio_input)
     del data
     hits, side = await service.audio_batcher.submit((spectrogram, k))
-    return search_json(service.remember(Query("audio", side, hits)), "audio", k, hits, started)
+    query = Query("audio", side, hits, spectrogram=spectrogram[0].to(torch.float16))
+    return search_json(service.remember(query), "audio", k, hits, started, query_picture=True)
 
 
 @router.post("/search/image", summary="An image file -> the sounds that belong to it",
@@ -170,6 +176,13 @@ def _vector_query(body: bytes) -> VectorQuery:
 async def hit_map(query_id: str, item_id: str, service: SearchService = Depends(search_service)) -> Response:
     """Drawn on the service's own map threads, so a page's worth of tiles leaves the request pool free."""
     png = await asyncio.get_running_loop().run_in_executor(service.map_pool, service.map_png, query_id, item_id)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
+
+
+@router.get("/queries/{query_id}.png", summary="A sound search's query: its spectrogram with the attention of its "
+            "target slot over time (kept for the latest sound searches)")
+async def query_picture(query_id: str, service: SearchService = Depends(search_service)) -> Response:
+    png = await asyncio.get_running_loop().run_in_executor(service.map_pool, service.query_png, query_id)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
 

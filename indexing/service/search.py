@@ -17,6 +17,7 @@ from cachetools import TTLCache
 from starlette.exceptions import HTTPException
 
 from indexing.engine import Engine, Hit
+from jsa_retrieval.pictures import spectrogram_picture
 
 from .batcher import MicroBatcher
 from .config import ServeConfig
@@ -29,6 +30,7 @@ class Query:
     kind: str  # 'audio' (hits are images) | 'image' (hits are sounds)
     side: Any  # the query's AudioSide (batch of one, CPU) for an audio query; None otherwise
     hits: list[Hit]
+    spectrogram: torch.Tensor | None = None  # an audio query's (F, T) input, float16, to draw the query itself
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -56,6 +58,8 @@ class SearchService:
         self.map_pool = ThreadPoolExecutor(config.map_threads, thread_name_prefix="jsar-maps")
         self.rows = {item_id: row for row, item_id in enumerate(store.ids())}
         self.queries: TTLCache = TTLCache(config.query_cache_size, config.cache_ttl_s)
+        # the spectrograms of the latest sound queries, for their own picture (~0.26 MB each at 5 s)
+        self.query_inputs: TTLCache = TTLCache(config.query_picture_cache_size, config.cache_ttl_s)
         self.maps: TTLCache = TTLCache(config.map_cache_bytes, config.cache_ttl_s, getsizeof=len)
         self._cache_lock = threading.Lock()
         self.audio_batcher = MicroBatcher(self._audio_batch, config.max_batch, config.batch_wait_s, "jsar-audio",
@@ -91,9 +95,33 @@ class SearchService:
 
     def remember(self, query: Query) -> str:
         query_id = uuid.uuid4().hex
+        spectrogram, query.spectrogram = query.spectrogram, None  # kept apart, in a smaller cache
         with self._cache_lock:
             self.queries[query_id] = query
+            if spectrogram is not None:
+                self.query_inputs[query_id] = spectrogram
         return query_id
+
+    def query_png(self, query_id: str) -> bytes:
+        """The picture of a remembered sound query, as the page and contact sheets show it first: its
+        spectrogram with its target slot's attention over time."""
+        key = (query_id, None)
+        with self._cache_lock:
+            png = self.maps.get(key)
+            query = self.queries.get(query_id)
+            spectrogram = self.query_inputs.get(query_id)
+        if png is not None:
+            return png
+        if query is None or query.side is None or spectrogram is None:
+            raise HTTPException(404, f"no sound query {query_id!r} to draw (unknown, expired or not a sound): "
+                                     "search again")
+        attention = query.side.time_attention
+        png = _png_bytes(spectrogram_picture(spectrogram.float().numpy(),
+                                             None if attention is None else attention[0].numpy()))
+        with self._cache_lock:
+            if len(png) <= self.maps.maxsize:
+                self.maps[key] = png
+        return png
 
     def map_png(self, query_id: str, item_id: str) -> bytes:
         """The picture of one hit of a remembered search; the first request draws all of that search's hits."""
