@@ -4,9 +4,11 @@ autofaiss-style rule, kept apart from the code that trains and fills indexes so 
 alone. All indexes use inner product on L2-normalised vectors (= cosine similarity).
 
 - Exact `Flat` while a brute-force scan is cheap (<= 100k vectors; <= 1M on a GPU) and fits the budget.
-- Beyond that on CPU, `IVF{nlist},PQ{d/2}x4fs,{CPU_RERANK}`: inverted lists of 4-bit fast-scan PQ codes (SIMD
+- Beyond that on CPU, `IVF{nlist}_HNSW32,PQ{d/2}x4fs,{rerank}`: inverted lists of 4-bit fast-scan PQ codes (SIMD
   look-ups, d/4 bytes per vector) whose top k * k_factor candidates are re-ranked against a second copy of the
-  vectors (`REFINE_BYTES_PER_DIM`: 4 for RFlat, 2 for Refine(SQfp16), 1 for Refine(SQ8)). On GPU,
+  vectors: `CPU_RERANKS` in order, the first whose copy fits the budget (`REFINE_BYTES_PER_DIM`: 4 for RFlat,
+  2 for Refine(SQfp16), 1 for Refine(SQ8)). The lists' centroids are found through a small HNSW graph
+  (`CPU_COARSE_QUANTIZER`) rather than a scan of all of them. On GPU,
   `IVF{nlist},Flat`. nlist ~ 2 sqrt(n) on CPU, 4 sqrt(n) on GPU; nprobe = nlist / 20 and k_factor 64 here,
   which `build_indexes` then calibrates jointly per modality on the store's own paired vectors
   (indexing.faiss_index.calibrated_search_params: the cheapest point reaching recall@10 0.96).
@@ -39,7 +41,10 @@ HNSW_M = 32
 HNSW_EF_SEARCH = 128
 HNSW_EF_CONSTRUCTION = 40  # 80 doubled 1M builds (4-8 min a modality)
 REFINE_K_FACTOR = 64  # shortlist k * 64 for the re-ranking of a refine stage, until calibration says otherwise
-CPU_RERANK = "RFlat"  # the re-ranking stage of the CPU choice (the figures behind it: docs/benchmarks.md)
+CPU_RERANKS = ("RFlat", "Refine(SQfp16)")  # re-ranking stages of the CPU choice, by preference: RFlat kept the
+# higher batch throughput at 1M x 512, float16 half the memory (the figures: docs/benchmarks.md)
+CPU_COARSE_QUANTIZER = "HNSW32"  # a scan of 2,000 x 512 float centroids read 4 MB a query (0.43 ms of a 1.3 ms
+# single query at 1M x 512); an HNSW graph over them finds a query's lists in 0.06-0.11 ms (docs/benchmarks.md)
 REFINE_BYTES_PER_DIM = {"RFlat": 4, "Refine(Flat)": 4, "Refine(SQfp16)": 2, "Refine(SQ8)": 1}
 IVF_TRAIN_PER_LIST = 64  # FAISS wants 39..256 training points per centroid
 QUANTIZER_TRAIN_SIZE = 65_536  # PQ/SQ codebooks: 256 centroids per sub-quantizer need >= 9,984 points
@@ -114,19 +119,21 @@ def choose_index(num_vectors: int, dim: int, memory_budget_bytes: int | None = N
     nlist = ivf_nlist(n, gpu)
     flat_limit = GPU_FLAT_MAX_VECTORS if gpu else FLAT_MAX_VECTORS
     flat = estimate_bytes("flat", n, d)
-    if flat <= budget:
-        if n <= flat_limit:
-            return _made("Flat", n, f"{n} vectors <= {flat_limit}: exact search is fast enough", flat)
-        fast_scan = estimate_bytes("ivf_pqfs_refine", n, d, nlist,
-                                   refine_bytes_per_dim=REFINE_BYTES_PER_DIM[CPU_RERANK])
-        if not gpu and d % 2 == 0 and fast_scan <= budget:
-            return _made(f"IVF{nlist},PQ{d // 2}x4fs,{CPU_RERANK}", n, f"{n} vectors > {flat_limit} on CPU: fast-scan "
-                         f"PQ lists, shortlist re-ranked by {CPU_RERANK}", fast_scan)
-        ivf_flat = estimate_bytes("ivf_flat", n, d, nlist)
-        if ivf_flat <= budget:
-            where = "GPU" if gpu else "CPU"
-            return _made(f"IVF{nlist},Flat", n, f"{n} vectors > {flat_limit} on {where}: inverted lists over full "
-                         "vectors", ivf_flat)
+    if flat <= budget and n <= flat_limit:
+        return _made("Flat", n, f"{n} vectors <= {flat_limit}: exact search is fast enough", flat)
+    if not gpu and d % 2 == 0 and n > flat_limit:
+        for rerank in CPU_RERANKS:
+            fast_scan = estimate_bytes("ivf_pqfs_refine", n, d, nlist,
+                                       refine_bytes_per_dim=REFINE_BYTES_PER_DIM[rerank])
+            if fast_scan <= budget:
+                return _made(f"IVF{nlist}_{CPU_COARSE_QUANTIZER},PQ{d // 2}x4fs,{rerank}", n,
+                             f"{n} vectors > {flat_limit} on CPU: fast-scan PQ lists found through an HNSW graph "
+                             f"of their centroids, shortlist re-ranked by {rerank}", fast_scan)
+    ivf_flat = estimate_bytes("ivf_flat", n, d, nlist)
+    if flat <= budget and ivf_flat <= budget:
+        where = "GPU" if gpu else "CPU"
+        return _made(f"IVF{nlist},Flat", n, f"{n} vectors > {flat_limit} on {where}: inverted lists over full vectors",
+                     ivf_flat)
     sq8 = estimate_bytes("ivf_sq8", n, d, nlist)
     if sq8 <= budget:
         return _made(f"IVF{nlist},SQ8", n, f"flat vectors ({flat} B) exceed the budget; 8-bit scalar codes fit", sq8)

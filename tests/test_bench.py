@@ -248,9 +248,12 @@ def test_refine_comparisons_hold_fixed_parameters_and_measure_the_first_stage_er
     for direction in bench.directions + held.directions:
         assert direction.first_stage_error > 0 and direction.margin_gap > 0  # 4-bit PQ scores are approximate
         assert direction.median_ms > 0 and direction.serial_median_ms > 0
+        assert list(direction.stages_ms) == ["coarse quantizer", "first stage", "whole index", "through search()"]
+        assert all(value > 0 for value in direction.stages_ms.values())
     table = BenchReport({"usable_cores": 2, "load_average": [0.0], "torch_version": "t", "torch_threads": 2,
                          "faiss_version": "f"}, None, bench, 1.0).table()
     assert "k_factor_rf=64" in table and "first-stage error" in table and "one thread" in table
+    assert "one query by stage" in table
 
 
 def test_given_rows_are_stored_as_given_and_searched_with_their_own_queries(tmp_path: Path) -> None:

@@ -38,16 +38,17 @@ def store(tmp_path_factory: pytest.TempPathFactory, pairs: tuple[np.ndarray, np.
 def test_choose_index_by_size() -> None:
     assert choose_index(50_000, 512).factory == "Flat"
     assert choose_index(50_000, 512).train_size == 0
-    middle = choose_index(500_000, 512)  # CPU: fast-scan PQ + exact re-ranking, not HNSW (see index_choice)
-    assert middle.factory == "IVF1414,PQ256x4fs,RFlat"
-    assert middle.search_params == {"nprobe": 70, "k_factor_rf": 64}
+    middle = choose_index(500_000, 512)  # CPU: fast-scan PQ + exact re-ranking, HNSW only over the centroids
+    assert middle.factory == "IVF1414_HNSW32,PQ256x4fs,RFlat"
+    assert middle.search_params == {"nprobe": 70, "quantizer_efSearch": 128, "k_factor_rf": 64}
     assert middle.train_size == 64 * 1414 and middle.build_params == {}
     million = choose_index(1_000_000, 512)
-    assert million.factory == "IVF2000,PQ256x4fs,RFlat" and million.search_params["nprobe"] == 100
+    assert million.factory == "IVF2000_HNSW32,PQ256x4fs,RFlat" and million.search_params["nprobe"] == 100
     ivf = choose_index(4_000_000, 512)
-    assert ivf.factory == "IVF4000,PQ256x4fs,RFlat" and ivf_nlist(1_000_000) == 2000
+    assert ivf.factory == "IVF4000_HNSW32,PQ256x4fs,RFlat" and ivf_nlist(1_000_000) == 2000
     assert ivf_nlist(1_000_000, gpu=True) == 4000
-    assert ivf.search_params == {"nprobe": 200, "k_factor_rf": 64} and ivf.train_size == 64 * 4000
+    assert ivf.search_params == {"nprobe": 200, "quantizer_efSearch": 128, "k_factor_rf": 64}
+    assert ivf.train_size == 64 * 4000
     assert choose_index(1_000_000, 129).factory == "IVF2000,Flat"  # fast-scan PQ needs an even dimension
     assert choose_index(500_000, 512, gpu=True).factory == "Flat"
     assert choose_index(3_000_000, 512, gpu=True).factory == "IVF6928,Flat"
@@ -57,9 +58,10 @@ def test_choose_index_by_size() -> None:
 
 def test_choose_index_by_memory_budget() -> None:
     gib = 1 << 30
-    assert choose_index(4_000_000, 512, memory_budget_bytes=16 * gib).factory == "IVF4000,PQ256x4fs,RFlat"
-    # 8.4 GB holds IVF-Flat (8.22 GB) but not the flat copy plus fast-scan codes (8.74 GB)
-    assert choose_index(4_000_000, 512, memory_budget_bytes=8_400_000_000).factory == "IVF4000,Flat"
+    assert choose_index(4_000_000, 512, memory_budget_bytes=16 * gib).factory == "IVF4000_HNSW32,PQ256x4fs,RFlat"
+    # 8.4 GB cannot hold the float32 copy plus fast-scan codes (8.74 GB): a float16 copy (4.64 GB) re-ranks instead
+    half = choose_index(4_000_000, 512, memory_budget_bytes=8_400_000_000)
+    assert half.factory == "IVF4000_HNSW32,PQ256x4fs,Refine(SQfp16)" and half.estimated_bytes < 4.7e9
     assert choose_index(4_000_000, 512, memory_budget_bytes=3 * gib).factory == "IVF4000,SQ8"
     assert choose_index(4_000_000, 512, memory_budget_bytes=gib).factory == "OPQ64,IVF4000,PQ64"
     small = choose_index(4_000_000, 512, memory_budget_bytes=200 << 20)

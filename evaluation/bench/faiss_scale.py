@@ -139,6 +139,40 @@ def single_query_ms(index: faiss.Index, queries: np.ndarray, k: int = TOP_K, par
     return times
 
 
+def single_query_stages(index: faiss.Index, queries: np.ndarray, search_params: dict[str, int],
+                        k: int = TOP_K) -> dict[str, float]:
+    """Median milliseconds of one query, on one thread, stage by stage: the coarse quantizer alone (the nprobe
+    nearest list centroids), the first stage alone (quantizer + list scan, returning the k x k_factor
+    shortlist), the whole index (+ the re-ranking), and the whole index through `faiss_index.search` (+ the
+    call's own work: normalising, thread setting, the copy of the answer). The differences say where a query's
+    time goes; empty for an index without lists."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return {}
+    stage = first_stage(index)
+    shortlist = k * int(search_params.get("k_factor_rf", 1))
+    nprobe = int(search_params.get("nprobe", ivf.nprobe))
+    queries = l2_normalise(queries)
+    parts = {"coarse quantizer": lambda q: ivf.quantizer.search(q, nprobe),
+             "first stage": lambda q: stage.search(q, shortlist, params=search_parameters(stage, search_params)),
+             "whole index": lambda q: index.search(q, k, params=search_parameters(index, search_params)),
+             "through search()": lambda q: search(index, q, k, single_query_parallel=False)}
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        medians = {}
+        for name, run in parts.items():
+            times = np.empty(queries.shape[0])
+            for i in range(queries.shape[0]):
+                began = time.perf_counter()
+                run(queries[i:i + 1])
+                times[i] = (time.perf_counter() - began) * 1000
+            medians[name] = float(np.median(times))
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return medians
+
+
 def batch_search(index: faiss.Index, queries: np.ndarray, k: int = TOP_K) -> tuple[np.ndarray, float]:
     """(Q, k) ids of one batched search and its throughput in queries/s."""
     began = time.perf_counter()
@@ -207,6 +241,7 @@ class DirectionBench:
     margin_gap: float  # mean exact score of the 10th neighbour minus the 640th's
     first_stage_error: float  # std of the first stage's score error over its 640 candidates
     sweep: list[SweepPoint] = field(default_factory=list)
+    stages_ms: dict[str, float] = field(default_factory=dict)  # single_query_stages: one query, stage by stage
 
 
 @dataclass
@@ -276,7 +311,7 @@ def _direction_bench(name: str, index: faiss.Index, queries: np.ndarray, exact: 
         margin_gap=float(np.mean(exact.margin_gap)),
         first_stage_error=first_stage_error(index, search_params, store, field_name,
                                             queries[:exact.margin_gap.shape[0]]),
-        sweep=sweep)
+        sweep=sweep, stages_ms=single_query_stages(index, queries[:settings.latency_queries], search_params, k))
 
 
 @dataclass

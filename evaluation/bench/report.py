@@ -156,6 +156,11 @@ def _index_rows(section: str, bench: IndexBench, threads: int, raw_bytes: int,
              f"{direction.recall_vs_flat:.3f} / {direction.recall_vs_numpy:.3f}",
              f"goal >= {RECALL_GOAL}: {goal_met(recall_ok)}; flat vs numpy {direction.flat_vs_numpy:.3f}"),
         ]
+        if direction.stages_ms:
+            stages = direction.stages_ms
+            rows.append((section, f"{name} one query by stage, one thread (median)",
+                         " / ".join(f"{value:.2f}" for value in stages.values()) + " ms",
+                         " / ".join(stages) + ": each includes the ones before it"))
         for point in direction.sweep:
             rows.append((section, f"{name} sweep {bench.sweep_param}={point.value}",
                          f"recall {point.recall:.3f}, {point.median_ms:.2f} ms",
