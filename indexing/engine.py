@@ -157,14 +157,11 @@ class Engine:
         return result
 
     def _hits(self, scores: np.ndarray, rows: np.ndarray) -> list[Hit]:
-        hits = []
-        for rank, (score, row) in enumerate(zip(scores, rows), start=1):
-            if row < 0:
-                continue
-            record = self.indexes.store.record(int(row))
-            hits.append(Hit(rank, int(row), record.id, record.label, float(score), record.image_path,
-                            record.audio_path))
-        return hits
+        found = [(rank, float(score), int(row)) for rank, (score, row) in enumerate(zip(scores, rows), start=1)
+                 if row >= 0]
+        records = self.indexes.store.records([row for _, _, row in found])
+        return [Hit(rank, row, record.id, record.label, score, record.image_path, record.audio_path)
+                for (rank, score, row), record in zip(found, records)]
 
     def hit_maps(self, audio_side, images: torch.Tensor, iqr: bool = False) -> np.ndarray:
         """(n, S, S) localization maps of one sound (`audio_side`, batch of one) in n images (n, 3, S, S), the

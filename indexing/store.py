@@ -365,6 +365,7 @@ class EmbeddingStore:
         self._num_rows = int(num_rows)
         self._handle: h5py.File | None = None
         self._pid: int | None = None
+        self._strings: dict[str, Any] = {}  # the open handle's string datasets (a lookup by name costs ~0.1 ms)
 
     @classmethod
     def open(cls, index_dir: str | Path) -> "EmbeddingStore":
@@ -388,12 +389,19 @@ class EmbeddingStore:
         if self._handle is None or self._pid != os.getpid():
             self._handle = h5py.File(self.path, "r")  # a handle inherited over fork is abandoned, not closed
             self._pid = os.getpid()
+            self._strings = {}
         return self._handle
+
+    def _string_dataset(self, field: str) -> Any:
+        handle = self._file()
+        if field not in self._strings:
+            self._strings[field] = handle[field].asstr()
+        return self._strings[field]
 
     def close(self) -> None:
         if self._handle is not None and self._pid == os.getpid():
             self._handle.close()
-        self._handle, self._pid = None, None
+        self._handle, self._pid, self._strings = None, None, {}
 
     def __enter__(self) -> "EmbeddingStore":
         return self
@@ -403,7 +411,7 @@ class EmbeddingStore:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_handle"], state["_pid"] = None, None
+        state["_handle"], state["_pid"], state["_strings"] = None, None, {}
         return state
 
     def _dataset(self, field: str) -> h5py.Dataset:
@@ -447,13 +455,22 @@ class EmbeddingStore:
 
     def record(self, row: int) -> StoreRecord:
         """The strings of one row (for showing a hit)."""
-        index = row + self._num_rows if row < 0 else row
-        if not 0 <= index < self._num_rows:
-            raise IndexError(f"row {row} out of range for a store of {self._num_rows} rows")
-        handle = self._file()
-        values = {field: _read_strings(handle[field], index, index + 1)[0] for field in STRING_FIELDS}
-        return StoreRecord(row=index, id=values["ids"], label=values["labels"] or None,
-                           image_path=values["image_paths"], audio_path=values["audio_paths"])
+        return self.records([row])[0]
+
+    def records(self, rows: Sequence[int]) -> list[StoreRecord]:
+        """The strings of several rows, in the order given (a search's hits): one read per string field for all
+        of them, not one per row and field (40 small HDF5 reads were 12 ms of a 35 ms service search)."""
+        indexes = [row + self._num_rows if row < 0 else row for row in map(int, rows)]
+        bad = [row for row, index in zip(rows, indexes) if not 0 <= index < self._num_rows]
+        if bad:
+            raise IndexError(f"row {bad[0]} out of range for a store of {self._num_rows} rows")
+        if not indexes:
+            return []
+        wanted = sorted(set(indexes))  # h5py reads a selection of increasing rows
+        columns = {field: dict(zip(wanted, self._string_dataset(field)[wanted].tolist())) for field in STRING_FIELDS}
+        return [StoreRecord(row=index, id=columns["ids"][index], label=columns["labels"][index] or None,
+                            image_path=columns["image_paths"][index], audio_path=columns["audio_paths"][index])
+                for index in indexes]
 
     def column(self, field: str) -> list[str]:
         """A whole string column (ids or labels fit in memory even for millions of clips; vectors do not)."""
