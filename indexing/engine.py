@@ -73,6 +73,10 @@ class Engine:
     def __init__(self, index_dir: Path, model: torch.nn.Module, config, indexes: RetrievalIndexes | MilvusIndexes,
                  device: torch.device, presence_cut: float | None = None):
         self.index_dir = Path(index_dir)
+        # channels-last convolutions take oneDNN's path for every layer of the audio encoder, where a batch of one
+        # otherwise falls back to slow kernels (4.4 -> 3.1 ms a sound on 2 cores, same output to 1e-6); its output
+        # is reduced over frequency at once, so nothing downstream sees the layout
+        model.audio_encoder.to(memory_format=torch.channels_last)
         self.model = model
         self.config = config
         self.indexes = indexes
@@ -112,7 +116,7 @@ class Engine:
     @torch.no_grad()
     def encode_audio(self, spectrograms: torch.Tensor):
         """AudioSide of a batch of spectrograms (B, 1, F, T): what the service's micro-batches go through."""
-        return self.model.encode_audio(spectrograms.to(self.device))
+        return self.model.encode_audio(spectrograms.to(self.device, memory_format=torch.channels_last))
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor):
