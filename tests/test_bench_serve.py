@@ -36,6 +36,6 @@ def test_table_says_which_goals_were_missed():
                           load_seconds=2000 / rate, load_errors=errors, load_requests_asked=2000, mean_batch=8.0,
                           rss_start=2**30, rss_before_load=2**30, rss_half_load=2**30, rss_after_load=2**30)
 
-    good, slow = bench(25.0, 60.0, 0).table(), bench(80.0, 20.0, 3).table()
-    assert "MISSED" not in good and "240x faster" in good
+    good, slow = bench(15.0, 120.0, 0).table(), bench(25.0, 90.0, 3).table()
+    assert "MISSED" not in good and "400x faster" in good
     assert slow.count("MISSED") == 3

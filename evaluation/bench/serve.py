@@ -10,7 +10,7 @@ fine for speed), then:
 - load: `concurrency` clients with keep-alive connections sending `requests` audio searches in all, bounded
   by `max_seconds`: p50 / p99 latency, searches/s, errors, the service's mean micro-batch size, and its
   resident memory before and after.
-Goals (2 cores): warm p50 <= 50 ms, >= 40 searches/s under load, 0 errors.
+Goals (2 cores, maps off): warm p50 <= 20 ms, >= 100 searches/s under 16 clients, 0 errors.
 """
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ from .workspace import checkpoint_or_random, clips_or_synthetic, workspace
 
 logger = logging.getLogger(__name__)
 
-WARM_P50_GOAL_MS = 50.0
-LOAD_RATE_GOAL = 40.0
+WARM_P50_GOAL_MS = 20.0  # one client, maps off (raised from 50 ms once 27 ms was reached)
+LOAD_RATE_GOAL = 100.0  # searches/s under 16 clients on 2 cores (raised from 40 once 69/s was reached)
 
 
 @dataclass
