@@ -40,14 +40,14 @@ def test_choose_index_by_size() -> None:
     assert choose_index(50_000, 512).train_size == 0
     middle = choose_index(500_000, 512)  # CPU: fast-scan PQ + exact re-ranking, HNSW only over the centroids
     assert middle.factory == "IVF1414_HNSW32,PQ256x4fs,RFlat"
-    assert middle.search_params == {"nprobe": 70, "quantizer_efSearch": 128, "k_factor_rf": 64}
+    assert middle.search_params == {"nprobe": 70, "quantizer_efSearch": 64, "k_factor_rf": 64}
     assert middle.train_size == 64 * 1414 and middle.build_params == {}
     million = choose_index(1_000_000, 512)
     assert million.factory == "IVF2000_HNSW32,PQ256x4fs,RFlat" and million.search_params["nprobe"] == 100
     ivf = choose_index(4_000_000, 512)
     assert ivf.factory == "IVF4000_HNSW32,PQ256x4fs,RFlat" and ivf_nlist(1_000_000) == 2000
     assert ivf_nlist(1_000_000, gpu=True) == 4000
-    assert ivf.search_params == {"nprobe": 200, "quantizer_efSearch": 128, "k_factor_rf": 64}
+    assert ivf.search_params == {"nprobe": 200, "quantizer_efSearch": 64, "k_factor_rf": 64}
     assert ivf.train_size == 64 * 4000
     assert choose_index(1_000_000, 129).factory == "IVF2000,Flat"  # fast-scan PQ needs an even dimension
     assert choose_index(500_000, 512, gpu=True).factory == "Flat"
