@@ -54,6 +54,9 @@ def test_dropping_a_wav_shows_k_image_hits_with_their_maps(browser, page_url, ti
     page.wait_for_function("document.querySelector('#image-hits img.query-picture').naturalWidth > 0")
     assert page.evaluate("document.getElementById('image-hits').firstElementChild.id") == "query-tile"
     assert "query" in page.inner_text("#query-tile .rank")
+    below = page.evaluate("document.querySelector('#query-tile .meta').getBoundingClientRect().top >= "
+                          "document.querySelector('#query-tile .pic').getBoundingClientRect().bottom - 1")
+    assert below, "the query tile's caption sits under its picture, as on every hit"
     sources = page.eval_on_selector_all("#image-hits img.overlay", "images => images.map(i => i.src)")
     assert all("/maps/" in source and source.endswith(".png") for source in sources)
     assert "hits in" in page.inner_text("#sound-error")
@@ -104,14 +107,14 @@ def test_a_failed_search_clears_the_previous_hits_and_ends_the_spinner(browser, 
     page.wait_for_function("document.getElementById('status').textContent.includes('items')")
     page.fill("#sound-k", "3")
     page.set_input_files("#sound-file", str(tiny_index[1] / "audio" / "synth_000003.wav"))
-    page.wait_for_function("document.querySelectorAll('#image-hits .hit:not(.query)').length === 3")
+    page.wait_for_function("document.querySelectorAll('#image-hits .hit:not(.is-query)').length === 3")
     page.set_input_files("#sound-file", str(tiny_index[1] / "frames" / "synth_000001.jpg"))  # wrong type
     page.wait_for_function("document.getElementById('sound-error').textContent.includes('expected sound')")
     assert page.locator("#image-hits .hit").count() == 0
     assert "bad" in page.get_attribute("#sound-error", "class")
 
     page.set_input_files("#sound-file", str(tiny_index[1] / "audio" / "synth_000003.wav"))
-    page.wait_for_function("document.querySelectorAll('#image-hits .hit:not(.query)').length === 3")
+    page.wait_for_function("document.querySelectorAll('#image-hits .hit:not(.is-query)').length === 3")
     page.route("**/search/audio", lambda route: route.abort())  # the network fails
     page.set_input_files("#sound-file", str(tiny_index[1] / "audio" / "synth_000004.wav"))
     page.wait_for_function("document.getElementById('sound-error').textContent.includes('did not answer')")
@@ -132,7 +135,7 @@ def test_hits_is_the_one_word_for_k_and_sound_rows_show_their_item_id(browser, p
     page.click("#tab-image")
     page.fill("#image-k", "2")
     page.set_input_files("#image-file", str(tiny_index[1] / "frames" / "synth_000004.jpg"))
-    page.wait_for_function("document.querySelectorAll('#sound-hits .sound:not(.query)').length === 2")
-    ids = page.eval_on_selector_all("#sound-hits .sound:not(.query) .id", "nodes => nodes.map(n => n.textContent)")
+    page.wait_for_function("document.querySelectorAll('#sound-hits .sound:not(.is-query)').length === 2")
+    ids = page.eval_on_selector_all("#sound-hits .sound:not(.is-query) .id", "nodes => nodes.map(n => n.textContent)")
     assert len(ids) == 2 and all(i.startswith("synth_") for i in ids)
     page.close()
