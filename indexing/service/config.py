@@ -26,6 +26,7 @@ class ServeConfig:
     query_picture_cache_size: int = 64  # latest sound queries whose spectrogram is kept to draw the query itself
     cache_ttl_s: float = 900.0
     map_cache_bytes: int = 64 * 1024 * 1024
+    decode_threads: int = 32  # threads that decode uploads, one torch thread each
     map_threads: int = 4  # threads that draw hit maps (their own pool: a page of tiles never blocks the rest)
     max_vector_body_bytes: int | None = None  # /search/vector's body limit; None: 48 bytes a number + 4 KB
     max_in_flight: int = 64  # requests in progress at once (not /health); more get 503

@@ -30,7 +30,7 @@ from jsa_retrieval import __version__
 
 from .auth import cookie_header, page_token, require_token
 from .search import Query, SearchService
-from .uploads import IMAGE_FORMATS, SOUND_FORMATS, decode_upload
+from .uploads import IMAGE_FORMATS, SOUND_FORMATS
 
 STATIC = Path(__file__).resolve().parent / "static"
 SWAGGER_FILES = ("swagger-ui-bundle.js", "swagger-ui.css")
@@ -97,7 +97,7 @@ async def search_audio(file: UploadFile = File(...), k: int = K_FORM,
     started = time.perf_counter()
     _check_k(service, k)
     data = await _read_upload(file)
-    spectrogram = await run_in_threadpool(decode_upload, data, SOUND_FORMATS, "sound", service.engine.audio_input)
+    spectrogram = await service.decode(data, SOUND_FORMATS, "sound", service.engine.audio_input)
     del data
     hits, side = await service.audio_batcher.submit((spectrogram, k))
     query = Query("audio", side, hits, spectrogram=spectrogram[0].to(torch.float16))
@@ -111,7 +111,7 @@ async def search_image(file: UploadFile = File(...), k: int = K_FORM,
     started = time.perf_counter()
     _check_k(service, k)
     data = await _read_upload(file)
-    image = await run_in_threadpool(decode_upload, data, IMAGE_FORMATS, "image", service.engine.image_input)
+    image = await service.decode(data, IMAGE_FORMATS, "image", service.engine.image_input)
     del data
     hits = await service.image_batcher.submit((image, k))
     return search_json(service.remember(Query("image", None, hits)), "image", k, hits, started)
