@@ -28,7 +28,8 @@ import pandas as pd
 import jsa_retrieval
 from jsa_retrieval.checkpoints import checkpoint_short_sha, load_model, read_checkpoint
 from jsa_retrieval.clips import Clip, read_dataset
-from jsa_retrieval.config import ABLATIONS, JSARConfig, apply_settings, config_field, get_config
+from jsa_retrieval.config import (ABLATIONS, GATED_METHOD, LISTENING_METHOD, PAPER_METHOD, JSARConfig,
+                                  apply_settings, config_field, get_config)
 from jsa_retrieval.files import write_atomically
 from jsa_retrieval.inference import pick_device
 from jsa_retrieval.machine import machine_info
@@ -56,22 +57,7 @@ RUN_FILE = "run.json"
 # What is trained
 # --------------------------------------------------------------------------------------------------------------
 
-PAPER_METHOD: tuple[tuple[str, Any], ...] = (
-    ("model.location_head", False), ("model.location_head_stop_gradient", False), ("model.localization_map", "cross"),
-    ("model.fusion_beta", 1.0), ("model.infer_logit_scale", 1.0), ("train.match_target", "intra"),
-    ("train.lambda_off_target", 0.0))
-"""The paper's JSA whatever the preset: no location head, Eq. 8's teacher, the map ca^{a,v}, logits as Eq. 3."""
-LISTENING_METHOD: tuple[tuple[str, Any], ...] = (
-    ("model.location_head", True), ("model.location_head_stop_gradient", True), ("model.localization_map", "fused"),
-    ("model.fusion_beta", 1.0), ("model.infer_logit_scale", 0.1), ("train.match_target", "intra"),
-    ("train.lambda_off_target", 0.0))
-"""Beyond the paper (docs/realsound.md, "Maps that listen"): JSA trained as the paper plus a location head on
-sg(v); the fused map N(ca) * N([c]+) at the release's logit scale 0.1. The `real` preset's default."""
-GATED_METHOD: tuple[tuple[str, Any], ...] = (
-    ("model.location_head", True), ("model.location_head_stop_gradient", False), ("model.localization_map", "fused"),
-    ("model.fusion_beta", 1.0), ("model.infer_logit_scale", 0.1), ("train.match_target", "audio_gated"),
-    ("train.lambda_off_target", 0.0))
-"""The audio-gated matching target in place of Eq. 8's (the head's loss also shapes v); measured, not chosen."""
+# PAPER_METHOD, LISTENING_METHOD and GATED_METHOD (jsa_retrieval.config) are the settings the runs below train with.
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.clips import read_dataset
 from jsa_retrieval.dataset import ClipDataset, make_loader
 from jsa_retrieval.inference import iter_embeddings, pick_device
-from jsa_retrieval.metrics import presence_auroc, presence_targets
+from jsa_retrieval.collect import presence_pairs
+from jsa_retrieval.metrics import presence_auroc
 
 
 @torch.no_grad()
@@ -31,17 +32,11 @@ def hit_presence(checkpoint: str | Path, data_dir: str | Path, split: str, k: in
     image, audio, kept = encode_split(model, clips, config, where)
     similarity = (audio.vector @ image.vector.T).numpy()
     presence = model.presence_matrix(audio, image).numpy()
-    classes = [{clip.label, clip.extra.get("silent_class")} - {None, ""} for clip in kept]
-    targets = presence_targets([clip.label for clip in kept], [clip.label for clip in kept], classes)
-    hits = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
-    rows = np.repeat(np.arange(len(kept)), hits.shape[1])
-    labels, scores, retrieval = targets[rows, hits.ravel()], presence[rows, hits.ravel()], similarity[rows, hits.ravel()]
-    decided = ~np.isnan(labels)
-    labels, scores, retrieval = labels[decided], scores[decided], retrieval[decided]
+    positions = np.arange(len(kept))  # the whole split as one block
+    present, absent = presence_pairs(kept, [(positions, presence, similarity)], top_k=k)
+    by_retrieval = presence_pairs(kept, [(positions, similarity, similarity)], top_k=k)
     cut = meta.get("presence_cut")
-    present, absent = scores[labels == 1], scores[labels == 0]
-    return {"auroc": presence_auroc(present, absent),
-            "auroc_retrieval_score": presence_auroc(retrieval[labels == 1], retrieval[labels == 0]),
+    return {"auroc": presence_auroc(present, absent), "auroc_retrieval_score": presence_auroc(*by_retrieval),
             "cut": cut, "n_present": int(present.size), "n_absent": int(absent.size),
             "absent_flagged": None if cut is None else float(np.mean(absent <= cut)),
             "present_kept": None if cut is None else float(np.mean(present > cut))}

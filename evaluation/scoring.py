@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from jsa_retrieval.clips import Clip, read_dataset
-from jsa_retrieval.collect import ModelOutputs, collect_outputs, presence_pairs
+from jsa_retrieval.collect import PRESENCE_HITS, ModelOutputs, collect_outputs, presence_pairs
 from jsa_retrieval.metrics import THRESHOLD_MODES, presence_auroc
 
 from .localization import (
@@ -21,10 +21,6 @@ from .localization import (
 from .object_prior import OBJECT_BACKBONES, load_object_prior
 from .reports import ComparisonReport
 from .retrieval import recall_from_vectors
-
-
-PRESENCE_HITS = 3
-"""Presence on the pairs a search returns: each sound's top 3 pictures of its batch by retrieval score."""
 
 
 @dataclass

@@ -20,9 +20,10 @@ import functools
 import json
 import logging
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import faiss
 import numpy as np
@@ -241,11 +242,12 @@ def search_parameters(index: faiss.Index, params: dict[str, int]) -> faiss.Searc
     around the first stage's own, so a search at other settings never changes the shared index. The nested
     objects are kept alive on the returned one (faiss holds raw pointers)."""
     refine = _refine_stage(index)
-    first = faiss.downcast_index(refine.base_index) if refine is not None else faiss.downcast_index(index)
+    first = faiss.downcast_index(first_stage(index))
     inner: faiss.SearchParameters | None = None
     if isinstance(first, faiss.IndexIVF):
-        inner = (faiss.IVFRaBitQSearchParameters() if isinstance(first, faiss.IndexIVFRaBitQFastScan)
-                 or isinstance(first, faiss.IndexIVFRaBitQ) else faiss.IVFSearchParameters())
+        inner = (faiss.IVFRaBitQSearchParameters()
+                 if isinstance(first, (faiss.IndexIVFRaBitQFastScan, faiss.IndexIVFRaBitQ))
+                 else faiss.IVFSearchParameters())
         inner.nprobe = int(params.get("nprobe", first.nprobe))
         if isinstance(inner, faiss.IVFRaBitQSearchParameters):
             inner.qb, inner.centered = first.qb, first.centered
@@ -422,12 +424,8 @@ def search(index: faiss.Index, queries: np.ndarray, k: int,
     if fast_scan is not None:  # one index object serves all threads: the path follows this call's size
         wanted = depth * _shortlist_factor(index)
         fast_scan.implem = SINGLE_QUERY_IMPLEM[wanted >= RESERVOIR_MIN_K] if parallel_one else 0
-    threads = faiss.omp_get_max_threads()  # restored after: torch may share this thread and its OpenMP runtime
-    faiss.omp_set_num_threads(call_threads(matrix.shape[0], parallel_one))
-    try:
+    with omp_threads(call_threads(matrix.shape[0], parallel_one)):
         scores, ids = index.search(l2_normalise(matrix), depth)
-    finally:
-        faiss.omp_set_num_threads(threads)
     found = np.flatnonzero((ids >= 0).any(axis=0))
     width = int(found[-1]) + 1 if found.size else 0
     scores, ids = scores[:, :width].copy(), ids[:, :width].copy()
@@ -442,6 +440,18 @@ def single_query_path(index: faiss.Index) -> str:
         return "one thread"
     implem = SINGLE_QUERY_IMPLEM[10 * _shortlist_factor(index) >= RESERVOIR_MIN_K]
     return f"fast-scan implem {implem}: the query's lists split over {configure_faiss()} threads"
+
+
+@contextmanager
+def omp_threads(count: int) -> Iterator[None]:
+    """faiss's OpenMP threads set to `count` for this thread within the block, and restored after (torch may
+    share the thread and its OpenMP runtime)."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def call_threads(num_queries: int, single_query_parallel: bool) -> int:

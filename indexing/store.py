@@ -393,9 +393,10 @@ class EmbeddingStore:
         return self._handle
 
     def _string_dataset(self, field: str) -> Any:
-        handle = self._file()
+        """`_dataset(field)` read as str, kept for the open handle."""
+        self._file()  # a new handle (or process) starts with no kept datasets
         if field not in self._strings:
-            self._strings[field] = handle[field].asstr()
+            self._strings[field] = self._dataset(field).asstr()
         return self._strings[field]
 
     def close(self) -> None:

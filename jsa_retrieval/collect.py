@@ -111,6 +111,11 @@ def collect_outputs(model: nn.Module, clips: Sequence[Clip], data_config: DataCo
     )
 
 
+PRESENCE_HITS = 3
+"""The pairs a search returns, for presence: each sound's top 3 pictures of its batch by retrieval score (the
+cut that marks search hits is calibrated on these, and scored on them)."""
+
+
 def presence_pairs(clips: Sequence[Clip], blocks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
                    top_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(present scores, absent scores) from presence blocks (ModelOutputs.presence: clip positions, their

@@ -18,12 +18,8 @@ from jsa_retrieval.checkpoints import load_model, read_checkpoint, save_checkpoi
 from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval.inference import pick_device
 from jsa_retrieval.config import JSARConfig
-from jsa_retrieval.collect import ModelOutputs, NothingDecoded, collect_outputs, presence_pairs
+from jsa_retrieval.collect import PRESENCE_HITS, ModelOutputs, NothingDecoded, collect_outputs, presence_pairs
 from jsa_retrieval.maps import upsample_and_normalise
-
-
-PRESENCE_TOP_K = 3
-"""Each val sound's top 3 pictures of its batch (up to 64) by retrieval score: the hits the cut is meant for."""
 
 
 @torch.no_grad()
@@ -63,7 +59,7 @@ def validation_scores(outputs: ModelOutputs, clips: Sequence[Clip], size: int) -
     if present.size and absent.size:
         scores["presence_auroc"] = presence_auroc(present, absent)
     # the cut marks search hits, so it is calibrated on the pairs a search returns (each sound's best pictures)
-    present, absent = presence_pairs(clips, outputs.presence, top_k=PRESENCE_TOP_K)
+    present, absent = presence_pairs(clips, outputs.presence, top_k=PRESENCE_HITS)
     if present.size and absent.size:
         scores["presence_cut"] = presence_cut(present, absent)
     return scores
@@ -88,6 +84,6 @@ def calibrate_presence(checkpoint: Path, data_dir: Path, out_path: Path, split: 
     state = read_checkpoint(checkpoint)
     state["meta"] = {**(state.get("meta") or {}), "presence_cut": scores["presence_cut"],
                      "presence_calibration": {"data_dir": str(data_dir), "split": split,
-                                              "top_k": PRESENCE_TOP_K, "auroc": scores.get("presence_auroc")}}
+                                              "top_k": PRESENCE_HITS, "auroc": scores.get("presence_auroc")}}
     save_checkpoint(Path(out_path), state)
     return float(scores["presence_cut"])

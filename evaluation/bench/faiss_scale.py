@@ -22,7 +22,8 @@ import numpy as np
 
 from indexing.faiss_index import (INDEX_FILES, apply_search_params, build_indexes, calibration_ladder,
                                   configure_faiss, exact_top_k, first_stage, index_search_params,
-                                  neighbour_recall_at_k, open_indexes, search, search_parameters)
+                                  neighbour_recall_at_k, omp_threads, open_indexes, search,
+                                  search_parameters)
 from indexing.store import EmbeddingStore, l2_normalise
 
 from .config import TOP_K, FaissSettings
@@ -157,10 +158,8 @@ def single_query_stages(index: faiss.Index, queries: np.ndarray, search_params: 
              "first stage": lambda q: stage.search(q, shortlist, params=search_parameters(stage, search_params)),
              "whole index": lambda q: index.search(q, k, params=search_parameters(index, search_params)),
              "through search()": lambda q: search(index, q, k, single_query_parallel=False)}
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        medians = {}
+    medians = {}
+    with omp_threads(1):
         for name, run in parts.items():
             times = np.empty(queries.shape[0])
             for i in range(queries.shape[0]):
@@ -168,8 +167,6 @@ def single_query_stages(index: faiss.Index, queries: np.ndarray, search_params: 
                 run(queries[i:i + 1])
                 times[i] = (time.perf_counter() - began) * 1000
             medians[name] = float(np.median(times))
-    finally:
-        faiss.omp_set_num_threads(threads)
     return medians
 
 

@@ -15,7 +15,6 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import numpy as np
-import torch
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -100,8 +99,8 @@ async def search_audio(file: UploadFile = File(...), k: int = K_FORM,
     spectrogram = await service.decode(data, SOUND_FORMATS, "sound", service.engine.audio_input)
     del data
     hits, side = await service.audio_batcher.submit((spectrogram, k))
-    query = Query("audio", side, hits, spectrogram=spectrogram[0].to(torch.float16))
-    return search_json(service.remember(query), "audio", k, hits, started, query_picture=True)
+    query_id = service.remember(Query("audio", side, hits), spectrogram)
+    return search_json(query_id, "audio", k, hits, started, query_picture=True)
 
 
 @router.post("/search/image", summary="An image file -> the sounds that belong to it",

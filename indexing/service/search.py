@@ -32,7 +32,6 @@ class Query:
     kind: str  # 'audio' (hits are images) | 'image' (hits are sounds)
     side: Any  # the query's AudioSide (batch of one, CPU) for an audio query; None otherwise
     hits: list[Hit]
-    spectrogram: torch.Tensor | None = None  # an audio query's (F, T) input, float16, to draw the query itself
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -105,9 +104,12 @@ class SearchService:
         """uploads.decode_upload(*args) on the decoding threads."""
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, decode_upload, *args)
 
-    def remember(self, query: Query) -> str:
+    def remember(self, query: Query, spectrogram: torch.Tensor | None = None) -> str:
+        """Keep `query` under a new id; a sound query's (1, F, T) input spectrogram goes, as float16, to the smaller
+        cache that draws the query itself (`query_png`)."""
         query_id = uuid.uuid4().hex
-        spectrogram, query.spectrogram = query.spectrogram, None  # kept apart, in a smaller cache
+        if spectrogram is not None:
+            spectrogram = spectrogram[0].to(torch.float16)
         with self._cache_lock:
             self.queries[query_id] = query
             if spectrogram is not None:
