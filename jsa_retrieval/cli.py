@@ -81,6 +81,18 @@ def _list_option(values: tuple[str, ...]) -> list[str]:
     return [item.strip() for value in values for item in value.split(",") if item.strip()]
 
 
+def _compare_specs(specs: tuple[str, ...]) -> tuple[str, ...]:
+    """--compare values, each checked at once (not after the store and the first index are built)."""
+    from evaluation.bench.faiss_scale import compare_spec
+
+    for spec in specs:
+        try:
+            compare_spec(spec)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--compare") from None
+    return specs
+
+
 def _config(name: str, overrides: dict) -> "object":
     config = get_config(name)
     for section, key, value in (
@@ -589,9 +601,10 @@ BENCH_FAISS = _options(
     click.option("--vectors", type=click.IntRange(min=1), help="Rows of the FAISS benchmark's store [1,000,000]."),
     click.option("--dim", type=click.IntRange(min=1), default=512, show_default=True),
     click.option("--factory", help="FAISS factory string instead of the automatic choice."),
-    click.option("--compare", multiple=True, help="Another factory measured in the same run on the same store and "
-                 "exact neighbours (repeatable), e.g. --compare HNSW32; 'FACTORY|k_factor_rf=64' holds a search "
-                 "parameter while the rest is calibrated."),
+    click.option("--compare", multiple=True, callback=lambda ctx, param, specs: _compare_specs(specs),
+                 help="Another factory measured in the same run on the same store and exact neighbours "
+                 "(repeatable), e.g. --compare HNSW32; 'FACTORY|k_factor_rf=64' holds a search parameter while the "
+                 "rest is calibrated."),
     click.option("--vectors-from", type=click.Path(exists=True, file_okay=False, path_type=Path),
                  help="A folder `jsar index` made: its image/audio vectors are the bases (no indexing step)."),
     click.option("--sigma", type=float, default=0.6, show_default=True, help="Noise of each copy of a base vector."),

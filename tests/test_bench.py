@@ -235,6 +235,12 @@ def test_jsar_bench_rejects_a_bad_sweep_in_one_line() -> None:
     assert result.exit_code == 2 and "--sweep" in result.output and "Traceback" not in result.output
 
 
+def test_jsar_bench_refuses_a_bad_compare_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("evaluation.bench.run_benchmarks", lambda *args, **kwargs: pytest.fail("the bench started"))
+    result = CliRunner().invoke(cli, ["bench", "faiss", "--compare", "IVF8,Flat|nprobe"])
+    assert result.exit_code == 2 and "--compare" in result.output and "name=integer" in result.output
+
+
 def test_refine_comparisons_hold_fixed_parameters_and_measure_the_first_stage_error(tmp_path: Path) -> None:
     image, audio = spread_bases(60, 24)
     settings = FaissSettings(vectors=4000, dim=64, factory="IVF32,PQ32x4fs,Refine(SQfp16)",
