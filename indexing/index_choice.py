@@ -4,10 +4,12 @@ autofaiss-style rule, kept apart from the code that trains and fills indexes so 
 alone. All indexes use inner product on L2-normalised vectors (= cosine similarity).
 
 - Exact `Flat` while a brute-force scan is cheap (<= 100k vectors; <= 1M on a GPU) and fits the budget.
-- Beyond that on CPU, `IVF{nlist}_HNSW32,PQ{d/2}x4fs,{rerank}`: inverted lists of 4-bit fast-scan PQ codes (SIMD
-  look-ups, d/4 bytes per vector) whose top k * k_factor candidates are re-ranked against a second copy of the
-  vectors: `CPU_RERANKS` in order, the first whose copy fits the budget (`REFINE_BYTES_PER_DIM`: 4 for RFlat,
-  2 for Refine(SQfp16), 1 for Refine(SQ8)). The lists' centroids are found through a small HNSW graph
+- Beyond that on CPU, `IVF{nlist}_HNSW32,PQ{d/2}x4fsr,{rerank}`: inverted lists of 4-bit fast-scan PQ codes (SIMD
+  look-ups, d/4 bytes per vector) of each vector's residual from its list's centroid (`fsr`: the residual is
+  shorter than the vector, so the same codes estimate scores more closely and a shorter shortlist suffices: at
+  1M x 512, nprobe 24-48 and k_factor 32-48 for the vectors' own codes, 16-32 and 16 for residuals), whose top
+  k * k_factor candidates are re-ranked against a second copy of the vectors: `CPU_RERANKS` in order, the first
+  whose copy fits the budget (`REFINE_BYTES_PER_DIM`: 4 for RFlat, 2 for Refine(SQfp16), 1 for Refine(SQ8)). The lists' centroids are found through a small HNSW graph
   (`CPU_COARSE_QUANTIZER`) rather than a scan of all of them. On GPU,
   `IVF{nlist},Flat`. nlist ~ 2 sqrt(n) on CPU, 4 sqrt(n) on GPU; nprobe = nlist / 20 and k_factor 64 here,
   which `build_indexes` then calibrates jointly per modality on the store's own paired vectors
@@ -128,9 +130,9 @@ def choose_index(num_vectors: int, dim: int, memory_budget_bytes: int | None = N
             fast_scan = estimate_bytes("ivf_pqfs_refine", n, d, nlist,
                                        refine_bytes_per_dim=REFINE_BYTES_PER_DIM[rerank])
             if fast_scan <= budget:
-                return _made(f"IVF{nlist}_{CPU_COARSE_QUANTIZER},PQ{d // 2}x4fs,{rerank}", n,
-                             f"{n} vectors > {flat_limit} on CPU: fast-scan PQ lists found through an HNSW graph "
-                             f"of their centroids, shortlist re-ranked by {rerank}", fast_scan)
+                return _made(f"IVF{nlist}_{CPU_COARSE_QUANTIZER},PQ{d // 2}x4fsr,{rerank}", n,
+                             f"{n} vectors > {flat_limit} on CPU: fast-scan PQ codes of residuals in lists found "
+                             f"through an HNSW graph of their centroids, shortlist re-ranked by {rerank}", fast_scan)
     ivf_flat = estimate_bytes("ivf_flat", n, d, nlist)
     if flat <= budget and ivf_flat <= budget:
         where = "GPU" if gpu else "CPU"

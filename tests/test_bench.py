@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 
 from evaluation.bench import (BenchConfig, BenchReport, FaissSettings, bench_faiss_scale, make_random_checkpoint,
                               run_benchmarks)
+from evaluation.bench import augmented
 from evaluation.bench.faiss_scale import GivenRows, compare_spec, exact_neighbours
 from evaluation.bench.memory import PeakMemory
 from evaluation.bench.report import render_table
@@ -289,3 +291,42 @@ def test_compare_spec_reads_fixed_parameters_and_refuses_bad_ones() -> None:
                                                                           {"k_factor_rf": 64, "nprobe": 4})
     with pytest.raises(ValueError, match="name=integer"):
         compare_spec("IVF8,Flat|nprobe")
+
+
+def test_augmented_encodings_resume_from_their_cache_and_match_an_uncached_run(
+        clips_and_checkpoint: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data, checkpoint = clips_and_checkpoint
+    encode = dict(count=20, dim=64, seed=2, batch_size=8, workers=0)
+    plain_image, plain_audio, clips = augmented.augmented_encodings(data, checkpoint, **encode)
+    assert plain_image.shape == (20, 64) and clips == 12
+    cache = tmp_path / "views.h5"
+    partial = cache.with_name(cache.name + ".partial")
+    batches, starts = augmented.encoded_batches, []
+
+    def killed_after_one_batch(*args, **kwargs):
+        for number, batch in enumerate(batches(*args, **kwargs)):
+            if number == 1:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(augmented, "encoded_batches", killed_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        augmented.augmented_encodings(data, checkpoint, cache=cache, **encode)
+    assert not cache.exists()
+    with h5py.File(partial, "r") as handle:
+        assert int(handle.attrs["done"]) == 8
+
+    def recording(*args, **kwargs):
+        starts.append(kwargs["start"])
+        yield from batches(*args, **kwargs)
+
+    monkeypatch.setattr(augmented, "encoded_batches", recording)
+    image, audio, _ = augmented.augmented_encodings(data, checkpoint, cache=cache, **encode)
+    assert starts == [8] and cache.exists() and not partial.exists()  # resumed at the first view not written
+    np.testing.assert_allclose(image, plain_image, atol=1e-5)
+    np.testing.assert_allclose(audio, plain_audio, atol=1e-5)
+    image, _, _ = augmented.augmented_encodings(data, checkpoint, cache=cache, **encode)
+    assert starts == [8]  # the finished cache is read back, nothing encoded again
+    np.testing.assert_allclose(image, plain_image, atol=1e-5)
+    augmented.augmented_encodings(data, checkpoint, cache=cache, **{**encode, "seed": 3})
+    assert starts == [8, 0]  # other views: encoded afresh

@@ -104,7 +104,7 @@ def test_automatic_ivf_gets_nprobe_and_k_factor_calibrated_per_modality(
     image, audio = pairs
     write_store(tmp_path, image[:NUM], audio[:NUM])
     info = build_indexes(tmp_path, gpu=False)
-    assert info["choice"]["factory"] == "IVF102_HNSW32,PQ24x4fs,RFlat" and info["choice"]["search_params"]["nprobe"] == 16
+    assert info["choice"]["factory"] == "IVF102_HNSW32,PQ24x4fsr,RFlat" and info["choice"]["search_params"]["nprobe"] == 16
     for entry in info["indexes"].values():
         assert entry["calibration_recall"] >= 0.96  # nprobe and the re-ranking depth calibrated together
         assert entry["search_params"]["k_factor_rf"] in CALIBRATION_LADDERS["k_factor_rf"]
@@ -127,4 +127,4 @@ def test_named_factories_keep_their_search_parameters(tmp_path: Path, pairs: tup
     info = build_indexes(tmp_path, factory="IVF64,Flat", gpu=False)
     assert all(entry["search_params"] == {"nprobe": 16} and "calibration_recall" not in entry
                for entry in info["indexes"].values())
-    assert choose_index(1_000_000, 512).factory == "IVF2000_HNSW32,PQ256x4fs,RFlat"  # graphs only when named
+    assert choose_index(1_000_000, 512).factory == "IVF2000_HNSW32,PQ256x4fsr,RFlat"  # graphs only when named

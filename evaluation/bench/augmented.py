@@ -6,21 +6,31 @@ a random crop and flip of the image (`image_transform(train=True)`) and a jitter
 scene do, not by Gaussian noise. Rows cycle over the clips in a seeded order; queries are further augmentations
 drawn from another seed, never rows of the store. Vectors are mapped to the benchmark's dimension by the same
 fixed orthogonal map as the noisy copies' bases (bench.vectors.orthogonal_map).
+
+Encoding is the slow part (100,000 views take about an hour on 2 CPU cores), so with a `cache` file the model's
+vectors are written there batch by batch: an interrupted run resumes at the first view not yet written (view i's
+augmentation depends only on (seed, i)), and a finished file, renamed into place, is read back by the next run
+with the same checkpoint, clips, count and seed.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from pathlib import Path
+from typing import Iterator
 
+import h5py
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
 
 from indexing.store import l2_normalise
 from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval.dataset import load_image_tensor, load_spectrogram
+from jsa_retrieval.files import file_sha256, replace_atomically
 
 from .vectors import orthogonal_map
 
@@ -45,23 +55,89 @@ class AugmentedClips(Dataset):
         return image, load_spectrogram(clip.audio, self.config.data, train=True, rng=rng)
 
 
-@torch.no_grad()
 def augmented_encodings(data_dir: Path, checkpoint: Path, count: int, dim: int, seed: int = 0,
-                        batch_size: int = 64, workers: int = 2) -> tuple[np.ndarray, np.ndarray, int]:
+                        batch_size: int = 64, workers: int = 2,
+                        cache: Path | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """(count, dim) unit image and audio vectors of `count` augmented views of the clips in `data_dir` (all
     splits), through `checkpoint`'s model, mapped to `dim` by the benchmark's orthogonal map; and the number of
-    clips they cycle over."""
+    clips they cycle over. With `cache`, the model's vectors are kept there (module docstring)."""
     model, config, _ = load_model(checkpoint)
     clips = read_dataset(Path(data_dir)).clips
     if not clips:
         raise ValueError(f"no clips in {data_dir}")
-    loader = DataLoader(AugmentedClips(clips, config, count, seed), batch_size=batch_size, num_workers=workers)
-    image, audio = [], []
-    for number, (images, spectrograms) in enumerate(loader):
-        image.append(model.encode_image(images).vector.float().numpy())
-        audio.append(model.encode_audio(spectrograms).vector.float().numpy())
-        if number % 50 == 0:
-            logger.info(f"augmented encodings: {(number + 1) * batch_size:,} of {count:,}")
+    views = AugmentedClips(clips, config, count, seed)
+    identity = {"checkpoint_sha256": file_sha256(checkpoint), "clips_sha256": hashlib.sha256("\n".join(
+        f"{clip.id}\t{clip.image}\t{clip.audio}" for clip in clips).encode()).hexdigest(),
+                "count": count, "seed": seed, "dim": model.vector_dim}
+    image, audio = (_encode_all(model, views, batch_size, workers) if cache is None
+                    else _cached_encodings(model, views, batch_size, workers, Path(cache), identity))
     mapping = orthogonal_map(model.vector_dim, dim, 0)
-    return (l2_normalise(l2_normalise(np.concatenate(image)) @ mapping),
-            l2_normalise(l2_normalise(np.concatenate(audio)) @ mapping), len(clips))
+    return l2_normalise(l2_normalise(image) @ mapping), l2_normalise(l2_normalise(audio) @ mapping), len(clips)
+
+
+@torch.no_grad()
+def encoded_batches(model, views: Dataset, batch_size: int, workers: int,
+                    start: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(first view, image vectors, audio vectors) of each batch of `views` from view `start` on, with a bar."""
+    loader = DataLoader(Subset(views, range(start, len(views))), batch_size=batch_size, num_workers=workers)
+    first = start
+    with tqdm(total=len(views), initial=start, desc="augmented views", unit="view") as bar:
+        for images, spectrograms in loader:
+            yield (first, model.encode_image(images).vector.float().numpy(),
+                   model.encode_audio(spectrograms).vector.float().numpy())
+            first += images.shape[0]
+            bar.update(images.shape[0])
+
+
+def _encode_all(model, views: Dataset, batch_size: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
+    batches = list(encoded_batches(model, views, batch_size, workers))
+    return np.concatenate([image for _, image, _ in batches]), np.concatenate([audio for _, _, audio in batches])
+
+
+def _cached_encodings(model, views: Dataset, batch_size: int, workers: int, cache: Path,
+                      identity: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The model's vectors of every view, from `cache` when it holds them for `identity`; else encoded into
+    CACHE.partial (resumed from its last written batch when it was begun for `identity`), renamed to `cache`."""
+    if cache.exists():
+        with h5py.File(cache, "r") as handle:
+            if _made_for(handle, identity) and int(handle.attrs["done"]) == len(views):
+                logger.info(f"augmented encodings read from {cache}")
+                return handle["image"][:], handle["audio"][:]
+    partial = cache.with_name(cache.name + ".partial")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    resumable = partial.exists() and _opens_for(partial, identity)
+    with h5py.File(partial, "a" if resumable else "w") as handle:
+        if not resumable:
+            for name in ("image", "audio"):
+                handle.create_dataset(name, (len(views), identity["dim"]), dtype="float32")
+            handle.attrs.update({**identity, "done": 0})
+        done = int(handle.attrs["done"])
+        if done:
+            logger.info(f"resuming the augmented encodings at view {done:,} of {len(views):,} ({partial})")
+        for first, image, audio in encoded_batches(model, views, batch_size, workers, start=done):
+            handle["image"][first:first + len(image)] = image
+            handle["audio"][first:first + len(image)] = audio
+            handle.attrs["done"] = first + len(image)
+            handle.flush()
+        image, audio = handle["image"][:], handle["audio"][:]
+    replace_atomically(partial, cache)
+    return image, audio
+
+
+def _made_for(handle: h5py.File, identity: dict) -> bool:
+    return all(key in handle.attrs and _attr(handle.attrs[key]) == value for key, value in identity.items())
+
+
+def _opens_for(path: Path, identity: dict) -> bool:
+    """Whether the file at `path` is a readable cache begun for `identity` (a torn or foreign file is not)."""
+    try:
+        with h5py.File(path, "r") as handle:
+            return _made_for(handle, identity) and "image" in handle and "audio" in handle
+    except OSError:
+        return False
+
+
+def _attr(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    return value.item() if isinstance(value, np.generic) else value
