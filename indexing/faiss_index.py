@@ -11,8 +11,9 @@ Search parameters are calibrated, not guessed: the store holds each row's paired
 real cross-modal queries, so `calibrated_search_params` searches a sample of them over a grid of the index's
 parameters (nprobe of IVF, efSearch of HNSW, and jointly the shortlist factor k_factor of a refine stage) and
 keeps the cheapest point whose recall@10 against exact search reaches CALIBRATION_RECALL. Per call, `search`
-picks the threads and, for one query on IVF fast-scan lists, the path that splits that query's lists over the
-cores (faiss `implem` 14/15); batches keep faiss's default of one query per thread.
+picks the threads: a batch over every core (faiss's default of one query per thread), one query on one thread
+(`SINGLE_QUERY_PARALLEL`), or, asked for, one query's IVF fast-scan lists split over the cores (faiss `implem`
+14/15).
 """
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ CALIBRATION_LADDERS = {"nprobe": (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 25
 SCAN_NS_PER_CODE_BYTE = 0.09
 REFINE_NS_PER_BYTE = 0.3
 SINGLE_QUERY_IMPLEM = {False: 14, True: 15}  # IVF fast-scan, one query: lists split over threads (heap, reservoir)
+SINGLE_QUERY_PARALLEL = False  # one query on one thread: with residual codes a query scans 16-32 short lists, which
+# split over 2 cores took 0.99-1.2x the one-thread time at 1M x 512; in the service the split also woke faiss's
+# OpenMP team beside torch's (two runtimes spinning for the same cores): a warm search 16.5 -> 14.8 ms on one thread
 RESERVOIR_MIN_K = 21  # faiss's own rule: a reservoir rather than a heap for k > 20
 CALIBRATION_QUERIES = 300
 EXACT_BLOCK_BYTES = 1 << 28  # similarities of exact search held at once: 256 MB of float32
@@ -401,13 +405,13 @@ def load_index(path: str | Path, search_params: dict[str, int] | None = None) ->
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int,
-           single_query_parallel: bool = True) -> tuple[np.ndarray, np.ndarray]:
+           single_query_parallel: bool = SINGLE_QUERY_PARALLEL) -> tuple[np.ndarray, np.ndarray]:
     """Top-k by inner product of L2-normalised queries (cosine). queries (Q, d) or (d,) -> scores, ids (Q, k').
 
     k' = min(k, ntotal), minus trailing columns where no query found anything (IVF lists can hold fewer
     than k vectors); any remaining gap is id -1 with score -inf. ids are store row numbers.
-    The call runs on `call_threads` threads, and one query on IVF fast-scan lists takes faiss's path that splits
-    its lists over them (`single_query_parallel=False`: the one-thread path, as batches of one were before).
+    The call runs on `call_threads` threads: a batch on every core; one query on one thread, or with
+    `single_query_parallel` on IVF fast-scan lists, on faiss's path that splits its lists over every core.
     """
     configure_faiss()
     if k < 1:
@@ -433,10 +437,10 @@ def search(index: faiss.Index, queries: np.ndarray, k: int,
     return scores, ids
 
 
-def single_query_path(index: faiss.Index) -> str:
+def single_query_path(index: faiss.Index, parallel: bool = SINGLE_QUERY_PARALLEL) -> str:
     """How `search` runs one query on `index` (recorded in index.json beside the search parameters)."""
     fast_scan = _fast_scan_lists(index)
-    if fast_scan is None:
+    if fast_scan is None or not parallel:
         return "one thread"
     implem = SINGLE_QUERY_IMPLEM[10 * _shortlist_factor(index) >= RESERVOIR_MIN_K]
     return f"fast-scan implem {implem}: the query's lists split over {configure_faiss()} threads"

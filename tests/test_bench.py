@@ -107,7 +107,7 @@ def test_ivf_benchmark_sweeps_nprobe_and_is_exact_when_every_list_is_probed(tmp_
         assert all(0.0 <= point.recall <= 1.0 and point.median_ms > 0 for point in direction.sweep)
         assert direction.sweep[-1].recall == 1.0  # every list probed = exhaustive search
         assert direction.sweep[0].recall <= direction.sweep[-1].recall
-        assert direction.serial_median_ms > 0 and direction.margin_gap > 0
+        assert direction.split_median_ms > 0 and direction.margin_gap > 0
         assert direction.first_stage_error < 1e-6  # IVF over flat vectors: the scores are exact
     assert "sweep nprobe=1" in BenchReport({"usable_cores": 2, "load_average": [0.0], "torch_version": "t",
                                             "torch_threads": 2, "faiss_version": "f"}, None, bench, 1.0).table()
@@ -255,7 +255,7 @@ def test_refine_comparisons_hold_fixed_parameters_and_measure_the_first_stage_er
     assert all(value == 64 for key, value in held.search_params.items() if key.endswith("k_factor_rf"))
     for direction in bench.directions + held.directions:
         assert direction.first_stage_error > 0 and direction.margin_gap > 0  # 4-bit PQ scores are approximate
-        assert direction.median_ms > 0 and direction.serial_median_ms > 0
+        assert direction.median_ms > 0 and direction.split_median_ms > 0
         assert list(direction.stages_ms) == ["coarse quantizer", "first stage", "whole index", "through search()"]
         assert all(value > 0 for value in direction.stages_ms.values())
     table = BenchReport({"usable_cores": 2, "load_average": [0.0], "torch_version": "t", "torch_threads": 2,

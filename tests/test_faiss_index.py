@@ -289,17 +289,17 @@ def test_one_query_on_both_cores_finds_what_the_batch_and_the_one_thread_path_fi
     faiss_index.apply_search_params(refine_index, {"nprobe": 16, "k_factor_rf": 32})
     queries = pairs[1][:60]
     batch_scores, batch_ids = search(refine_index, queries, 10)
-    one = [search(refine_index, query, 10) for query in queries]
-    serial = [search(refine_index, query, 10, single_query_parallel=False) for query in queries]
+    one = [search(refine_index, query, 10, single_query_parallel=True) for query in queries]
+    serial = [search(refine_index, query, 10) for query in queries]  # the default path
     assert np.array_equal(np.concatenate([ids for _, ids in one]), batch_ids)
     assert np.array_equal(np.concatenate([ids for _, ids in serial]), batch_ids)
     np.testing.assert_allclose(np.concatenate([scores for scores, _ in one]), batch_scores, atol=1e-6)
     fast_scan = faiss.downcast_index(faiss.extract_index_ivf(refine_index))
     assert fast_scan.implem == 0  # left on the batch path by the last (one-thread) call
-    search(refine_index, queries[0], 10)
+    search(refine_index, queries[0], 10, single_query_parallel=True)
     assert fast_scan.implem == faiss_index.SINGLE_QUERY_IMPLEM[True]  # 10 x 32 candidates: the reservoir variant
     threads = faiss.omp_get_max_threads()
-    search(refine_index, queries[0], 10, single_query_parallel=False)
+    search(refine_index, queries[0], 10)
     assert faiss.omp_get_max_threads() == threads  # the caller's OpenMP setting is restored
 
 
@@ -318,7 +318,7 @@ def test_calibrated_build_records_both_refine_parameters_in_index_json(tmp_path:
     for side in ("image", "audio"):
         entry = written["indexes"][side]
         assert set(entry["search_params"]) == {"nprobe", "k_factor_rf"} and entry["calibration_recall"] >= 0.96
-        assert "implem 15" in entry["single_query_path"]
+        assert entry["single_query_path"] == "one thread"  # faiss_index.SINGLE_QUERY_PARALLEL
     held = build_indexes(tmp_path, factory="IVF32,PQ16x4fs,Refine(SQfp16)", calibrate=True, gpu=False,
                          fixed_params={"k_factor_rf": 64})
     assert all(entry["search_params"]["k_factor_rf"] == 64 for entry in held["indexes"].values())
@@ -326,6 +326,7 @@ def test_calibrated_build_records_both_refine_parameters_in_index_json(tmp_path:
     try:
         refine = faiss.downcast_index(opened.image)
         assert refine.k_factor == 64  # re-applied on load
+        assert "implem 15" in faiss_index.single_query_path(opened.image, parallel=True)  # 10 x 64: reservoir
         assert faiss.extract_index_ivf(opened.image).nprobe == held["indexes"]["image"]["search_params"]["nprobe"]
     finally:
         opened.store.close()
