@@ -11,8 +11,8 @@ alone. All indexes use inner product on L2-normalised vectors (= cosine similari
   k * k_factor candidates are re-ranked against a second copy of the vectors: `CPU_RERANKS` in order, the first
   whose copy fits the budget (`REFINE_BYTES_PER_DIM`: 4 for RFlat, 2 for Refine(SQfp16), 1 for Refine(SQ8)).
   The lists' centroids are found through a small HNSW graph (`CPU_COARSE_QUANTIZER`) rather than a scan of all
-  of them. On GPU, `IVF{nlist},Flat`. nlist ~ 2 sqrt(n) on CPU, 4 sqrt(n) on GPU; nprobe = nlist / 20 and k_factor 64 here,
-  which `build_indexes` then calibrates jointly per modality on the store's own paired vectors
+  of them. On GPU, `IVF{nlist},Flat`. nlist ~ 2 sqrt(n) on CPU, 4 sqrt(n) on GPU; nprobe = nlist / 20 and
+  k_factor 64 here, which `build_indexes` then calibrates jointly per modality on the store's own paired vectors
   (indexing.faiss_index.calibrated_search_params: the cheapest point reaching recall@10 0.96).
 - Graphs (HNSW) only when named: a cross-modal query's neighbours lie spread over the indexed modality, which a
   graph walk reaches badly (plain HNSW32: recall@10 0.65 / 0.44 at 1M); the query-guided graph that repairs

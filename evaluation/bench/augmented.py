@@ -66,9 +66,10 @@ def augmented_encodings(data_dir: Path, checkpoint: Path, count: int, dim: int, 
     if not clips:
         raise ValueError(f"no clips in {data_dir}")
     views = AugmentedClips(clips, config, count, seed)
-    identity = {"checkpoint_sha256": file_sha256(checkpoint), "clips_sha256": hashlib.sha256("\n".join(
-        f"{clip.id}\t{clip.image}\t{clip.audio}" for clip in clips).encode()).hexdigest(),
-                "count": count, "seed": seed, "dim": model.vector_dim}
+    listing = "\n".join(f"{clip.id}\t{clip.image}\t{clip.audio}" for clip in clips)
+    identity = {"checkpoint_sha256": file_sha256(checkpoint),
+                "clips_sha256": hashlib.sha256(listing.encode()).hexdigest(), "count": count, "seed": seed,
+                "dim": model.vector_dim}
     image, audio = (_encode_all(model, views, batch_size, workers) if cache is None
                     else _cached_encodings(model, views, batch_size, workers, Path(cache), identity))
     mapping = orthogonal_map(model.vector_dim, dim, 0)
