@@ -5,7 +5,8 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the service needs the [serve] extra")
 
-from evaluation.bench.serve import LatencySummary, ServeBench, _metric, run_load  # noqa: E402
+from evaluation.bench.serve import (LatencySummary, SearchClient, ServeBench, _metric, _sequential,  # noqa: E402
+                                    median_stages, run_load)
 from indexing.service.app import ServeConfig, create_app  # noqa: E402
 from indexing.service.client import multipart_body  # noqa: E402
 from helpers import live_server  # noqa: E402
@@ -39,3 +40,24 @@ def test_table_says_which_goals_were_missed():
     good, slow = bench(15.0, 120.0, 0).table(), bench(25.0, 90.0, 3).table()
     assert "MISSED" not in good and "400x faster" in good
     assert slow.count("MISSED") == 3
+
+
+def test_warm_searches_report_the_services_own_stages(engine, tiny_index):
+    wav = (tiny_index[1] / "audio" / "synth_000001.wav").read_bytes()
+    bodies = [multipart_body({"k": "3"}, "file", "a.wav", wav)]
+    stages: list[dict[str, float]] = []
+    with live_server(create_app(engine, ServeConfig())) as url:
+        client = SearchClient(int(url.rsplit(":", 1)[1]))
+        latencies = _sequential(client, bodies, 4, with_maps=False, stages=stages)
+        client.close()
+    assert len(latencies) == 4 and len(stages) == 4
+    medians = median_stages(stages)
+    assert list(medians) == ["decode", "queue", "encode", "search", "total"] and medians["encode"] > 0
+    assert medians["total"] < 1000 * max(latencies)  # the route's own time is part of the client's
+    assert median_stages([{"a": 1.0, "b": 4.0}, {"a": 3.0}, {"a": 2.0, "b": 6.0}]) == {"a": 2.0, "b": 5.0}
+    warm = LatencySummary(100, 15.0, 30.0, 15.0)
+    table = ServeBench(clips=2, k=3, concurrency=1, cold_query_s=[1.0], cold_client_s=[0.1], startup_s=1.0,
+                       warm=warm, warm_with_maps=warm, load=warm, load_seconds=1.0, load_errors=0,
+                       load_requests_asked=100, mean_batch=1.0, rss_start=1, rss_before_load=1, rss_half_load=1,
+                       rss_after_load=1, warm_stages=medians).table()
+    assert "inside the service: decode / queue / encode / search / total" in table

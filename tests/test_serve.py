@@ -20,6 +20,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from jsa_retrieval.cli import cli  # noqa: E402
 from indexing.service.app import ServeConfig, ServeError, check_bind, create_app, open_service  # noqa: E402
 from indexing.service.batcher import MicroBatcher  # noqa: E402
+from indexing.service.client import parse_server_timing  # noqa: E402
+from indexing.service.routes import server_timing  # noqa: E402
 from helpers import TOKEN, assert_one_line_error, live_server, upload  # noqa: E402
 
 
@@ -101,6 +103,30 @@ def test_audio_hit_map_is_the_engines_overlay_of_that_hit(client, engine, tiny_i
         served = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"), dtype=int)
         assert served.shape == (64, 64, 3)
         assert np.abs(served - np.asarray(picture, dtype=int)).max() <= 2  # batch-of-3 vs batch-of-1 rounding
+
+
+def test_each_search_says_where_its_time_went_in_a_server_timing_header(client, engine, tiny_index):
+    _, data = tiny_index
+    sound = upload(client, "/search/audio", (data / "audio" / "synth_000003.wav").read_bytes(), k=3, name="a.wav")
+    stages = parse_server_timing(sound.headers["server-timing"])
+    assert list(stages) == ["decode", "queue", "encode", "search", "total"]
+    assert stages["decode"] > 0 and stages["encode"] > 0 and stages["search"] > 0 and stages["queue"] >= 0
+    assert stages["decode"] + stages["queue"] + stages["encode"] + stages["search"] <= stages["total"] + 0.01
+    assert stages["total"] == pytest.approx(sound.json()["took_ms"], abs=0.01)
+    picture = upload(client, "/search/image", (data / "frames" / "synth_000004.jpg").read_bytes(), k=2, name="x.jpg")
+    assert list(parse_server_timing(picture.headers["server-timing"])) == ["decode", "queue", "encode", "search",
+                                                                           "total"]
+    vector = engine.indexes.store.read_rows("audio_vectors", [1])[0]
+    answer = client.post("/search/vector", json={"vector": vector.tolist(), "direction": "audio_to_image", "k": 2})
+    assert list(parse_server_timing(answer.headers["server-timing"])) == ["queue", "search", "total"]
+
+
+def test_server_timing_headers_are_written_and_read_back():
+    header = server_timing({"decode": 2.414, "encode": 7.9})
+    assert header == "decode;dur=2.41, encode;dur=7.90"
+    assert parse_server_timing(header) == {"decode": 2.41, "encode": 7.9}
+    assert parse_server_timing('cache;desc="hit", db;dur=x, app;dur=1.5;desc=a') == {"app": 1.5}
+    assert parse_server_timing(None) == {}
 
 
 def test_image_search_gives_sound_hits_drawn_with_their_time_attention(client, engine, tiny_index):

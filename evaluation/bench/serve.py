@@ -35,7 +35,7 @@ import torch
 
 from indexing.embed import index_dataset
 from indexing.engine import Engine
-from indexing.service.client import multipart_body
+from indexing.service.client import multipart_body, parse_server_timing
 from indexing.service.uploads import SOUND_FORMATS, decode_upload
 from jsa_retrieval.dataset import load_audio_window
 from jsa_retrieval.transforms import log_spectrogram
@@ -90,6 +90,7 @@ class ServeBench:
     machine: dict[str, Any] = field(default_factory=dict)
     engine_with_maps: LatencySummary | None = None  # in-process Engine: audio search + k maps written
     profile: dict[str, float] = field(default_factory=dict)  # median ms of each stage of a search (search_profile)
+    warm_stages: dict[str, float] = field(default_factory=dict)  # median ms of each Server-Timing stage, warm searches
 
     @property
     def load_rate(self) -> float:
@@ -116,6 +117,10 @@ class ServeBench:
             ("load latency", f"p50 {self.load.p50_ms:.0f} ms, p99 {self.load.p99_ms:.0f} ms", ""),
             ("load errors", str(self.load_errors), f"goal 0: {goal_met(self.load_errors == 0)}"),
             ("mean micro-batch under load", f"{self.mean_batch:.1f} searches", ""),
+            *([("warm search inside the service: " + " / ".join(self.warm_stages),
+                " / ".join(f"{ms:.2f}" for ms in self.warm_stages.values()) + " ms",
+                f"median of its Server-Timing header; client p50 {self.warm.p50_ms:.1f} ms: the rest is HTTP")]
+              if self.warm_stages else []),
             *[(f"profile: {stage}", f"{ms:.2f} ms", "median, one search in process (search_profile)")
               for stage, ms in self.profile.items()],
             ("service RSS: start / before load / half / end",
@@ -147,9 +152,14 @@ class SearchClient:
         return response.status, response.read()
 
     def search(self, body: bytes, content_type: str) -> tuple[int, bytes]:
+        status, payload, _ = self.timed_search(body, content_type)
+        return status, payload
+
+    def timed_search(self, body: bytes, content_type: str) -> tuple[int, bytes, dict[str, float]]:
+        """An audio search's status, body and the stages of its Server-Timing header."""
         self.connection.request("POST", "/search/audio", body=body, headers={"Content-Type": content_type})
         response = self.connection.getresponse()
-        return response.status, response.read()
+        return response.status, response.read(), parse_server_timing(response.getheader("Server-Timing"))
 
     def close(self) -> None:
         self.connection.close()
@@ -235,11 +245,16 @@ def run_load(port: int, bodies: list[tuple[bytes, str]], requests: int, concurre
     return latencies, errors[0], time.perf_counter() - started
 
 
-def _sequential(client: SearchClient, bodies: list[tuple[bytes, str]], count: int, with_maps: bool) -> list[float]:
+def _sequential(client: SearchClient, bodies: list[tuple[bytes, str]], count: int, with_maps: bool,
+                stages: list[dict[str, float]] | None = None) -> list[float]:
+    """Client seconds of `count` searches one after another (with their maps fetched); each search's
+    Server-Timing stages are appended to `stages` when given."""
     latencies = []
     for number in range(count):
         started = time.perf_counter()
-        status, payload = client.search(*bodies[number % len(bodies)])
+        status, payload, timing = client.timed_search(*bodies[number % len(bodies)])
+        if stages is not None:
+            stages.append(timing)
         if status != 200:
             raise RuntimeError(f"warm search failed with {status}: {payload[:200]!r}")
         if with_maps:
@@ -249,6 +264,12 @@ def _sequential(client: SearchClient, bodies: list[tuple[bytes, str]], count: in
                     raise RuntimeError(f"map {hit['map_url']} failed with {map_status}")
         latencies.append(time.perf_counter() - started)
     return latencies
+
+
+def median_stages(stages: list[dict[str, float]]) -> dict[str, float]:
+    """{stage: median ms} over searches' Server-Timing stages, in the order the first search gave them."""
+    names = list(stages[0]) if stages else []
+    return {name: float(np.median([entry[name] for entry in stages if name in entry])) for name in names}
 
 
 # ------------------------------------------------------------------------------------------------ profile
@@ -363,7 +384,8 @@ def measure_service(index_dir: Path, checkpoint: Path, wavs: list[Path], setting
                            for i in range(settings.cold_runs)]
             _sequential(client, bodies, 10, with_maps=False)  # warm-up
             logger.info(f"warm: {settings.warm_requests} searches, then {settings.map_requests} with their maps")
-            warm = _sequential(client, bodies, settings.warm_requests, with_maps=False)
+            server_stages: list[dict[str, float]] = []
+            warm = _sequential(client, bodies, settings.warm_requests, with_maps=False, stages=server_stages)
             warm_maps = _sequential(client, bodies, settings.map_requests, with_maps=True)
             metrics_before = client.get("/metrics")[1].decode()
             client.close()
@@ -385,6 +407,7 @@ def measure_service(index_dir: Path, checkpoint: Path, wavs: list[Path], setting
     searches = (_metric(metrics_after, "jsar_batch_size_sum", '{batcher="audio"}')
                 - _metric(metrics_before, "jsar_batch_size_sum", '{batcher="audio"}'))
     return dict(cold_client_s=cold_client, startup_s=startup, warm=LatencySummary.of(warm),
+                warm_stages=median_stages(server_stages),
                 warm_with_maps=LatencySummary.of(warm_maps), load=LatencySummary.of(load), load_seconds=seconds,
                 load_errors=errors, mean_batch=searches / batches if batches else float("nan"),
                 rss_start=int(rss_start), rss_before_load=int(_metric(metrics_before, "process_resident_memory_bytes")),

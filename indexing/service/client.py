@@ -29,6 +29,22 @@ def multipart_body(fields: dict[str, str], file_field: str, file_name: str, data
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
+def parse_server_timing(header: str | None) -> dict[str, float]:
+    """{name: milliseconds} of a Server-Timing header ('decode;dur=2.41, encode;dur=7.90'); entries without a
+    duration, or with one that is not a number, are left out."""
+    stages: dict[str, float] = {}
+    for entry in (header or "").split(","):
+        name, *params = [part.strip() for part in entry.split(";")]
+        for param in params:
+            key, _, value = param.partition("=")
+            if name and key.strip() == "dur":
+                try:
+                    stages[name] = float(value)
+                except ValueError:
+                    pass
+    return stages
+
+
 def request_json(server: str, route: str, body: bytes | None = None, content_type: str | None = None,
                  token: str | None = None, timeout: float = 120.0) -> Any:
     """JSON answer of `route` on `server` (POST when there is a body); errors become one-line ServiceErrors."""

@@ -28,7 +28,7 @@ from indexing.engine import Hit
 from jsa_retrieval import __version__
 
 from .auth import cookie_header, page_token, require_token
-from .search import Query, SearchService
+from .search import Query, SearchService, search_stages
 from .uploads import IMAGE_FORMATS, SOUND_FORMATS
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -67,6 +67,17 @@ def search_json(query_id: str | None, kind: str, k: int, hits: list[Hit], starte
             "took_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
+def server_timing(stages: dict[str, float]) -> str:
+    """A W3C Server-Timing header value, 'name;dur=milliseconds' per stage: browsers' developer tools draw it
+    beside the request, and `jsar bench serve` reads it to say where a warm search's time goes."""
+    return ", ".join(f"{name};dur={milliseconds:.2f}" for name, milliseconds in stages.items())
+
+
+def timed_answer(answer: dict[str, Any], stages: dict[str, float]) -> JSONResponse:
+    """The search's JSON with its stages, and the whole route (`total`, = took_ms), in a Server-Timing header."""
+    return JSONResponse(answer, headers={"Server-Timing": server_timing({**stages, "total": answer["took_ms"]})})
+
+
 def _check_k(service: SearchService, k: int) -> None:
     if k > service.config.max_k:
         raise HTTPException(422, f"k: at most {service.config.max_k}")
@@ -92,34 +103,38 @@ async def one_file(request: Request) -> None:
 @router.post("/search/audio", summary="A sound or video file -> the images whose sound source matches",
              dependencies=[Depends(one_file)])
 async def search_audio(file: UploadFile = File(...), k: int = K_FORM,
-                       service: SearchService = Depends(search_service)) -> dict[str, Any]:
+                       service: SearchService = Depends(search_service)) -> JSONResponse:
     started = time.perf_counter()
     _check_k(service, k)
     data = await _read_upload(file)
     spectrogram = await service.decode(data, SOUND_FORMATS, "sound", service.engine.audio_input)
+    decoded = time.perf_counter()
     del data
-    hits, side = await service.audio_batcher.submit((spectrogram, k))
+    hits, side, batch = await service.audio_batcher.submit((spectrogram, k))
+    stages = search_stages(started, decoded, time.perf_counter(), batch)
     query_id = service.remember(Query("audio", side, hits), spectrogram)
-    return search_json(query_id, "audio", k, hits, started, query_picture=True)
+    return timed_answer(search_json(query_id, "audio", k, hits, started, query_picture=True), stages)
 
 
 @router.post("/search/image", summary="An image file -> the sounds that belong to it",
              dependencies=[Depends(one_file)])
 async def search_image(file: UploadFile = File(...), k: int = K_FORM,
-                       service: SearchService = Depends(search_service)) -> dict[str, Any]:
+                       service: SearchService = Depends(search_service)) -> JSONResponse:
     started = time.perf_counter()
     _check_k(service, k)
     data = await _read_upload(file)
     image = await service.decode(data, IMAGE_FORMATS, "image", service.engine.image_input)
+    decoded = time.perf_counter()
     del data
-    hits = await service.image_batcher.submit((image, k))
-    return search_json(service.remember(Query("image", None, hits)), "image", k, hits, started)
+    hits, batch = await service.image_batcher.submit((image, k))
+    stages = search_stages(started, decoded, time.perf_counter(), batch)
+    return timed_answer(search_json(service.remember(Query("image", None, hits)), "image", k, hits, started), stages)
 
 
 @router.post("/search/vector", summary="An embedding and a direction -> hits (clip-retrieval's k-NN service)",
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/json": {"schema": VectorQuery.model_json_schema()}}}})
-async def search_vector(request: Request, service: SearchService = Depends(search_service)) -> dict[str, Any]:
+async def search_vector(request: Request, service: SearchService = Depends(search_service)) -> JSONResponse:
     """The body is a few KB at most (a per-route limit, 413 beyond), parsed in a worker thread, not on the loop
     that answers every other client."""
     query = await run_in_threadpool(_vector_query, await request.body())
@@ -129,11 +144,14 @@ async def search_vector(request: Request, service: SearchService = Depends(searc
     vector = np.asarray(query.vector, dtype=np.float32)
     if vector.shape != (dim,) or not np.isfinite(vector).all() or not np.any(vector):
         raise HTTPException(422, f"vector: {dim} finite numbers, not all zero, expected (got {vector.size})")
-    hits = await service.vector_batcher.submit((query.direction, vector, query.k))
+    checked = time.perf_counter()
+    hits, batch = await service.vector_batcher.submit((query.direction, vector, query.k))
+    stages = search_stages(started, checked, time.perf_counter(), batch)
+    del stages["decode"], stages["encode"]  # a vector is neither decoded nor encoded
     kind = "audio" if query.direction == "audio_to_image" else "image"
     # a sound hit's picture needs no query; an image hit's map needs the sound, which a vector does not carry
     query_id = service.remember(Query(kind, None, hits)) if kind == "image" else None
-    return search_json(query_id, kind, query.k, hits, started)
+    return timed_answer(search_json(query_id, kind, query.k, hits, started), stages)
 
 
 # ------------------------------------------------------------------------------------------------ items, maps

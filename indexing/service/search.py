@@ -26,6 +26,16 @@ from .uploads import decode_upload
 
 
 @dataclass
+class BatchTiming:
+    """Milliseconds of the micro-batch a search rode in: its encoder pass, and its FAISS search with the hits'
+    records (shared by every search of the batch)."""
+
+    encode_ms: float
+    search_ms: float
+    size: int
+
+
+@dataclass
 class Query:
     """A search remembered under its id: enough to draw its hits' pictures later."""
 
@@ -81,16 +91,24 @@ class SearchService:
         self.map_pool.shutdown(wait=False, cancel_futures=True)
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
 
-    def _audio_batch(self, items: list[tuple[torch.Tensor, int]]) -> list[tuple[list[Hit], Any]]:
+    def _audio_batch(self, items: list[tuple[torch.Tensor, int]]) -> list[tuple[list[Hit], Any, BatchTiming]]:
+        began = time.perf_counter()
         side = self.engine.encode_audio(torch.stack([spectrogram for spectrogram, _ in items]))
+        encoded = time.perf_counter()
         hits = hits_by_k(self.engine.image_hits, side.vector.cpu().numpy(), [k for _, k in items])
-        return [(hits[i], side.row(i).to("cpu")) for i in range(len(items))]
+        timing = _batch_timing(began, encoded, len(items))
+        return [(hits[i], side.row(i).to("cpu"), timing) for i in range(len(items))]
 
-    def _image_batch(self, items: list[tuple[torch.Tensor, int]]) -> list[list[Hit]]:
+    def _image_batch(self, items: list[tuple[torch.Tensor, int]]) -> list[tuple[list[Hit], BatchTiming]]:
+        began = time.perf_counter()
         side = self.engine.encode_image(torch.stack([image for image, _ in items]))
-        return hits_by_k(self.engine.sound_hits, side.vector.cpu().numpy(), [k for _, k in items])
+        encoded = time.perf_counter()
+        hits = hits_by_k(self.engine.sound_hits, side.vector.cpu().numpy(), [k for _, k in items])
+        timing = _batch_timing(began, encoded, len(items))
+        return [(found, timing) for found in hits]
 
-    def _vector_batch(self, items: list[tuple[str, np.ndarray, int]]) -> list[list[Hit]]:
+    def _vector_batch(self, items: list[tuple[str, np.ndarray, int]]) -> list[tuple[list[Hit], BatchTiming]]:
+        began = time.perf_counter()
         found: list[list[Hit]] = [[] for _ in items]
         for direction, search in (("audio_to_image", self.engine.image_hits), ("image_to_audio", self.engine.sound_hits)):
             rows = [i for i, item in enumerate(items) if item[0] == direction]
@@ -98,7 +116,8 @@ class SearchService:
                 hits = hits_by_k(search, np.stack([items[i][1] for i in rows]), [items[i][2] for i in rows])
                 for i, found_hits in zip(rows, hits):
                     found[i] = found_hits
-        return found
+        timing = _batch_timing(began, began, len(items))
+        return [(hits, timing) for hits in found]
 
     async def decode(self, *args: Any) -> Any:
         """uploads.decode_upload(*args) on the decoding threads."""
@@ -167,6 +186,22 @@ class SearchService:
         if row is None:
             raise HTTPException(404, f"no item {item_id!r} in this index")
         return self.engine.indexes.store.record(row)
+
+
+def _batch_timing(began: float, encoded: float, size: int) -> BatchTiming:
+    now = time.perf_counter()
+    return BatchTiming(encode_ms=(encoded - began) * 1000, search_ms=(now - encoded) * 1000, size=size)
+
+
+def search_stages(started: float, decoded: float, answered: float, batch: BatchTiming) -> dict[str, float]:
+    """Milliseconds of one search's stages as its route saw them (`perf_counter` readings: the route began, the
+    upload was decoded, the batcher answered): decode (the upload read, decoded and made the model's input, on
+    the decoding threads), queue (waiting for and handing over to the micro-batcher: the batch before it, the
+    thread hops), encode and search (its batch's encoder pass and FAISS search with the hits' records)."""
+    batch_ms = (answered - decoded) * 1000
+    return {"decode": (decoded - started) * 1000,
+            "queue": max(0.0, batch_ms - batch.encode_ms - batch.search_ms),
+            "encode": batch.encode_ms, "search": batch.search_ms}
 
 
 def _png_bytes(picture) -> bytes:
