@@ -296,11 +296,10 @@ def test_compare_spec_reads_fixed_parameters_and_refuses_bad_ones() -> None:
 def test_augmented_encodings_resume_from_their_cache_and_match_an_uncached_run(
         clips_and_checkpoint: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data, checkpoint = clips_and_checkpoint
-    encode = dict(count=20, dim=64, seed=2, batch_size=8, workers=0)
-    plain_image, plain_audio, clips = augmented.augmented_encodings(data, checkpoint, **encode)
-    assert plain_image.shape == (20, 64) and clips == 12
+    encode = dict(dim=64, seed=2, batch_size=8, workers=0)
+    plain_image, plain_audio, clips = augmented.augmented_encodings(data, checkpoint, 28, **encode)
+    assert plain_image.shape == (28, 64) and clips == 12
     cache = tmp_path / "views.h5"
-    partial = cache.with_name(cache.name + ".partial")
     batches, starts = augmented.encoded_batches, []
 
     def killed_after_one_batch(*args, **kwargs):
@@ -311,9 +310,8 @@ def test_augmented_encodings_resume_from_their_cache_and_match_an_uncached_run(
 
     monkeypatch.setattr(augmented, "encoded_batches", killed_after_one_batch)
     with pytest.raises(KeyboardInterrupt):
-        augmented.augmented_encodings(data, checkpoint, cache=cache, **encode)
-    assert not cache.exists()
-    with h5py.File(partial, "r") as handle:
+        augmented.augmented_encodings(data, checkpoint, 20, cache=cache, **encode)
+    with h5py.File(cache, "r") as handle:
         assert int(handle.attrs["done"]) == 8
 
     def recording(*args, **kwargs):
@@ -321,12 +319,15 @@ def test_augmented_encodings_resume_from_their_cache_and_match_an_uncached_run(
         yield from batches(*args, **kwargs)
 
     monkeypatch.setattr(augmented, "encoded_batches", recording)
-    image, audio, _ = augmented.augmented_encodings(data, checkpoint, cache=cache, **encode)
-    assert starts == [8] and cache.exists() and not partial.exists()  # resumed at the first view not written
+    image, audio, _ = augmented.augmented_encodings(data, checkpoint, 20, cache=cache, **encode)
+    assert starts == [8]  # resumed at the first view not written
+    np.testing.assert_allclose(image, plain_image[:20], atol=1e-5)
+    np.testing.assert_allclose(audio, plain_audio[:20], atol=1e-5)
+    image, _, _ = augmented.augmented_encodings(data, checkpoint, 12, cache=cache, **encode)
+    assert starts == [8]  # fewer views than the cache holds: read back, nothing encoded
+    np.testing.assert_allclose(image, plain_image[:12], atol=1e-5)
+    image, _, _ = augmented.augmented_encodings(data, checkpoint, 28, cache=cache, **encode)
+    assert starts == [8, 20]  # more: only the views it lacked
     np.testing.assert_allclose(image, plain_image, atol=1e-5)
-    np.testing.assert_allclose(audio, plain_audio, atol=1e-5)
-    image, _, _ = augmented.augmented_encodings(data, checkpoint, cache=cache, **encode)
-    assert starts == [8]  # the finished cache is read back, nothing encoded again
-    np.testing.assert_allclose(image, plain_image, atol=1e-5)
-    augmented.augmented_encodings(data, checkpoint, cache=cache, **{**encode, "seed": 3})
-    assert starts == [8, 0]  # other views: encoded afresh
+    augmented.augmented_encodings(data, checkpoint, 12, cache=cache, **{**encode, "seed": 3})
+    assert starts == [8, 20, 0]  # other views: the cache is begun afresh

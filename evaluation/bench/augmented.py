@@ -7,10 +7,11 @@ scene do, not by Gaussian noise. Rows cycle over the clips in a seeded order; qu
 drawn from another seed, never rows of the store. Vectors are mapped to the benchmark's dimension by the same
 fixed orthogonal map as the noisy copies' bases (bench.vectors.orthogonal_map).
 
-Encoding is the slow part (100,000 views take about an hour on 2 CPU cores), so with a `cache` file the model's
-vectors are written there batch by batch: an interrupted run resumes at the first view not yet written (view i's
-augmentation depends only on (seed, i)), and a finished file, renamed into place, is read back by the next run
-with the same checkpoint, clips, count and seed.
+Encoding is the slow part (100,000 views take about 80 minutes on 2 CPU cores), so with a `cache` file the
+model's vectors are appended there batch by batch. View i's augmentation depends only on (seed, i), not on how
+many views are asked for, so a cache serves any count: a run asking for fewer views than it holds reads them
+back, one asking for more (or one killed mid-way and run again) encodes only the views it lacks. A cache belongs
+to one checkpoint, one list of clips and one seed; another is begun afresh.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from indexing.store import l2_normalise
 from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval.dataset import load_image_tensor, load_spectrogram
-from jsa_retrieval.files import file_sha256, replace_atomically
+from jsa_retrieval.files import file_sha256
 
 from .vectors import orthogonal_map
 
@@ -58,9 +59,9 @@ class AugmentedClips(Dataset):
 def augmented_encodings(data_dir: Path, checkpoint: Path, count: int, dim: int, seed: int = 0,
                         batch_size: int = 64, workers: int = 2,
                         cache: Path | None = None) -> tuple[np.ndarray, np.ndarray, int]:
-    """(count, dim) unit image and audio vectors of `count` augmented views of the clips in `data_dir` (all
-    splits), through `checkpoint`'s model, mapped to `dim` by the benchmark's orthogonal map; and the number of
-    clips they cycle over. With `cache`, the model's vectors are kept there (module docstring)."""
+    """(count, dim) unit image and audio vectors of the first `count` augmented views of the clips in `data_dir`
+    (all splits), through `checkpoint`'s model, mapped to `dim` by the benchmark's orthogonal map; and the number
+    of clips they cycle over. With `cache`, the model's vectors are kept there (module docstring)."""
     model, config, _ = load_model(checkpoint)
     clips = read_dataset(Path(data_dir)).clips
     if not clips:
@@ -68,8 +69,7 @@ def augmented_encodings(data_dir: Path, checkpoint: Path, count: int, dim: int, 
     views = AugmentedClips(clips, config, count, seed)
     listing = "\n".join(f"{clip.id}\t{clip.image}\t{clip.audio}" for clip in clips)
     identity = {"checkpoint_sha256": file_sha256(checkpoint),
-                "clips_sha256": hashlib.sha256(listing.encode()).hexdigest(), "count": count, "seed": seed,
-                "dim": model.vector_dim}
+                "clips_sha256": hashlib.sha256(listing.encode()).hexdigest(), "seed": seed, "dim": model.vector_dim}
     image, audio = (_encode_all(model, views, batch_size, workers) if cache is None
                     else _cached_encodings(model, views, batch_size, workers, Path(cache), identity))
     mapping = orthogonal_map(model.vector_dim, dim, 0)
@@ -97,32 +97,34 @@ def _encode_all(model, views: Dataset, batch_size: int, workers: int) -> tuple[n
 
 def _cached_encodings(model, views: Dataset, batch_size: int, workers: int, cache: Path,
                       identity: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The model's vectors of every view, from `cache` when it holds them for `identity`; else encoded into
-    CACHE.partial (resumed from its last written batch when it was begun for `identity`), renamed to `cache`."""
-    if cache.exists():
-        with h5py.File(cache, "r") as handle:
-            if _made_for(handle, identity) and int(handle.attrs["done"]) == len(views):
-                logger.info(f"augmented encodings read from {cache}")
-                return handle["image"][:], handle["audio"][:]
-    partial = cache.with_name(cache.name + ".partial")
+    """The model's vectors of the first len(views) views, kept in `cache`: the views it already holds for
+    `identity` (any count: view i is the same whatever the count) are read back, the rest encoded and appended
+    batch by batch, so a run killed mid-way resumes at its first missing view. A cache of other views, or one
+    that cannot be read, is begun afresh."""
+    wanted = len(views)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    resumable = partial.exists() and _opens_for(partial, identity)
-    with h5py.File(partial, "a" if resumable else "w") as handle:
-        if not resumable:
+    reusable = cache.exists() and _opens_for(cache, identity)
+    with h5py.File(cache, "a" if reusable else "w") as handle:
+        if not reusable:
             for name in ("image", "audio"):
-                handle.create_dataset(name, (len(views), identity["dim"]), dtype="float32")
+                handle.create_dataset(name, (0, identity["dim"]), maxshape=(None, identity["dim"]), dtype="float32",
+                                      chunks=(256, identity["dim"]))
             handle.attrs.update({**identity, "done": 0})
         done = int(handle.attrs["done"])
-        if done:
-            logger.info(f"resuming the augmented encodings at view {done:,} of {len(views):,} ({partial})")
-        for first, image, audio in encoded_batches(model, views, batch_size, workers, start=done):
-            handle["image"][first:first + len(image)] = image
-            handle["audio"][first:first + len(image)] = audio
-            handle.attrs["done"] = first + len(image)
-            handle.flush()
-        image, audio = handle["image"][:], handle["audio"][:]
-    replace_atomically(partial, cache)
-    return image, audio
+        if done < wanted:
+            if done:
+                logger.info(f"augmented encodings: {done:,} views read from {cache}, encoding the other "
+                            f"{wanted - done:,}")
+            for name in ("image", "audio"):
+                handle[name].resize(max(wanted, handle[name].shape[0]), axis=0)
+            for first, image, audio in encoded_batches(model, views, batch_size, workers, start=done):
+                handle["image"][first:first + len(image)] = image
+                handle["audio"][first:first + len(image)] = audio
+                handle.attrs["done"] = first + len(image)  # after the rows: a kill leaves `done` behind, never ahead
+                handle.flush()
+        else:
+            logger.info(f"augmented encodings: {wanted:,} views read from {cache} (it holds {done:,})")
+        return handle["image"][:wanted], handle["audio"][:wanted]
 
 
 def _made_for(handle: h5py.File, identity: dict) -> bool:
@@ -130,10 +132,12 @@ def _made_for(handle: h5py.File, identity: dict) -> bool:
 
 
 def _opens_for(path: Path, identity: dict) -> bool:
-    """Whether the file at `path` is a readable cache begun for `identity` (a torn or foreign file is not)."""
+    """Whether the file at `path` is a readable, growable cache begun for `identity` (a torn or foreign file is
+    not)."""
     try:
         with h5py.File(path, "r") as handle:
-            return _made_for(handle, identity) and "image" in handle and "audio" in handle
+            return (_made_for(handle, identity) and all(name in handle for name in ("image", "audio"))
+                    and handle["image"].maxshape[0] is None and "done" in handle.attrs)
     except OSError:
         return False
 

@@ -77,21 +77,21 @@ def bench_augmented(index_dir: Path, settings: FaissSettings, checkpoint: Path |
                     workers: int, seed: int, cache_dir: Path | None = None) -> FaissBench:
     """The FAISS benchmark on real augmented encodings (bench.augmented) of `settings.augmented_from`'s clips:
     `augmented_vectors` rows (default: as many as the noisy-copy store) and each direction's queries, further
-    augmentations from another seed. The encodings are kept in `cache_dir` (the work folder's, so a kept
-    `--work-dir` resumes an interrupted encoding and reuses a finished one)."""
+    augmentations from another seed. The encodings are kept in `cache_dir`, one file per seed (the work folder's:
+    a kept `--work-dir` reuses them for any count and resumes an interrupted encoding)."""
     if checkpoint is None:
         raise ValueError("real augmented encodings need the trained model: give --checkpoint")
     rows = settings.augmented_vectors or settings.vectors
     count = max(settings.latency_queries, settings.batch_queries, settings.recall_queries)
     logger.info(f"encoding {rows:,} augmented views of {settings.augmented_from} (+ {count:,} query views)")
 
-    def cache(views: int, views_seed: int) -> Path | None:
-        return None if cache_dir is None else cache_dir / f"views-{views}-seed{views_seed}.h5"
+    def cache(views_seed: int) -> Path | None:
+        return None if cache_dir is None else cache_dir / f"views-seed{views_seed}.h5"
 
     image, audio, clips = augmented_encodings(settings.augmented_from, Path(checkpoint), rows, settings.dim, seed,
-                                              batch_size, workers, cache(rows, seed))
+                                              batch_size, workers, cache(seed))
     query_image, query_audio, _ = augmented_encodings(settings.augmented_from, Path(checkpoint), count, settings.dim,
-                                                      seed + 1, batch_size, workers, cache(count, seed + 1))
+                                                      seed + 1, batch_size, workers, cache(seed + 1))
     given = GivenRows(image=image, audio=audio, clips=clips,
                       queries={"audio->image": query_audio, "image->audio": query_image})
     if index_dir.exists():
