@@ -32,7 +32,6 @@ class BatchTiming:
 
     encode_ms: float
     search_ms: float
-    size: int
 
 
 @dataclass
@@ -96,7 +95,7 @@ class SearchService:
         side = self.engine.encode_audio(torch.stack([spectrogram for spectrogram, _ in items]))
         encoded = time.perf_counter()
         hits = hits_by_k(self.engine.image_hits, side.vector.cpu().numpy(), [k for _, k in items])
-        timing = _batch_timing(began, encoded, len(items))
+        timing = _batch_timing(began, encoded)
         return [(hits[i], side.row(i).to("cpu"), timing) for i in range(len(items))]
 
     def _image_batch(self, items: list[tuple[torch.Tensor, int]]) -> list[tuple[list[Hit], BatchTiming]]:
@@ -104,7 +103,7 @@ class SearchService:
         side = self.engine.encode_image(torch.stack([image for image, _ in items]))
         encoded = time.perf_counter()
         hits = hits_by_k(self.engine.sound_hits, side.vector.cpu().numpy(), [k for _, k in items])
-        timing = _batch_timing(began, encoded, len(items))
+        timing = _batch_timing(began, encoded)
         return [(found, timing) for found in hits]
 
     def _vector_batch(self, items: list[tuple[str, np.ndarray, int]]) -> list[tuple[list[Hit], BatchTiming]]:
@@ -116,7 +115,7 @@ class SearchService:
                 hits = hits_by_k(search, np.stack([items[i][1] for i in rows]), [items[i][2] for i in rows])
                 for i, found_hits in zip(rows, hits):
                     found[i] = found_hits
-        timing = _batch_timing(began, began, len(items))
+        timing = _batch_timing(began, began)
         return [(hits, timing) for hits in found]
 
     async def decode(self, *args: Any) -> Any:
@@ -188,9 +187,9 @@ class SearchService:
         return self.engine.indexes.store.record(row)
 
 
-def _batch_timing(began: float, encoded: float, size: int) -> BatchTiming:
-    now = time.perf_counter()
-    return BatchTiming(encode_ms=(encoded - began) * 1000, search_ms=(now - encoded) * 1000, size=size)
+def _batch_timing(began: float, encoded: float) -> BatchTiming:
+    """The batch's encoder pass from `began` to `encoded`, its search from then to now (perf_counter seconds)."""
+    return BatchTiming(encode_ms=(encoded - began) * 1000, search_ms=(time.perf_counter() - encoded) * 1000)
 
 
 def search_stages(started: float, decoded: float, answered: float, batch: BatchTiming) -> dict[str, float]:
