@@ -54,9 +54,9 @@ CALIBRATION_LADDERS = {"nprobe": (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 25
 SCAN_NS_PER_CODE_BYTE = 0.09
 REFINE_NS_PER_BYTE = 0.3
 SINGLE_QUERY_IMPLEM = {False: 14, True: 15}  # IVF fast-scan, one query: lists split over threads (heap, reservoir)
-SINGLE_QUERY_PARALLEL = False  # one query on one thread: with residual codes a query scans 16-32 short lists, which
-# split over 2 cores took 0.99-1.2x the one-thread time at 1M x 512; in the service the split also woke faiss's
-# OpenMP team beside torch's (two runtimes spinning for the same cores): a warm search 16.5 -> 14.8 ms on one thread
+SINGLE_QUERY_PARALLEL = False  # one query on one thread: with residual codes a query scans 16-32 lists, which
+# split over 2 cores took 0.80-1.21x the one-thread time at 1M x 512 (no steady gain); in the service the split also
+# woke faiss's OpenMP team beside torch's (two runtimes spinning for the same cores): a warm search 16.5 -> 14.8 ms
 RESERVOIR_MIN_K = 21  # faiss's own rule: a reservoir rather than a heap for k > 20
 CALIBRATION_QUERIES = 300
 EXACT_BLOCK_BYTES = 1 << 28  # similarities of exact search held at once: 256 MB of float32
