@@ -427,7 +427,7 @@ def search(index: faiss.Index, queries: np.ndarray, k: int,
     fast_scan, refine = _search_stages(index)
     parallel_one = single_query_parallel and fast_scan is not None and matrix.shape[0] == 1
     if fast_scan is not None:  # one index object serves all threads: the path follows this call's size
-        wanted = depth * (int(refine.k_factor) if refine is not None else 1)
+        wanted = depth * _shortlist_factor(refine)
         fast_scan.implem = SINGLE_QUERY_IMPLEM[wanted >= RESERVOIR_MIN_K] if parallel_one else 0
     with omp_threads(call_threads(matrix.shape[0], parallel_one)):
         scores, ids = index.search(l2_normalise(matrix), depth)
@@ -445,7 +445,7 @@ def single_query_path(index: faiss.Index, parallel: bool = SINGLE_QUERY_PARALLEL
     fast_scan = _fast_scan_lists(index)
     if fast_scan is None or not parallel:
         return "one thread"
-    implem = SINGLE_QUERY_IMPLEM[10 * _shortlist_factor(index) >= RESERVOIR_MIN_K]
+    implem = SINGLE_QUERY_IMPLEM[10 * _shortlist_factor(_refine_stage(index)) >= RESERVOIR_MIN_K]
     return f"fast-scan implem {implem}: the query's lists split over {configure_faiss()} threads"
 
 
@@ -490,9 +490,9 @@ def _fast_scan_lists(index: faiss.Index) -> Any:
     return ivf if isinstance(ivf, faiss.IndexIVFFastScan) else None
 
 
-def _shortlist_factor(index: faiss.Index) -> int:
-    """How many candidates per wanted hit the first stage returns: the refine stage's k_factor, else 1."""
-    refine = _refine_stage(index)
+def _shortlist_factor(refine: Any) -> int:
+    """How many candidates per wanted hit the first stage returns: the refine stage's k_factor, 1 without one
+    (`refine` is `_refine_stage(index)`)."""
     return int(refine.k_factor) if refine is not None else 1
 
 

@@ -67,11 +67,13 @@ def augmented_encodings(data_dir: Path, checkpoint: Path, count: int, dim: int, 
     if not clips:
         raise ValueError(f"no clips in {data_dir}")
     views = AugmentedClips(clips, config, count, seed)
-    listing = "\n".join(f"{clip.id}\t{clip.image}\t{clip.audio}" for clip in clips)
-    identity = {"checkpoint_sha256": file_sha256(checkpoint),
-                "clips_sha256": hashlib.sha256(listing.encode()).hexdigest(), "seed": seed, "dim": model.vector_dim}
-    image, audio = (_encode_all(model, views, batch_size, workers) if cache is None
-                    else _cached_encodings(model, views, batch_size, workers, Path(cache), identity))
+    if cache is None:
+        image, audio = _encode_all(model, views, batch_size, workers)
+    else:  # what the cached views depend on (the checkpoint hashed only here: hundreds of MB to read)
+        listing = "\n".join(f"{clip.id}\t{clip.image}\t{clip.audio}" for clip in clips)
+        identity = {"checkpoint_sha256": file_sha256(checkpoint), "seed": seed, "dim": model.vector_dim,
+                    "clips_sha256": hashlib.sha256(listing.encode()).hexdigest()}
+        image, audio = _cached_encodings(model, views, batch_size, workers, Path(cache), identity)
     mapping = orthogonal_map(model.vector_dim, dim, 0)
     return l2_normalise(l2_normalise(image) @ mapping), l2_normalise(l2_normalise(audio) @ mapping), len(clips)
 
