@@ -18,6 +18,7 @@ picks the threads: a batch over every core (faiss's default of one query per thr
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import json
 import logging
 import warnings
@@ -36,6 +37,7 @@ from jsa_retrieval.machine import usable_cores
 from jsa_retrieval.metrics import rank_by_similarity
 
 from indexing.index_choice import QUANTIZER_TRAIN_SIZE, IndexChoice, choose_index
+from indexing.scann_index import ScannIndex, build_scann_index, is_scann_factory, load_scann_index, scann_available
 from indexing.store import VECTOR_FIELDS, EmbeddingStore, FingerprintMismatch, l2_normalise
 
 INDEX_JSON = "index.json"
@@ -93,10 +95,13 @@ def build_index(store: EmbeddingStore, field: str = "image_vectors", choice: Ind
 
     Ids are row numbers because rows are added in order. Memory: the index, the training sample and one chunk.
     """
-    configure_faiss()
+    threads = configure_faiss()
     if field not in VECTOR_FIELDS:
         raise ValueError(f"field must be one of {VECTOR_FIELDS}, got {field!r}")
     choice = choice or choose_index(len(store), store.dim)
+    if is_scann_factory(choice.factory):
+        return build_scann_index(store, field, choice.factory, choice.search_params, choice.train_size, threads,
+                                 chunk_rows)
     index = faiss.index_factory(store.dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
     _prepare_for_training(index, choice.build_params)
     if not index.is_trained:
@@ -140,7 +145,10 @@ def calibrated_search_params(index: faiss.Index, store: EmbeddingStore, field: s
 
 
 def calibration_ladder(index: faiss.Index) -> tuple[str | None, tuple[int, ...]]:
-    """The recall/speed parameter of `index`'s first stage and the values calibration tries (nprobe up to nlist)."""
+    """The recall/speed parameter of `index`'s first stage and the values calibration tries (nprobe up to nlist;
+    a ScaNN index's leaves searched go by the same name)."""
+    if isinstance(index, ScannIndex):
+        return "nprobe", tuple(v for v in CALIBRATION_LADDERS["nprobe"] if v < index.leaves) + (index.leaves,)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         return "nprobe", tuple(v for v in CALIBRATION_LADDERS["nprobe"] if v < ivf.nlist) + (int(ivf.nlist),)
@@ -158,7 +166,7 @@ def calibration_grid(index: faiss.Index, fixed: dict[str, int] | None = None) ->
     name, ladder = calibration_ladder(index)
     if name is not None and name not in fixed:
         axes.append((name, ladder))
-    if _refine_stage(index) is not None and "k_factor_rf" not in fixed:
+    if (_refine_stage(index) is not None or isinstance(index, ScannIndex)) and "k_factor_rf" not in fixed:
         axes.append(("k_factor_rf", CALIBRATION_LADDERS["k_factor_rf"]))
     points: list[dict[str, int]] = [{}]
     for axis, values in axes:
@@ -170,6 +178,8 @@ def query_cost(index: faiss.Index, params: dict[str, int], k: int = 10) -> float
     """Modelled nanoseconds of one query at `params` beyond the fixed part (coarse quantizer, the call): the IVF
     lists' codes scanned plus the refine stage's shortlist read at random (SCAN_NS_PER_CODE_BYTE,
     REFINE_NS_PER_BYTE); HNSW's cost is its efSearch."""
+    if isinstance(index, ScannIndex):
+        return index.query_cost(params, k, SCAN_NS_PER_CODE_BYTE, REFINE_NS_PER_BYTE)
     cost = 0.0
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
@@ -231,7 +241,9 @@ def neighbour_recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float
 
 
 def _refine_stage(index: faiss.Index) -> Any:
-    """The IndexRefine (or IndexRefineFlat) at the top of `index`, or None."""
+    """The IndexRefine (or IndexRefineFlat) at the top of `index`, or None (a ScaNN index re-ranks inside)."""
+    if isinstance(index, ScannIndex):
+        return None
     top = faiss.downcast_index(index)
     return top if isinstance(top, faiss.IndexRefine) else None
 
@@ -245,7 +257,9 @@ def first_stage(index: faiss.Index) -> faiss.Index:
 def search_parameters(index: faiss.Index, params: dict[str, int]) -> faiss.SearchParameters | None:
     """Per-call faiss parameters for `params` (nprobe, efSearch, k_factor_rf): an IndexRefineSearchParameters
     around the first stage's own, so a search at other settings never changes the shared index. The nested
-    objects are kept alive on the returned one (faiss holds raw pointers)."""
+    objects are kept alive on the returned one (faiss holds raw pointers). A ScaNN index takes the dict itself."""
+    if isinstance(index, ScannIndex):
+        return dict(params)
     refine = _refine_stage(index)
     first = faiss.downcast_index(first_stage(index))
     inner: faiss.SearchParameters | None = None
@@ -349,7 +363,9 @@ def _train(index: faiss.Index, sample: np.ndarray) -> None:
 
 def apply_search_params(index: faiss.Index, search_params: dict[str, int] | None) -> faiss.Index:
     """Set nprobe / efSearch / k_factor_rf / quantizer_efSearch explicitly (files and GPU clones may not keep them)."""
-    if search_params:
+    if isinstance(index, ScannIndex):
+        index.set_params(search_params)
+    elif search_params:
         space = faiss.GpuParameterSpace() if num_gpus() > 0 else faiss.ParameterSpace()
         for name, value in search_params.items():
             space.set_index_parameter(index, name, float(value))
@@ -364,6 +380,8 @@ def to_cpu(index: faiss.Index) -> faiss.Index:
 
 
 def _is_gpu_index(index: faiss.Index) -> bool:
+    if isinstance(index, ScannIndex):
+        return False
     names = ("GpuIndex", "IndexShards", "IndexReplicas")  # multi-GPU clones are shards or replicas of GpuIndex
     gpu_types = tuple(getattr(faiss, name) for name in names if hasattr(faiss, name))
     return isinstance(faiss.downcast_index(index), gpu_types) if gpu_types else False
@@ -377,7 +395,7 @@ def to_gpu(index: faiss.Index, shard: bool = False, search_params: dict[str, int
     search. Index types FAISS cannot clone to GPUs (HNSW, for one) stay on the CPU, with a warning.
     GPU search takes k <= 2048.
     """
-    if num_gpus() == 0:
+    if num_gpus() == 0 or isinstance(index, ScannIndex):  # ScaNN searches on the CPU
         return index
     options = faiss.GpuMultipleClonerOptions()
     options.shard = shard
@@ -393,15 +411,26 @@ def to_gpu(index: faiss.Index, shard: bool = False, search_params: dict[str, int
 def save_index(index: faiss.Index, path: str | Path) -> Path:
     """Write atomically (temp file in the same folder, fsync, rename), copying a GPU index to the CPU first."""
     path = Path(path)
+    if isinstance(index, ScannIndex):
+        return index.save(path)
     temp = path.with_name(f".tmp-{path.name}")
     faiss.write_index(to_cpu(index), str(temp))
     replace_atomically(temp, path)
     return path
 
 
+def index_bytes(path: str | Path) -> int:
+    """Bytes on disk of an index file, or of a ScaNN index's folder."""
+    path = Path(path)
+    return sum(part.stat().st_size for part in path.iterdir()) if path.is_dir() else path.stat().st_size
+
+
 def load_index(path: str | Path, search_params: dict[str, int] | None = None) -> faiss.Index:
-    """Read an index and re-apply its search parameters explicitly rather than trusting what the file kept."""
-    configure_faiss()
+    """Read an index (a ScaNN index is a folder) and re-apply its search parameters explicitly rather than
+    trusting what the file kept."""
+    threads = configure_faiss()
+    if Path(path).is_dir():
+        return load_scann_index(path, search_params, threads)
     return apply_search_params(faiss.read_index(str(path)), search_params)
 
 
@@ -483,7 +512,7 @@ def _search_stages(index: faiss.Index) -> tuple[Any, Any]:
 
 def _fast_scan_lists(index: faiss.Index) -> Any:
     """The IndexIVFFastScan (PQ or RaBitQ fast-scan lists) that answers `index`'s first stage, or None."""
-    ivf = faiss.try_extract_index_ivf(index)
+    ivf = None if isinstance(index, ScannIndex) else faiss.try_extract_index_ivf(index)
     if ivf is None:
         return None
     ivf = faiss.downcast_index(ivf)
@@ -528,10 +557,13 @@ def build_indexes(index_dir: str | Path, factory: str | None = None, memory_budg
     with EmbeddingStore.open(index_dir) as store:
         use_gpu = num_gpus() > 0 if gpu is None else gpu
         budget = None if memory_budget is None else memory_budget // 2
-        choice = choose_index(len(store), store.dim, budget, gpu=use_gpu, factory=factory)
+        choice = choose_index(len(store), store.dim, budget, gpu=use_gpu, factory=factory,
+                              scann=not use_gpu and factory is None and scann_available())
         calibrate = factory is None if calibrate is None else calibrate
         entries = {}
         for name, (field, file_name) in INDEX_FILES.items():
+            if is_scann_factory(choice.factory):
+                file_name = Path(file_name).with_suffix(".scann").name  # a folder of ScaNN's files
             index = build_index(store, field, choice, chunk_rows, seed)
             searched = (calibrated_search_params(index, store, field, choice, chunk_rows, seed, fixed=fixed_params)
                         if calibrate else {"search_params": {**choice.search_params, **(fixed_params or {})}})
@@ -544,6 +576,8 @@ def build_indexes(index_dir: str | Path, factory: str | None = None, memory_budg
                 "model_name": store.meta.model_name, "store_rows": len(store), "store_ids_sha256": store.ids_sha256,
                 "dim": store.dim, "metric": "inner_product", "choice": choice.to_dict(), "indexes": entries,
                 "seed": seed, "memory_budget_bytes": memory_budget, "faiss_version": faiss.__version__}
+        if is_scann_factory(choice.factory):
+            info["scann_version"] = importlib.metadata.version("scann")
     temp = index_dir / f".tmp-{INDEX_JSON}"
     temp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     replace_atomically(temp, index_dir / INDEX_JSON)

@@ -53,6 +53,7 @@ REFINE_BYTES_PER_DIM = {"RFlat": 4, "Refine(Flat)": 4, "Refine(SQfp16)": 2, "Ref
 IVF_TRAIN_PER_LIST = 64  # FAISS wants 39..256 training points per centroid
 QUANTIZER_TRAIN_SIZE = 65_536  # PQ/SQ codebooks: 256 centroids per sub-quantizer need >= 9,984 points
 IVF_ID_BYTES = 8
+SCANN_DIMS_PER_BLOCK = 2  # ScaNN's 4-bit codes (16 centres) over 2 dimensions: d/4 bytes, as FAISS's PQ{d/2}x4
 CPU_PQ_BYTES = (64, 48, 32, 24, 16, 8, 4)
 GPU_PQ_BYTES = (48, 32, 24, 16, 12, 8, 4)  # GpuIndexIVFPQ code sizes usable without float16 lookup tables
 GPU_PQ_SUB_DIMS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 28, 32)
@@ -104,6 +105,8 @@ def estimate_bytes(kind: str, num_vectors: int, dim: int, nlist: int = 0, code_b
         return n * (4 * d + IVF_ID_BYTES) + centroids
     if kind == "ivf_pqfs_refine":  # 4-bit codes for d/2 sub-quantizers + ids, and the refine stage's copy
         return n * (d // 4 + IVF_ID_BYTES) + centroids + refine_bytes_per_dim * n * d
+    if kind == "scann":  # 4-bit codes of d/2 blocks, the leaf of each vector (int32), the float32 re-ranking copy
+        return n * (d // 4 + 4) + centroids + 4 * n * d
     if kind == "ivf_sq8":
         return n * (d + IVF_ID_BYTES) + centroids
     if kind == "ivf_pq":
@@ -112,8 +115,10 @@ def estimate_bytes(kind: str, num_vectors: int, dim: int, nlist: int = 0, code_b
 
 
 def choose_index(num_vectors: int, dim: int, memory_budget_bytes: int | None = None, gpu: bool = False,
-                 factory: str | None = None) -> IndexChoice:
-    """Pick the index for `num_vectors` vectors of `dim` dimensions; `factory` overrides the rule."""
+                 factory: str | None = None, scann: bool = False) -> IndexChoice:
+    """Pick the index for `num_vectors` vectors of `dim` dimensions; `factory` overrides the rule. `scann`: the
+    ScaNN package is importable, so a CPU index beyond the flat limit whose float32 re-ranking copy fits the budget
+    is ScaNN's rather than FAISS's (faster at the same recall: docs/benchmarks.md, "ScaNN")."""
     if num_vectors < 0 or dim < 1:
         raise ValueError(f"need num_vectors >= 0 and dim >= 1, got {num_vectors}, {dim}")
     if factory:
@@ -126,6 +131,11 @@ def choose_index(num_vectors: int, dim: int, memory_budget_bytes: int | None = N
     if flat <= budget and n <= flat_limit:
         return _made("Flat", n, f"{n} vectors <= {flat_limit}: exact search is fast enough", flat)
     if not gpu and d % 2 == 0 and n > flat_limit:
+        scann_bytes = estimate_bytes("scann", n, d, nlist)
+        if scann and scann_bytes <= budget:
+            return _made(f"ScaNN{nlist},AH{SCANN_DIMS_PER_BLOCK},RFlat", n,
+                         f"{n} vectors > {flat_limit} on CPU with ScaNN installed: a k-means tree of leaves scored by "
+                         "anisotropic 4-bit codes, shortlist re-ranked by the float32 vectors", scann_bytes)
         for rerank in CPU_RERANKS:
             fast_scan = estimate_bytes("ivf_pqfs_refine", n, d, nlist,
                                        refine_bytes_per_dim=REFINE_BYTES_PER_DIM[rerank])
@@ -156,6 +166,12 @@ def choose_index(num_vectors: int, dim: int, memory_budget_bytes: int | None = N
 
 def choice_for_factory(factory: str, num_vectors: int, reason: str = "") -> IndexChoice:
     """Training size and search parameters that a factory string needs, read from the string itself."""
+    scann = re.match(r"ScaNN(\d+),AH\d+,RFlat$", factory)
+    if scann:  # the same parameter names as IVF + RFlat: leaves searched (nprobe) and the shortlist factor
+        leaves = int(scann.group(1))
+        return IndexChoice(factory=factory, train_size=int(min(max(IVF_TRAIN_PER_LIST * leaves, QUANTIZER_TRAIN_SIZE),
+                                                                num_vectors)),
+                           search_params={"nprobe": ivf_nprobe(leaves), "k_factor_rf": REFINE_K_FACTOR}, reason=reason)
     ivf = re.search(r"IVF(\d+)", factory)
     hnsw = re.search(r"HNSW(\d+)", factory)
     quantised = re.search(r"(PQ|SQ|LSH|RQ|LSQ)", factory.split(",RFlat")[0].split(",Refine")[0])

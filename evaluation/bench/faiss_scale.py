@@ -21,9 +21,10 @@ import faiss
 import numpy as np
 
 from indexing.faiss_index import (INDEX_FILES, apply_search_params, build_indexes, calibration_ladder,
-                                  configure_faiss, exact_top_k, first_stage, index_search_params,
+                                  configure_faiss, exact_top_k, first_stage, index_bytes, index_search_params,
                                   neighbour_recall_at_k, omp_threads, open_indexes, search,
                                   search_parameters)
+from indexing.scann_index import ScannIndex
 from indexing.store import EmbeddingStore, l2_normalise
 
 from .config import TOP_K, FaissSettings
@@ -117,7 +118,9 @@ def first_stage_error(index: faiss.Index, search_params: dict[str, int], store: 
                       queries: np.ndarray, depth: int = MARGIN_DEPTH) -> float:
     """Standard deviation of (first-stage score - exact score) over the first stage's top `depth` of (M, d)
     `queries` at `search_params`: the error the re-ranking has to undo. 0 for an index without approximation
-    before its output (flat vectors)."""
+    before its output (flat vectors); NaN for a ScaNN index, whose first-stage scores it does not expose."""
+    if isinstance(index, ScannIndex):
+        return float("nan")
     stage = first_stage(index)
     depth = min(depth, int(stage.ntotal))
     queries = l2_normalise(queries)
@@ -146,8 +149,8 @@ def single_query_stages(index: faiss.Index, queries: np.ndarray, search_params: 
     nearest list centroids), the first stage alone (quantizer + list scan, returning the k x k_factor
     shortlist), the whole index (+ the re-ranking), and the whole index through `faiss_index.search` (+ the
     call's own work: normalising, thread setting, the copy of the answer). The differences say where a query's
-    time goes; empty for an index without lists."""
-    ivf = faiss.try_extract_index_ivf(index)
+    time goes; empty for an index without FAISS lists."""
+    ivf = None if isinstance(index, ScannIndex) else faiss.try_extract_index_ivf(index)
     if ivf is None:
         return {}
     stage = first_stage(index)
@@ -252,7 +255,7 @@ class IndexBench:
     sweep_param: str | None  # the parameter swept: nprobe, efSearch, or None for exact search
     reason: str
     build_seconds: float
-    index_bytes: int  # both .faiss files on disk
+    index_bytes: int  # both indexes' files on disk
     rss: dict[str, dict[str, int]]  # phase ('store', 'build', 'search') -> {'start': bytes, 'peak': bytes}
     directions: list[DirectionBench]
 
@@ -411,7 +414,7 @@ def _index_bench(index_dir: Path, spec: str | None, queries: dict[str, np.ndarra
                              fixed_params=fixed)
         build_seconds = time.perf_counter() - began
     choice = info["choice"]
-    index_bytes = sum((index_dir / file_name).stat().st_size for _, file_name in INDEX_FILES.values())
+    files_bytes = sum(index_bytes(index_dir / entry["file"]) for entry in info["indexes"].values())
     directions = []
     with PeakMemory() as search_memory:
         indexes = open_indexes(index_dir, gpu=gpu)
@@ -429,7 +432,7 @@ def _index_bench(index_dir: Path, spec: str | None, queries: dict[str, np.ndarra
     label = choice["factory"] + "".join(f" | {name}={value}" for name, value in fixed.items())
     return IndexBench(factory=choice["factory"], label=label, automatic=factory is None, search_params=params,
                       sweep_param=sweep_param, reason=choice["reason"], build_seconds=build_seconds,
-                      index_bytes=index_bytes,
+                      index_bytes=files_bytes,
                       rss={"build": {"start": build_memory.start, "peak": build_memory.peak},
                            "search": {"start": search_memory.start, "peak": search_memory.peak}},
                       directions=directions)

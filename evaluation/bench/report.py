@@ -1,6 +1,8 @@
 """The summary table of a run: one renderer for every benchmark's table, and the rows of indexing and FAISS."""
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -148,7 +150,8 @@ def _index_rows(section: str, bench: IndexBench, threads: int, raw_bytes: int,
              f"split / one thread: {direction.split_median_ms / max(direction.median_ms, 1e-9):.2f}x"),
             (section, f"{name} score margin 10th - 640th / first-stage error (std)",
              f"{direction.margin_gap:.4f} / {direction.first_stage_error:.4f}",
-             f"ratio {direction.margin_gap / max(direction.first_stage_error, 1e-9):.1f}: how many error widths "
+             "the index does not expose its first stage's scores (ScaNN)" if math.isnan(direction.first_stage_error)
+             else f"ratio {direction.margin_gap / max(direction.first_stage_error, 1e-9):.1f}: how many error widths "
              "separate the top 10 from the shortlist's end"),
             (section, f"{name} batch of {direction.batch_size}", f"{direction.batch_qps:,.0f} q/s",
              f"exact flat {direction.flat_qps:,.0f} q/s, numpy {direction.numpy_qps:,.0f} q/s"),

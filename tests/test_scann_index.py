@@ -1,0 +1,149 @@
+"""ScaNN as an index type: the automatic choice, recall and exact scores against brute force, both directions through
+build_indexes / open_indexes / the Engine, the saved folder, and the one-line error without the package."""
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from indexing import scann_index
+from indexing.faiss_index import build_indexes, index_bytes, load_index, open_indexes, query_cost, save_index, search
+from indexing.index_choice import choose_index
+from indexing.scann_index import EXTRA_HINT, ScannIndex, ScannNotInstalled, scann_module
+from indexing.store import EmbeddingStore
+
+from helpers import brute_force_top_k, clustered_pairs, recall_at_10, write_store
+
+FACTORY = "ScaNN40,AH2,RFlat"
+needs_scann = pytest.mark.skipif(not scann_index.scann_available(), reason="the scann package is not installed")
+
+
+def test_the_automatic_choice_takes_scann_on_cpu_beyond_the_flat_limit_when_it_fits() -> None:
+    million = choose_index(1_000_000, 512, scann=True)
+    assert million.factory == "ScaNN2000,AH2,RFlat"
+    assert million.search_params == {"nprobe": 100, "k_factor_rf": 64} and million.train_size == 64 * 2000
+    # codes d/4 bytes + a leaf id + the float32 copy, like FAISS's fast-scan + RFlat
+    assert million.estimated_bytes == 1_000_000 * (128 + 4 + 2048) + 4 * 2000 * 512
+    assert choose_index(50_000, 512, scann=True).factory == "Flat"
+    assert choose_index(1_000_000, 512).factory == "IVF2000_HNSW32,PQ256x4fsr,RFlat"  # not installed: FAISS
+    assert choose_index(3_000_000, 512, gpu=True, scann=True).factory == "IVF6928,Flat"  # GPUs keep FAISS
+    # no room for the float32 copy: FAISS re-ranks with float16 instead
+    assert choose_index(1_000_000, 512, memory_budget_bytes=2_000_000_000, scann=True).factory.endswith(
+        "Refine(SQfp16)")
+    named = choose_index(5000, 64, factory="ScaNN20,AH2,RFlat")
+    assert named.search_params == {"nprobe": 16, "k_factor_rf": 64} and named.train_size == 5000
+
+
+@needs_scann
+def test_build_indexes_with_scann_reaches_recall_and_scores_exactly_both_ways(tmp_path) -> None:
+    image, audio = clustered_pairs(3000, 64)
+    write_store(tmp_path, image, audio)
+    info = build_indexes(tmp_path, factory=FACTORY, calibrate=True)
+    assert info["choice"]["factory"] == FACTORY and info["scann_version"] == "1.4.2"
+    for name in ("image", "audio"):
+        entry = info["indexes"][name]
+        assert entry["file"] == f"{name}.scann" and (tmp_path / entry["file"]).is_dir()
+        assert set(entry["search_params"]) == {"nprobe", "k_factor_rf"} and entry["calibration_recall"] >= 0.96
+    assert not any(path.name.startswith(".tmp") for path in tmp_path.iterdir())
+    opened = open_indexes(tmp_path)
+    assert isinstance(opened.image, ScannIndex) and opened.image.params == info["indexes"]["image"]["search_params"]
+    queries = {"image": audio[:300], "audio": image[:300]}  # each index answers the other modality
+    for name, gallery in (("image", image), ("audio", audio)):
+        scores, rows = search(getattr(opened, name), queries[name], 10)
+        _, exact = brute_force_top_k(gallery, queries[name], 10)
+        assert rows.dtype == np.int64 and rows.shape == (300, 10)
+        assert recall_at_10(rows, exact) >= 0.95
+        # re-ranked against the float32 vectors: the scores are the exact inner products, best first
+        np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", queries[name], gallery[rows]), atol=1e-5)
+        assert (np.diff(scores, axis=1) <= 1e-6).all()
+        one_scores, one_rows = search(getattr(opened, name), queries[name][7], 10)  # one query: another path
+        np.testing.assert_array_equal(one_rows[0], rows[7])
+        np.testing.assert_allclose(one_scores[0], scores[7], atol=1e-6)
+    scores, rows = opened.audio_to_image(audio[:2], 5000)  # k beyond what the searched leaves hold: each once
+    held = rows >= 0
+    assert rows.shape[1] < 3000 and not held.all() and np.isneginf(scores[~held]).all()
+    assert all(len(set(row[row >= 0].tolist())) == (row >= 0).sum() for row in rows)
+    opened.image.set_params({"nprobe": 40})  # every leaf: every row once
+    scores, rows = opened.audio_to_image(audio[:2], 5000)
+    assert rows.shape == (2, 3000) and all(len(set(row.tolist())) == 3000 for row in rows)
+    assert np.isfinite(scores).all()
+    opened.store.close()
+
+
+@needs_scann
+def test_the_automatic_build_takes_scann_when_installed_and_calibrates_it_per_modality(tmp_path, monkeypatch) -> None:
+    import indexing.index_choice as index_choice
+
+    monkeypatch.setattr(index_choice, "FLAT_MAX_VECTORS", 1000)  # 4,000 vectors stand for 1M (102 leaves: 39 a leaf)
+    image, audio = clustered_pairs(4000, 48, seed=5)
+    write_store(tmp_path, image, audio)
+    info = build_indexes(tmp_path, gpu=False)
+    assert info["choice"]["factory"] == "ScaNN102,AH2,RFlat" and "ScaNN installed" in info["choice"]["reason"]
+    nprobe_ladder = {4, 8, 12, 16, 24, 32, 48, 64, 96, 102}  # up to every leaf
+    for entry in info["indexes"].values():
+        assert entry["calibration_recall"] >= 0.96 and entry["search_params"]["nprobe"] in nprobe_ladder
+    opened = open_indexes(tmp_path, gpu=False)
+    _, found = opened.image_to_audio(image[:200], 10)
+    assert recall_at_10(found, brute_force_top_k(audio, image[:200], 10)[1]) >= 0.95
+    opened.store.close()
+
+
+@needs_scann
+def test_a_saved_scann_folder_loads_with_its_parameters_and_answers_the_same(tmp_path) -> None:
+    image, audio = clustered_pairs(2000, 32, seed=3)
+    write_store(tmp_path, image, audio)
+    build_indexes(tmp_path, factory="ScaNN20,AH2,RFlat", fixed_params={"nprobe": 6, "k_factor_rf": 8})
+    loaded = load_index(tmp_path / "image.scann", {"nprobe": 6, "k_factor_rf": 8})
+    assert loaded.params == {"nprobe": 6, "k_factor_rf": 8} and (loaded.d, loaded.ntotal, loaded.leaves) == (32, 2000, 20)
+    before = search(loaded, audio[:50], 10)
+    again = save_index(loaded, tmp_path / "copy.scann")  # over a folder that does not exist yet, then over itself
+    save_index(load_index(again, loaded.params), again)
+    after = search(load_index(again, loaded.params), audio[:50], 10)
+    np.testing.assert_array_equal(before[1], after[1])
+    assert index_bytes(again) == sum(path.stat().st_size for path in again.iterdir()) > 2000 * 32 * 4
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".tmp")) == []
+    # more leaves searched and a longer shortlist cost more in the model calibration ranks by
+    assert query_cost(loaded, {"nprobe": 12, "k_factor_rf": 8}) > query_cost(loaded, {"nprobe": 6, "k_factor_rf": 8})
+    assert query_cost(loaded, {"nprobe": 6, "k_factor_rf": 16}) > query_cost(loaded, {"nprobe": 6, "k_factor_rf": 8})
+    (again / "scann_docids.pkl").write_bytes(b"not ours")
+    with pytest.raises(ValueError, match="refusing to unpickle"):
+        load_index(again, None)
+
+
+@needs_scann
+def test_the_engine_and_jsar_query_search_a_scann_index_like_flat(tiny_index, engine, tmp_path) -> None:
+    from indexing.engine import Engine
+    from jsa_retrieval.cli import cli
+
+    index_dir, data = tiny_index[0].parent / "scann-index", tiny_index[1]
+    shutil.copytree(tiny_index[0], index_dir)
+    build_indexes(index_dir, factory="ScaNN4,AH2,RFlat", fixed_params={"nprobe": 4, "k_factor_rf": 4})
+    through_scann = Engine.open(index_dir, device="cpu")
+    assert isinstance(through_scann.indexes.image, ScannIndex)
+    audio_path, image_path = data / "audio" / "synth_000003.wav", data / "frames" / "synth_000004.jpg"
+    for method, path in (("search_audio", audio_path), ("search_image", image_path)):
+        found, expected = getattr(through_scann, method)(path, k=5), getattr(engine, method)(path, k=5)
+        assert [hit.id for hit in found.hits] == [hit.id for hit in expected.hits]  # every leaf searched: exact
+        np.testing.assert_allclose([hit.score for hit in found.hits], [hit.score for hit in expected.hits], atol=1e-5)
+    answer = CliRunner().invoke(cli, ["query", "--index", str(index_dir), "--audio", str(audio_path), "-k", "3",
+                                      "--json"])
+    assert answer.exit_code == 0, answer.output
+    assert [hit["id"] for hit in json.loads(answer.output)["hits"]] == [
+        hit.id for hit in engine.search_audio(audio_path, 3).hits]
+    with EmbeddingStore.open(index_dir) as store:
+        assert json.loads((index_dir / "index.json").read_text())["store_rows"] == len(store)
+
+
+def test_without_scann_the_error_names_the_extra(monkeypatch, tmp_path) -> None:
+    monkeypatch.setitem(sys.modules, "scann", None)
+    assert not scann_index.scann_available()
+    with pytest.raises(ScannNotInstalled) as raised:
+        scann_module()
+    assert str(raised.value).startswith(EXTRA_HINT) and "\n" not in str(raised.value) and "[scann]" in EXTRA_HINT
+    image, audio = clustered_pairs(500, 16)
+    write_store(tmp_path, image, audio)
+    with pytest.raises(ScannNotInstalled):
+        build_indexes(tmp_path, factory="ScaNN8,AH2,RFlat")
+    assert build_indexes(tmp_path)["choice"]["factory"] == "Flat"  # the automatic choice never needs it
