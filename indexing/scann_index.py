@@ -35,6 +35,7 @@ ANISOTROPIC_THRESHOLD = 0.2  # ScaNN's recommended eta for unit-norm vectors und
 SCANN_BATCH = 256  # queries per work item of ScaNN's parallel batch search
 EXTRA_HINT = 'ScaNN needs the [scann] extra (Linux wheels): pip install -e ".[scann]"'
 DEFAULT_PARAMS = {"nprobe": 16, "k_factor_rf": 64}
+CODEBOOK_TRAIN_SIZE = 131_072  # the anisotropic codebooks' sample
 SHAPE_FILE = "jsar-index.json"  # dim, ntotal and leaves beside ScaNN's own files
 
 
@@ -173,14 +174,15 @@ def build_scann_index(store: EmbeddingStore, field: str, factory: str, search_pa
         vectors[start:start + len(block)] = block
     logger.info("ScaNN %s over %d rows of %s: training and coding on %d threads", factory, len(store), field, threads)
     params = {**DEFAULT_PARAMS, **search_params}
-    train = int(min(len(store), max(train_size, leaves)))
+    tree_sample = int(min(len(store), max(train_size, leaves)))
+    codebook_sample = int(min(len(store), CODEBOOK_TRAIN_SIZE))
     builder = scann.scann_ops_pybind.builder(vectors, 10, "dot_product")
     builder.set_n_training_threads(max(1, threads))
     with native_stderr_to_log():
         searcher = (builder.tree(num_leaves=leaves, num_leaves_to_search=min(params["nprobe"], leaves),
-                                 training_sample_size=train)
+                                 training_sample_size=tree_sample)
                     .score_ah(dims_per_block, anisotropic_quantization_threshold=ANISOTROPIC_THRESHOLD,
-                              training_sample_size=train)
+                              training_sample_size=codebook_sample)
                     .reorder(10 * params["k_factor_rf"])
                     .build())
     return ScannIndex(searcher, store.dim, len(store), leaves, params, threads)

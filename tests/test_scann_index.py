@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from indexing import scann_index
-from indexing.faiss_index import build_indexes, index_bytes, load_index, open_indexes, query_cost, save_index, search
+from indexing.faiss_index import CALIBRATION_LADDERS, build_indexes, index_bytes, load_index, open_indexes, query_cost, save_index, search
 from indexing.index_choice import choose_index
 from indexing.scann_index import EXTRA_HINT, ScannIndex, ScannNotInstalled, scann_module
 from indexing.store import EmbeddingStore
@@ -23,7 +23,7 @@ needs_scann = pytest.mark.skipif(not scann_index.scann_available(), reason="the 
 def test_the_automatic_choice_takes_scann_on_cpu_beyond_the_flat_limit_when_it_fits() -> None:
     million = choose_index(1_000_000, 512, scann=True)
     assert million.factory == "ScaNN2000,AH2,RFlat"
-    assert million.search_params == {"nprobe": 100, "k_factor_rf": 64} and million.train_size == 64 * 2000
+    assert million.search_params == {"nprobe": 100, "k_factor_rf": 64} and million.train_size == 128 * 2000
     # codes d/4 bytes + a leaf id + the float32 copy, like FAISS's fast-scan + RFlat
     assert million.estimated_bytes == 1_000_000 * (128 + 4 + 2048) + 4 * 2000 * 512
     assert choose_index(50_000, 512, scann=True).factory == "Flat"
@@ -33,7 +33,7 @@ def test_the_automatic_choice_takes_scann_on_cpu_beyond_the_flat_limit_when_it_f
     assert choose_index(1_000_000, 512, memory_budget_bytes=2_000_000_000, scann=True).factory.endswith(
         "Refine(SQfp16)")
     named = choose_index(5000, 64, factory="ScaNN20,AH2,RFlat")
-    assert named.search_params == {"nprobe": 16, "k_factor_rf": 64} and named.train_size == 5000
+    assert named.search_params == {"nprobe": 16, "k_factor_rf": 64} and named.train_size == 128 * 20
 
 
 @needs_scann
@@ -81,7 +81,7 @@ def test_the_automatic_build_takes_scann_when_installed_and_calibrates_it_per_mo
     write_store(tmp_path, image, audio)
     info = build_indexes(tmp_path, gpu=False)
     assert info["choice"]["factory"] == "ScaNN102,AH2,RFlat" and "ScaNN installed" in info["choice"]["reason"]
-    nprobe_ladder = {4, 8, 12, 16, 24, 32, 48, 64, 96, 102}  # up to every leaf
+    nprobe_ladder = {*CALIBRATION_LADDERS["nprobe"], 102}  # up to every leaf
     for entry in info["indexes"].values():
         assert entry["calibration_recall"] >= 0.96 and entry["search_params"]["nprobe"] in nprobe_ladder
     opened = open_indexes(tmp_path, gpu=False)
