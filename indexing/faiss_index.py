@@ -38,6 +38,7 @@ from jsa_retrieval.metrics import rank_by_similarity
 
 from indexing.index_choice import QUANTIZER_TRAIN_SIZE, IndexChoice, choose_index
 from indexing.scann_index import ScannIndex, build_scann_index, is_scann_factory, load_scann_index, scann_available
+from indexing.scann_index import build_fits as scann_build_fits
 from indexing.store import VECTOR_FIELDS, EmbeddingStore, FingerprintMismatch, l2_normalise
 
 INDEX_JSON = "index.json"
@@ -560,7 +561,8 @@ def build_indexes(index_dir: str | Path, factory: str | None = None, memory_budg
         use_gpu = num_gpus() > 0 if gpu is None else gpu
         budget = None if memory_budget is None else memory_budget // 2
         choice = choose_index(len(store), store.dim, budget, gpu=use_gpu, factory=factory,
-                              scann=not use_gpu and factory is None and scann_available())
+                              scann=not use_gpu and factory is None and scann_available()
+                              and scann_build_fits(len(store), store.dim))
         calibrate = factory is None if calibrate is None else calibrate
         entries = {}
         for name, (field, file_name) in INDEX_FILES.items():

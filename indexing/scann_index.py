@@ -36,6 +36,9 @@ SCANN_BATCH = 256  # queries per work item of ScaNN's parallel batch search
 EXTRA_HINT = 'ScaNN needs the [scann] extra (Linux wheels): pip install -e ".[scann]"'
 DEFAULT_PARAMS = {"nprobe": 16, "k_factor_rf": 64}
 CODEBOOK_TRAIN_SIZE = 131_072  # the anisotropic codebooks' sample
+BUILD_BYTES_PER_VALUE = 14  # peak build memory a float of one modality: the array read from the store, ScaNN's copy
+#                             and its working sets (6.5 GiB over the start for 1M x 512 one run)
+BUILD_MEMORY_SHARE = 0.5  # the automatic choice takes ScaNN only while its build fits half the machine's memory
 SHAPE_FILE = "jsar-index.json"  # dim, ntotal and leaves beside ScaNN's own files
 
 
@@ -61,6 +64,14 @@ def scann_available() -> bool:
     except ScannNotInstalled:
         return False
     return True
+
+
+def build_fits(num_vectors: int, dim: int, memory_bytes: int | None = None) -> bool:
+    """Whether ScaNN's build of one modality (read whole into memory, unlike FAISS's streamed adds) fits
+    BUILD_MEMORY_SHARE of `memory_bytes` (default: this machine's physical memory)."""
+    if memory_bytes is None:
+        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return BUILD_BYTES_PER_VALUE * num_vectors * dim <= BUILD_MEMORY_SHARE * memory_bytes
 
 
 def parse_factory(factory: str) -> tuple[int, int] | None:

@@ -247,7 +247,8 @@ def localize(image_path: Path, audio_path: Path, checkpoint: Path, iqr: bool, ou
 @click.option("--annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--batch-size", default=64, show_default=True)
 @workers_option(2, "Decoding worker processes.")
-@click.option("--factory", help="FAISS factory string overriding the automatic choice, e.g. 'HNSW32'.")
+@click.option("--factory", help="Index type overriding the automatic choice: a FAISS factory string, e.g. "
+              "'HNSW32', or 'ScaNN{leaves},AH2,RFlat' for ScaNN.")
 @click.option("--memory-budget-gb", type=float, help="Memory for both indexes; picks compressed types above it.")
 @device_option()
 @click.option("--draft", is_flag=True, help="Decode JPEGs of 4x the image size or more at a reduced scale "
@@ -600,7 +601,8 @@ BENCH_INDEXING = _options(
 BENCH_FAISS = _options(
     click.option("--vectors", type=click.IntRange(min=1), help="Rows of the FAISS benchmark's store [1,000,000]."),
     click.option("--dim", type=click.IntRange(min=1), default=512, show_default=True),
-    click.option("--factory", help="FAISS factory string instead of the automatic choice."),
+    click.option("--factory", help="FAISS factory string (or 'ScaNN{leaves},AH2,RFlat') instead of the automatic "
+                 "choice."),
     click.option("--compare", multiple=True, callback=lambda ctx, param, specs: _compare_specs(specs),
                  help="Another factory measured in the same run on the same store and exact neighbours "
                  "(repeatable), e.g. --compare HNSW32; 'FACTORY|k_factor_rf=64' holds a search parameter while the "

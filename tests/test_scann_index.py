@@ -32,6 +32,8 @@ def test_the_automatic_choice_takes_scann_on_cpu_beyond_the_flat_limit_when_it_f
     # no room for the float32 copy: FAISS re-ranks with float16 instead
     assert choose_index(1_000_000, 512, memory_budget_bytes=2_000_000_000, scann=True).factory.endswith(
         "Refine(SQfp16)")
+    # build_indexes asks for ScaNN only while its in-memory build fits half the machine: 1M x 512 on 24 GiB, not 3M
+    assert scann_index.build_fits(1_000_000, 512, 24 << 30) and not scann_index.build_fits(3_000_000, 512, 24 << 30)
     named = choose_index(5000, 64, factory="ScaNN20,AH2,RFlat")
     assert named.search_params == {"nprobe": 16, "k_factor_rf": 64} and named.train_size == 128 * 20
 
