@@ -27,6 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from jsa_retrieval.errors import JsarError
+from jsa_retrieval.files import fsync_directory
 
 from indexing.store import EmbeddingStore
 
@@ -130,18 +131,31 @@ class ScannIndex:
         return scanned * scan_ns_per_byte + k * point["k_factor_rf"] * 4 * self.d * refine_ns_per_byte
 
     def save(self, path: str | Path) -> Path:
-        """Serialise into folder `path`, written under a temporary name in the same parent and renamed."""
+        """Serialise into folder `path`: written and fsynced under a temporary name in the same parent, then renamed
+        into place (an older folder is moved aside first and removed after), so a crash leaves old or new."""
         path = Path(path)
         temp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+        aside = path.with_name(f".old-{path.name}-{os.getpid()}")
         try:
             self.searcher.serialize(str(temp), relative_path=True)
             (temp / SHAPE_FILE).write_text(json.dumps({"dim": self.d, "ntotal": self.ntotal, "leaves": self.leaves}))
+            for part in temp.iterdir():
+                descriptor = os.open(part, os.O_RDONLY)
+                try:
+                    os.fsync(descriptor)
+                finally:
+                    os.close(descriptor)
+            fsync_directory(temp)
             if path.exists():
-                shutil.rmtree(path)
+                path.rename(aside)
             temp.rename(path)
-        except BaseException:
+            fsync_directory(path.parent)
+        finally:
             shutil.rmtree(temp, ignore_errors=True)
-            raise
+            if path.exists():
+                shutil.rmtree(aside, ignore_errors=True)
+            elif aside.exists():  # the new folder never arrived: the old one goes back
+                aside.rename(path)
         return path
 
 
@@ -167,10 +181,19 @@ def native_stderr_to_log() -> Iterator[None]:
                 logger.log(logging.WARNING if failed else logging.DEBUG, "scann: %s", line)
 
 
+def seeded_config(config: str, seed: int) -> str:
+    """ScaNN's text config with the leaves' k-means seeded: with k-means++ starts (`random_init=False`) and a seed the
+    same store builds the same index; ScaNN's random starts ignore the seed (three builds of one store gave three
+    indexes)."""
+    if config.count("partitioning {") != 1:
+        raise ValueError("expected one partitioning block in the ScaNN config")
+    return config.replace("partitioning {", f"partitioning {{\n        clustering_seed: {int(seed)}", 1)
+
+
 def build_scann_index(store: EmbeddingStore, field: str, factory: str, search_params: dict[str, int],
-                      train_size: int, threads: int, chunk_rows: int = 65536) -> ScannIndex:
-    """Train and fill `factory` over every row of `field` on `threads` (ScaNN builds from one array: the store is read
-    into it chunk by chunk, and ScaNN keeps its own copy for re-ranking)."""
+                      train_size: int, threads: int, chunk_rows: int = 65536, seed: int = 0) -> ScannIndex:
+    """Train and fill `factory` over every row of `field` on `threads`, seeded (ScaNN builds from one array: the store
+    is read into it chunk by chunk, and ScaNN keeps its own copy for re-ranking)."""
     parsed = parse_factory(factory)
     if parsed is None:
         raise ValueError(f"not a ScaNN factory string: {factory!r} (expected ScaNN<leaves>,AH<dims>,RFlat)")
@@ -187,15 +210,15 @@ def build_scann_index(store: EmbeddingStore, field: str, factory: str, search_pa
     params = {**DEFAULT_PARAMS, **search_params}
     tree_sample = int(min(len(store), max(train_size, leaves)))
     codebook_sample = int(min(len(store), CODEBOOK_TRAIN_SIZE))
-    builder = scann.scann_ops_pybind.builder(vectors, 10, "dot_product")
-    builder.set_n_training_threads(max(1, threads))
+    builder = (scann.scann_ops_pybind.builder(vectors, 10, "dot_product")
+               .tree(num_leaves=leaves, num_leaves_to_search=min(params["nprobe"], leaves),
+                     training_sample_size=tree_sample, random_init=False)
+               .score_ah(dims_per_block, anisotropic_quantization_threshold=ANISOTROPIC_THRESHOLD,
+                         training_sample_size=codebook_sample)
+               .reorder(10 * params["k_factor_rf"]))
+    config = seeded_config(builder.create_config(), seed)
     with native_stderr_to_log():
-        searcher = (builder.tree(num_leaves=leaves, num_leaves_to_search=min(params["nprobe"], leaves),
-                                 training_sample_size=tree_sample)
-                    .score_ah(dims_per_block, anisotropic_quantization_threshold=ANISOTROPIC_THRESHOLD,
-                              training_sample_size=codebook_sample)
-                    .reorder(10 * params["k_factor_rf"])
-                    .build())
+        searcher = scann.scann_ops_pybind.create_searcher(vectors, config, max(1, threads))
     return ScannIndex(searcher, store.dim, len(store), leaves, params, threads)
 
 

@@ -12,7 +12,7 @@ import pytest
 from indexing.experimental.query_guided import (add_query_guided_edges, build_query_guided_index, insert_edges,
                                                 projected_edges)
 from indexing import faiss_index
-from indexing.faiss_index import (CALIBRATION_LADDERS, build_indexes, calibrate_search_param, configure_faiss,
+from indexing.faiss_index import (CALIBRATION_LADDERS, CALIBRATION_RECALL, build_indexes, calibrate_search_param, configure_faiss,
                                   load_index, open_indexes, save_index, search)
 from indexing.index_choice import choose_index
 from indexing.store import EmbeddingStore, l2_normalise
@@ -65,7 +65,7 @@ def test_guided_graph_finds_exact_neighbours_of_cross_modal_queries(
     index, calibration = guided[field]
     _, found = search(index, queries[NUM:], 10)
     assert recall_at_10(found, exact) >= 0.95
-    assert calibration["calibration_recall"] >= 0.96 and calibration["efSearch"] in CALIBRATION_LADDERS["efSearch"]
+    assert calibration["calibration_recall"] >= CALIBRATION_RECALL and calibration["efSearch"] in CALIBRATION_LADDERS["efSearch"]
     assert faiss.downcast_index(index).hnsw.efSearch == calibration["efSearch"]
 
 
@@ -108,7 +108,7 @@ def test_automatic_ivf_gets_nprobe_and_k_factor_calibrated_per_modality(
     info = build_indexes(tmp_path, gpu=False)
     assert info["choice"]["factory"] == "IVF102_HNSW32,PQ24x4fsr,RFlat" and info["choice"]["search_params"]["nprobe"] == 16
     for entry in info["indexes"].values():
-        assert entry["calibration_recall"] >= 0.96  # nprobe and the re-ranking depth calibrated together
+        assert entry["calibration_recall"] >= CALIBRATION_RECALL  # nprobe and the re-ranking depth calibrated together
         assert entry["search_params"]["k_factor_rf"] in CALIBRATION_LADDERS["k_factor_rf"]
         assert entry["search_params"]["nprobe"] in CALIBRATION_LADDERS["nprobe"] + (102,)
     indexes = open_indexes(tmp_path, gpu=False)

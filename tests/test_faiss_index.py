@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from indexing import faiss_index
-from indexing.faiss_index import (INDEX_JSON, build_index, build_indexes, load_index, num_gpus, open_indexes,
+from indexing.faiss_index import (CALIBRATION_RECALL, INDEX_JSON, build_index, build_indexes, load_index, num_gpus, open_indexes,
                                   save_index, search, to_gpu)
 from jsa_retrieval.metrics import rank_by_similarity
 from indexing.index_choice import choose_index, ivf_nlist
@@ -317,7 +317,7 @@ def test_calibrated_build_records_both_refine_parameters_in_index_json(tmp_path:
     written = json.loads((tmp_path / INDEX_JSON).read_text())
     for side in ("image", "audio"):
         entry = written["indexes"][side]
-        assert set(entry["search_params"]) == {"nprobe", "k_factor_rf"} and entry["calibration_recall"] >= 0.96
+        assert set(entry["search_params"]) == {"nprobe", "k_factor_rf"} and entry["calibration_recall"] >= CALIBRATION_RECALL
         assert entry["single_query_path"] == "one thread"  # faiss_index.SINGLE_QUERY_PARALLEL
     held = build_indexes(tmp_path, factory="IVF32,PQ16x4fs,Refine(SQfp16)", calibrate=True, gpu=False,
                          fixed_params={"k_factor_rf": 64})
