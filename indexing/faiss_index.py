@@ -38,8 +38,7 @@ from jsa_retrieval.machine import usable_cores
 from jsa_retrieval.metrics import rank_by_similarity
 
 from indexing.index_choice import QUANTIZER_TRAIN_SIZE, IndexChoice, choose_index
-from indexing.scann_index import ScannIndex, build_scann_index, is_scann_factory, load_scann_index, scann_available
-from indexing.scann_index import build_fits as scann_build_fits
+from indexing.scann_index import ScannIndex, build_scann_index, is_scann_factory, load_scann_index
 from indexing.store import VECTOR_FIELDS, EmbeddingStore, FingerprintMismatch, l2_normalise
 
 INDEX_JSON = "index.json"
@@ -48,8 +47,8 @@ PAIRED_FIELD = {"image_vectors": "audio_vectors", "audio_vectors": "image_vector
 BLAS_THRESHOLD = 16  # FAISS default 20: batches of 16-19 queries otherwise take the slow scalar path (5.7-8x)
 INDEX_FORMAT_VERSION = 1
 PROGRESS_MIN_ROWS = 100_000  # smaller indexes build in about a second: no bar
-# nprobe steps of a quarter up to 64 lists: at 1M ScaNN's image->audio reached 0.964 at 40 leaves, and 32 -> 48 cost a
-# fifth of a query more
+# nprobe steps of a quarter up to 64 lists: at 1M image->audio reached the recall at 28 lists (FAISS) and 40 leaves
+# (ScaNN) where the old ladder took 32 and 48
 CALIBRATION_LADDERS = {"nprobe": (4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96, 128, 192, 256, 384, 512),
                        "efSearch": (16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512, 768, 1024),
                        "k_factor_rf": (4, 8, 16, 24, 32, 48, 64, 96, 128)}
@@ -562,9 +561,7 @@ def build_indexes(index_dir: str | Path, factory: str | None = None, memory_budg
     with EmbeddingStore.open(index_dir) as store:
         use_gpu = num_gpus() > 0 if gpu is None else gpu
         budget = None if memory_budget is None else memory_budget // 2
-        choice = choose_index(len(store), store.dim, budget, gpu=use_gpu, factory=factory,
-                              scann=not use_gpu and factory is None and scann_available()
-                              and scann_build_fits(len(store), store.dim))
+        choice = choose_index(len(store), store.dim, budget, gpu=use_gpu, factory=factory)
         calibrate = factory is None if calibrate is None else calibrate
         entries = {}
         for name, (field, file_name) in INDEX_FILES.items():

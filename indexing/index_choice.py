@@ -1,16 +1,10 @@
-"""Which index to build (FAISS, or ScaNN when installed): a pure function of (number of vectors, dimension,
-memory budget, GPU, ScaNN importable).
+"""Which index to build: a pure function of (number of vectors, dimension, memory budget, GPU).
 
 autofaiss-style rule, kept apart from the code that trains and fills indexes so it can be read and tested
 alone. All indexes use inner product on L2-normalised vectors (= cosine similarity).
 
 - Exact `Flat` while a brute-force scan is cheap (<= 100k vectors; <= 1M on a GPU) and fits the budget.
-- Beyond that on CPU with the `scann` package importable (the [cpu] extra installs it on Linux),
-  `ScaNN{nlist},AH2,RFlat` (indexing.scann_index): a k-means tree of nlist leaves whose vectors are scored by
-  anisotropic 4-bit codes of 2 dimensions (d/4 bytes, as the FAISS codes below), the top k * k_factor re-ranked
-  against the float32 vectors; leaves searched (`nprobe`) and k_factor are calibrated as for IVF. It answers the
-  same recall in less time than the FAISS index below, side by side at 1M (docs/benchmarks.md, "ScaNN").
-- Without ScaNN, or when its float32 copy exceeds the budget, on CPU `IVF{nlist}_HNSW32,PQ{d/2}x4fsr,{rerank}`:
+- Beyond that on CPU, `IVF{nlist}_HNSW32,PQ{d/2}x4fsr,{rerank}`:
   inverted lists of 4-bit fast-scan PQ codes (SIMD look-ups, d/4 bytes per vector) of each vector's residual
   from its list's centroid (`fsr`: the residual is
   shorter than the vector, so the same codes estimate scores more closely and a shorter shortlist suffices: at
@@ -21,6 +15,9 @@ alone. All indexes use inner product on L2-normalised vectors (= cosine similari
   of them. On GPU, `IVF{nlist},Flat`. nlist ~ 2 sqrt(n) on CPU, 4 sqrt(n) on GPU; nprobe = nlist / 20 and
   k_factor 64 here, which `build_indexes` then calibrates jointly per modality on the store's own paired vectors
   (indexing.faiss_index.calibrated_search_params: the cheapest point reaching recall@10 0.955 on 1,000 queries).
+- ScaNN only when named (`ScaNN{leaves},AH2,RFlat`, indexing.scann_index, the [scann] extra): at 1M it matched
+  the FAISS index on one query and batched 13-20 % more queries/s, but its repeatable build took 3.7 x as long
+  (448 s against 121 s, over the 300 s goal) and 1.9 GiB more memory (docs/benchmarks.md, "ScaNN").
 - Graphs (HNSW) only when named: a cross-modal query's neighbours lie spread over the indexed modality, which a
   graph walk reaches badly (plain HNSW32: recall@10 0.65 / 0.44 at 1M); the query-guided graph that repairs
   part of it trails the calibrated IVF above both ways (indexing.experimental.query_guided, with its figures).
@@ -62,7 +59,6 @@ QUANTIZER_TRAIN_SIZE = 65_536  # PQ/SQ codebooks: 256 centroids per sub-quantize
 IVF_ID_BYTES = 8
 SCANN_TRAIN_PER_LEAF = 128  # ScaNN's k-means sample a leaf: at 1M, 64 a leaf left image->audio at recall 0.930 with 32
 #                             leaves searched, 125 a leaf 0.954-0.957 (FAISS's IVF lists gained nothing from 128 a list)
-SCANN_DIMS_PER_BLOCK = 2  # ScaNN's 4-bit codes (16 centres) over 2 dimensions: d/4 bytes, as FAISS's PQ{d/2}x4
 CPU_PQ_BYTES = (64, 48, 32, 24, 16, 8, 4)
 GPU_PQ_BYTES = (48, 32, 24, 16, 12, 8, 4)  # GpuIndexIVFPQ code sizes usable without float16 lookup tables
 GPU_PQ_SUB_DIMS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 28, 32)
@@ -102,7 +98,7 @@ def ivf_nprobe(nlist: int) -> int:
 
 def estimate_bytes(kind: str, num_vectors: int, dim: int, nlist: int = 0, code_bytes: int = 0,
                    refine_bytes_per_dim: int = 4) -> int:
-    """Resident memory of an index kind ('flat', 'hnsw', 'ivf_flat', 'ivf_pqfs_refine', 'scann', 'ivf_sq8', 'ivf_pq'),
+    """Resident memory of an index kind ('flat', 'hnsw', 'ivf_flat', 'ivf_pqfs_refine', 'ivf_sq8', 'ivf_pq'),
     in bytes; a refine stage stores `refine_bytes_per_dim` bytes a dimension."""
     n, d = num_vectors, dim
     centroids = 4 * nlist * d
@@ -114,8 +110,6 @@ def estimate_bytes(kind: str, num_vectors: int, dim: int, nlist: int = 0, code_b
         return n * (4 * d + IVF_ID_BYTES) + centroids
     if kind == "ivf_pqfs_refine":  # 4-bit codes for d/2 sub-quantizers + ids, and the refine stage's copy
         return n * (d // 4 + IVF_ID_BYTES) + centroids + refine_bytes_per_dim * n * d
-    if kind == "scann":  # 4-bit codes of d/2 blocks, the leaf of each vector (int32), the float32 re-ranking copy
-        return n * (d // 4 + 4) + centroids + 4 * n * d
     if kind == "ivf_sq8":
         return n * (d + IVF_ID_BYTES) + centroids
     if kind == "ivf_pq":
@@ -124,10 +118,8 @@ def estimate_bytes(kind: str, num_vectors: int, dim: int, nlist: int = 0, code_b
 
 
 def choose_index(num_vectors: int, dim: int, memory_budget_bytes: int | None = None, gpu: bool = False,
-                 factory: str | None = None, scann: bool = False) -> IndexChoice:
-    """Pick the index for `num_vectors` vectors of `dim` dimensions; `factory` overrides the rule. `scann`: the
-    ScaNN package is importable, so a CPU index beyond the flat limit whose float32 re-ranking copy fits the budget
-    is ScaNN's rather than FAISS's (faster at the same recall: docs/benchmarks.md, "ScaNN")."""
+                 factory: str | None = None) -> IndexChoice:
+    """Pick the index for `num_vectors` vectors of `dim` dimensions; `factory` overrides the rule."""
     if num_vectors < 0 or dim < 1:
         raise ValueError(f"need num_vectors >= 0 and dim >= 1, got {num_vectors}, {dim}")
     if factory:
@@ -140,11 +132,6 @@ def choose_index(num_vectors: int, dim: int, memory_budget_bytes: int | None = N
     if flat <= budget and n <= flat_limit:
         return _made("Flat", n, f"{n} vectors <= {flat_limit}: exact search is fast enough", flat)
     if not gpu and d % 2 == 0 and n > flat_limit:
-        scann_bytes = estimate_bytes("scann", n, d, nlist)
-        if scann and scann_bytes <= budget:
-            return _made(f"ScaNN{nlist},AH{SCANN_DIMS_PER_BLOCK},RFlat", n,
-                         f"{n} vectors > {flat_limit} on CPU with ScaNN installed: a k-means tree of leaves scored by "
-                         "anisotropic 4-bit codes, shortlist re-ranked by the float32 vectors", scann_bytes)
         for rerank in CPU_RERANKS:
             fast_scan = estimate_bytes("ivf_pqfs_refine", n, d, nlist,
                                        refine_bytes_per_dim=REFINE_BYTES_PER_DIM[rerank])

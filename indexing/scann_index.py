@@ -1,10 +1,10 @@
-"""ScaNN as the CPU first stage at scale: a k-means tree of leaves whose vectors are scored by anisotropic 4-bit codes
-(Google's AVQ, `score_ah`), the shortlist re-ranked against the float32 vectors.
+"""ScaNN as a named CPU index: a k-means tree of leaves whose vectors are scored by anisotropic 4-bit codes (Google's
+AVQ, `score_ah`), the shortlist re-ranked against the float32 vectors.
 
-Why beside FAISS: at 1M x 512 cross-modal queries its anisotropic codes rank the shortlist closely enough that fewer
-candidates need re-ranking, and one query runs faster than FAISS's residual fast-scan at the same recall
-(docs/benchmarks.md, "ScaNN", measured side by side). It is an optional dependency (Linux wheels only): the
-automatic choice takes it when it is importable, else the FAISS IVF fast-scan index.
+Why beside FAISS: at 1M x 512 cross-modal queries, side by side with the automatic FAISS index, it answered one
+query as fast and batches 13-20 % faster, at a build 3.7 x as long (docs/benchmarks.md, "ScaNN"). So it is built
+only when named (`jsar index --factory ScaNN2000,AH2,RFlat`) and is an optional dependency (the [scann] extra,
+Linux wheels only). Builds are seeded and repeatable (`seeded_config`).
 
 `ScannIndex` answers like a faiss index where `faiss_index` uses one (`d`, `ntotal`, `search(x, k, params=)`), with
 the same search-parameter names: `nprobe` (leaves searched) and `k_factor_rf` (shortlist = k * k_factor_rf). So
@@ -37,9 +37,6 @@ SCANN_BATCH = 256  # queries per work item of ScaNN's parallel batch search
 EXTRA_HINT = 'ScaNN needs the [scann] extra (Linux wheels): pip install -e ".[scann]"'
 DEFAULT_PARAMS = {"nprobe": 16, "k_factor_rf": 64}
 CODEBOOK_TRAIN_SIZE = 131_072  # the anisotropic codebooks' sample
-BUILD_BYTES_PER_VALUE = 14  # peak build memory a float of one modality: the array read from the store, ScaNN's copy
-#                             and its working sets (6.5 GiB over the start for 1M x 512 one run)
-BUILD_MEMORY_SHARE = 0.5  # the automatic choice takes ScaNN only while its build fits half the machine's memory
 SHAPE_FILE = "jsar-index.json"  # dim, ntotal and leaves beside ScaNN's own files
 
 
@@ -65,14 +62,6 @@ def scann_available() -> bool:
     except ScannNotInstalled:
         return False
     return True
-
-
-def build_fits(num_vectors: int, dim: int, memory_bytes: int | None = None) -> bool:
-    """Whether ScaNN's build of one modality (read whole into memory, unlike FAISS's streamed adds) fits
-    BUILD_MEMORY_SHARE of `memory_bytes` (default: this machine's physical memory)."""
-    if memory_bytes is None:
-        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return BUILD_BYTES_PER_VALUE * num_vectors * dim <= BUILD_MEMORY_SHARE * memory_bytes
 
 
 def parse_factory(factory: str) -> tuple[int, int] | None:

@@ -11,7 +11,6 @@ import pytest
 
 from indexing.experimental.query_guided import (add_query_guided_edges, build_query_guided_index, insert_edges,
                                                 projected_edges)
-from indexing import faiss_index
 from indexing.faiss_index import (CALIBRATION_LADDERS, CALIBRATION_RECALL, build_indexes, calibrate_search_param, configure_faiss,
                                   load_index, open_indexes, save_index, search)
 from indexing.index_choice import choose_index
@@ -102,7 +101,6 @@ def test_automatic_ivf_gets_nprobe_and_k_factor_calibrated_per_modality(
     import indexing.index_choice as index_choice
 
     monkeypatch.setattr(index_choice, "FLAT_MAX_VECTORS", 1000)  # 4,000 vectors: IVF, as 1M are in production
-    monkeypatch.setattr(faiss_index, "scann_available", lambda: False)  # FAISS's choice (ScaNN: test_scann_index)
     image, audio = pairs
     write_store(tmp_path, image[:NUM], audio[:NUM])
     info = build_indexes(tmp_path, gpu=False)

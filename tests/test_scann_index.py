@@ -1,4 +1,4 @@
-"""ScaNN as an index type: the automatic choice, recall and exact scores against brute force, both directions through
+"""ScaNN as a named index type: recall and exact scores against brute force, repeatable builds, both directions through
 build_indexes / open_indexes / the Engine, the saved folder, and the one-line error without the package."""
 import json
 import shutil
@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from indexing import scann_index
-from indexing.faiss_index import (CALIBRATION_LADDERS, CALIBRATION_RECALL, build_indexes, index_bytes, load_index,
+from indexing.faiss_index import (CALIBRATION_RECALL, build_indexes, index_bytes, load_index,
                                   open_indexes, query_cost, save_index, search)
 from indexing.index_choice import choose_index
 from indexing.scann_index import EXTRA_HINT, ScannIndex, ScannNotInstalled, scann_module
@@ -21,20 +21,10 @@ FACTORY = "ScaNN40,AH2,RFlat"
 needs_scann = pytest.mark.skipif(not scann_index.scann_available(), reason="the scann package is not installed")
 
 
-def test_the_automatic_choice_takes_scann_on_cpu_beyond_the_flat_limit_when_it_fits() -> None:
-    million = choose_index(1_000_000, 512, scann=True)
-    assert million.factory == "ScaNN2000,AH2,RFlat"
+def test_scann_is_built_only_when_named_with_its_own_training_sample() -> None:
+    assert choose_index(1_000_000, 512).factory == "IVF2000_HNSW32,PQ256x4fsr,RFlat"  # the automatic choice: FAISS
+    million = choose_index(1_000_000, 512, factory="ScaNN2000,AH2,RFlat")
     assert million.search_params == {"nprobe": 100, "k_factor_rf": 64} and million.train_size == 128 * 2000
-    # codes d/4 bytes + a leaf id + the float32 copy, like FAISS's fast-scan + RFlat
-    assert million.estimated_bytes == 1_000_000 * (128 + 4 + 2048) + 4 * 2000 * 512
-    assert choose_index(50_000, 512, scann=True).factory == "Flat"
-    assert choose_index(1_000_000, 512).factory == "IVF2000_HNSW32,PQ256x4fsr,RFlat"  # not installed: FAISS
-    assert choose_index(3_000_000, 512, gpu=True, scann=True).factory == "IVF6928,Flat"  # GPUs keep FAISS
-    # no room for the float32 copy: FAISS re-ranks with float16 instead
-    assert choose_index(1_000_000, 512, memory_budget_bytes=2_000_000_000, scann=True).factory.endswith(
-        "Refine(SQfp16)")
-    # build_indexes asks for ScaNN only while its in-memory build fits half the machine: 1M x 512 on 24 GiB, not 3M
-    assert scann_index.build_fits(1_000_000, 512, 24 << 30) and not scann_index.build_fits(3_000_000, 512, 24 << 30)
     named = choose_index(5000, 64, factory="ScaNN20,AH2,RFlat")
     assert named.search_params == {"nprobe": 16, "k_factor_rf": 64} and named.train_size == 128 * 20
 
@@ -78,24 +68,6 @@ def test_build_indexes_with_scann_reaches_recall_and_scores_exactly_both_ways(tm
     scores, rows = opened.audio_to_image(audio[:2], 5000)
     assert rows.shape == (2, 3000) and all(len(set(row.tolist())) == 3000 for row in rows)
     assert np.isfinite(scores).all()
-    opened.store.close()
-
-
-@needs_scann
-def test_the_automatic_build_takes_scann_when_installed_and_calibrates_it_per_modality(tmp_path, monkeypatch) -> None:
-    import indexing.index_choice as index_choice
-
-    monkeypatch.setattr(index_choice, "FLAT_MAX_VECTORS", 1000)  # 4,000 vectors stand for 1M (102 leaves: 39 a leaf)
-    image, audio = clustered_pairs(4000, 48, seed=5)
-    write_store(tmp_path, image, audio)
-    info = build_indexes(tmp_path, gpu=False)
-    assert info["choice"]["factory"] == "ScaNN102,AH2,RFlat" and "ScaNN installed" in info["choice"]["reason"]
-    nprobe_ladder = {*CALIBRATION_LADDERS["nprobe"], 102}  # up to every leaf
-    for entry in info["indexes"].values():
-        assert entry["calibration_recall"] >= CALIBRATION_RECALL and entry["search_params"]["nprobe"] in nprobe_ladder
-    opened = open_indexes(tmp_path, gpu=False)
-    _, found = opened.image_to_audio(image[:200], 10)
-    assert recall_at_10(found, brute_force_top_k(audio, image[:200], 10)[1]) >= 0.95
     opened.store.close()
 
 
