@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -37,7 +38,7 @@ SCANN_BATCH = 256  # queries per work item of ScaNN's parallel batch search
 EXTRA_HINT = 'ScaNN needs the [scann] extra (Linux wheels): pip install -e ".[scann]"'
 DEFAULT_PARAMS = {"nprobe": 16, "k_factor_rf": 64}
 CODEBOOK_TRAIN_SIZE = 131_072  # the anisotropic codebooks' sample
-SHAPE_FILE = "jsar-index.json"  # dim, ntotal and leaves beside ScaNN's own files
+SHAPE_FILE = "jsar-index.json"  # dim, ntotal, leaves and code bytes beside ScaNN's own files
 
 
 logger = logging.getLogger(__name__)
@@ -77,12 +78,13 @@ def is_scann_factory(factory: str) -> bool:
 class ScannIndex:
     """A ScaNN searcher over store rows 0..n-1 (ids are row numbers), with its search parameters."""
 
-    def __init__(self, searcher: Any, dim: int, ntotal: int, leaves: int, params: dict[str, int] | None = None,
-                 threads: int = 1) -> None:
+    def __init__(self, searcher: Any, dim: int, ntotal: int, leaves: int, code_bytes: int,
+                 params: dict[str, int] | None = None, threads: int = 1) -> None:
         self.searcher = searcher
         self.d = int(dim)
         self.ntotal = int(ntotal)
         self.leaves = int(leaves)
+        self.code_bytes = int(code_bytes)  # of one vector: 4 bits a block of dimensions
         self.params = {**DEFAULT_PARAMS, **(params or {})}
         searcher.set_num_threads(max(1, int(threads)))
 
@@ -113,10 +115,10 @@ class ScannIndex:
         return scores, ids
 
     def query_cost(self, params: dict[str, int], k: int, scan_ns_per_byte: float, refine_ns_per_byte: float) -> float:
-        """Modelled nanoseconds of one query: the searched leaves' codes (d/2 bytes a vector) plus the shortlist's
-        float32 vectors read for re-ranking (the same model as FAISS's IVF fast-scan with RFlat)."""
+        """Modelled nanoseconds of one query: the searched leaves' codes plus the shortlist's float32 vectors read for
+        re-ranking (the same model as FAISS's IVF fast-scan with RFlat)."""
         point = {**self.params, **params}
-        scanned = min(point["nprobe"], self.leaves) * self.ntotal / max(self.leaves, 1) * (self.d / 2)
+        scanned = min(point["nprobe"], self.leaves) * self.ntotal / max(self.leaves, 1) * self.code_bytes
         return scanned * scan_ns_per_byte + k * point["k_factor_rf"] * 4 * self.d * refine_ns_per_byte
 
     def save(self, path: str | Path) -> Path:
@@ -127,7 +129,8 @@ class ScannIndex:
         aside = path.with_name(f".old-{path.name}-{os.getpid()}")
         try:
             self.searcher.serialize(str(temp), relative_path=True)
-            (temp / SHAPE_FILE).write_text(json.dumps({"dim": self.d, "ntotal": self.ntotal, "leaves": self.leaves}))
+            (temp / SHAPE_FILE).write_text(json.dumps({"dim": self.d, "ntotal": self.ntotal, "leaves": self.leaves,
+                                                       "code_bytes": self.code_bytes}))
             for part in temp.iterdir():
                 descriptor = os.open(part, os.O_RDONLY)
                 try:
@@ -208,7 +211,8 @@ def build_scann_index(store: EmbeddingStore, field: str, factory: str, search_pa
     config = seeded_config(builder.create_config(), seed)
     with native_stderr_to_log():
         searcher = scann.scann_ops_pybind.create_searcher(vectors, config, max(1, threads))
-    return ScannIndex(searcher, store.dim, len(store), leaves, params, threads)
+    code_bytes = math.ceil(math.ceil(store.dim / dims_per_block) / 2)  # 4 bits a block: d/4 bytes with AH2
+    return ScannIndex(searcher, store.dim, len(store), leaves, code_bytes, params, threads)
 
 
 def load_scann_index(path: str | Path, search_params: dict[str, int] | None, threads: int) -> ScannIndex:
@@ -218,4 +222,5 @@ def load_scann_index(path: str | Path, search_params: dict[str, int] | None, thr
     if (Path(path) / "scann_docids.pkl").exists():  # jsar never writes one; scann would unpickle it
         raise ValueError(f"{path} holds a scann_docids.pkl that jsar did not write; refusing to unpickle it")
     searcher = scann.scann_ops_pybind.load_searcher(str(path))
-    return ScannIndex(searcher, shape["dim"], shape["ntotal"], shape["leaves"], search_params, threads)
+    return ScannIndex(searcher, shape["dim"], shape["ntotal"], shape["leaves"], shape["code_bytes"], search_params,
+                      threads)

@@ -77,7 +77,8 @@ def test_a_saved_scann_folder_loads_with_its_parameters_and_answers_the_same(tmp
     write_store(tmp_path, image, audio)
     build_indexes(tmp_path, factory="ScaNN20,AH2,RFlat", fixed_params={"nprobe": 6, "k_factor_rf": 8})
     loaded = load_index(tmp_path / "image.scann", {"nprobe": 6, "k_factor_rf": 8})
-    assert loaded.params == {"nprobe": 6, "k_factor_rf": 8} and (loaded.d, loaded.ntotal, loaded.leaves) == (32, 2000, 20)
+    assert loaded.params == {"nprobe": 6, "k_factor_rf": 8}
+    assert (loaded.d, loaded.ntotal, loaded.leaves, loaded.code_bytes) == (32, 2000, 20, 8)  # 16 blocks of 4 bits
     before = search(loaded, audio[:50], 10)
     again = save_index(loaded, tmp_path / "copy.scann")  # over a folder that does not exist yet, then over itself
     save_index(load_index(again, loaded.params), again)
