@@ -16,8 +16,9 @@ alone. All indexes use inner product on L2-normalised vectors (= cosine similari
   k_factor 64 here, which `build_indexes` then calibrates jointly per modality on the store's own paired vectors
   (indexing.faiss_index.calibrated_search_params: the cheapest point reaching recall@10 0.955 on 1,000 queries).
 - ScaNN only when named (`ScaNN{leaves},AH2,RFlat`, indexing.scann_index, the [scann] extra): at 1M it matched
-  the FAISS index on one query and batched 13-20 % more queries/s, but its repeatable build took 3.7 x as long
-  (448 s against 121 s, over the 300 s goal) and 1.9 GiB more memory (docs/benchmarks.md, "ScaNN").
+  the FAISS index on one query, its batches swung between 1.2 x and 0.6-0.9 x FAISS's over two runs, and its
+  repeatable build took 3.7-3.9 x as long (448-470 s against 120 s, over the 300 s goal) and 1.9 GiB more memory
+  (docs/benchmarks.md, "ScaNN").
 - Graphs (HNSW) only when named: a cross-modal query's neighbours lie spread over the indexed modality, which a
   graph walk reaches badly (plain HNSW32: recall@10 0.65 / 0.44 at 1M); the query-guided graph that repairs
   part of it trails the calibrated IVF above both ways (indexing.experimental.query_guided, with its figures).

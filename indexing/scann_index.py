@@ -2,7 +2,8 @@
 AVQ, `score_ah`), the shortlist re-ranked against the float32 vectors.
 
 Why beside FAISS: at 1M x 512 cross-modal queries, side by side with the automatic FAISS index, it answered one
-query as fast and batches 13-20 % faster, at a build 3.7 x as long (docs/benchmarks.md, "ScaNN"). So it is built
+query as fast; its batches were 13-20 % faster in one run and 10-40 % slower in another, at a build 3.7-3.9 x as
+long (docs/benchmarks.md, "ScaNN"). So it is built
 only when named (`jsar index --factory ScaNN2000,AH2,RFlat`) and is an optional dependency (the [scann] extra,
 Linux wheels only). Builds are seeded and repeatable (`seeded_config`).
 
