@@ -4,9 +4,8 @@ autofaiss-style rule, kept apart from the code that trains and fills indexes so 
 alone. All indexes use inner product on L2-normalised vectors (= cosine similarity).
 
 - Exact `Flat` while a brute-force scan is cheap (<= 100k vectors; <= 1M on a GPU) and fits the budget.
-- Beyond that on CPU, `IVF{nlist}_HNSW32,PQ{d/2}x4fsr,{rerank}`:
-  inverted lists of 4-bit fast-scan PQ codes (SIMD look-ups, d/4 bytes per vector) of each vector's residual
-  from its list's centroid (`fsr`: the residual is
+- Beyond that on CPU, `IVF{nlist}_HNSW32,PQ{d/2}x4fsr,{rerank}`: inverted lists of 4-bit fast-scan PQ codes (SIMD
+  look-ups, d/4 bytes per vector) of each vector's residual from its list's centroid (`fsr`: the residual is
   shorter than the vector, so the same codes estimate scores more closely and a shorter shortlist suffices: at
   1M x 512, nprobe 24-48 and k_factor 32-48 for the vectors' own codes, 16-32 and 16 for residuals), whose top
   k * k_factor candidates are re-ranked against a second copy of the vectors: `CPU_RERANKS` in order, the first
@@ -58,6 +57,7 @@ REFINE_BYTES_PER_DIM = {"RFlat": 4, "Refine(Flat)": 4, "Refine(SQfp16)": 2, "Ref
 IVF_TRAIN_PER_LIST = 64  # FAISS wants 39..256 training points per centroid
 QUANTIZER_TRAIN_SIZE = 65_536  # PQ/SQ codebooks: 256 centroids per sub-quantizer need >= 9,984 points
 IVF_ID_BYTES = 8
+SCANN_FACTORY = re.compile(r"^ScaNN(\d+),AH(\d+),RFlat$")  # leaves, dimensions per 4-bit block
 SCANN_TRAIN_PER_LEAF = 128  # ScaNN's k-means sample a leaf: at 1M, 64 a leaf left image->audio at recall 0.930 with 32
 #                             leaves searched, 125 a leaf 0.954-0.957 (FAISS's IVF lists gained nothing from 128 a list)
 CPU_PQ_BYTES = (64, 48, 32, 24, 16, 8, 4)
@@ -161,11 +161,17 @@ def choose_index(num_vectors: int, dim: int, memory_budget_bytes: int | None = N
                      f"(the smallest PQ index needs about {estimate_bytes('ivf_pq', n, d, nlist, 4)} bytes)")
 
 
+def parse_scann_factory(factory: str) -> tuple[int, int] | None:
+    """(leaves, dimensions per block) of a ScaNN factory string, None for any other (FAISS) string."""
+    match = SCANN_FACTORY.match(factory)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 def choice_for_factory(factory: str, num_vectors: int, reason: str = "") -> IndexChoice:
     """Training size and search parameters that a factory string needs, read from the string itself."""
-    scann = re.match(r"ScaNN(\d+),AH\d+,RFlat$", factory)
+    scann = parse_scann_factory(factory)
     if scann:  # the same parameter names as IVF + RFlat: leaves searched (nprobe) and the shortlist factor
-        leaves = int(scann.group(1))
+        leaves = scann[0]
         return IndexChoice(factory=factory, train_size=int(min(SCANN_TRAIN_PER_LEAF * leaves, num_vectors)),
                            search_params={"nprobe": ivf_nprobe(leaves), "k_factor_rf": REFINE_K_FACTOR}, reason=reason)
     ivf = re.search(r"IVF(\d+)", factory)

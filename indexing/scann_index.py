@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -31,9 +30,9 @@ import numpy as np
 from jsa_retrieval.errors import JsarError
 from jsa_retrieval.files import fsync_directory
 
+from indexing.index_choice import parse_scann_factory
 from indexing.store import EmbeddingStore
 
-FACTORY = re.compile(r"^ScaNN(\d+),AH(\d+),RFlat$")
 ANISOTROPIC_THRESHOLD = 0.2  # ScaNN's recommended eta for unit-norm vectors under inner product
 SCANN_BATCH = 256  # queries per work item of ScaNN's parallel batch search
 EXTRA_HINT = 'ScaNN needs the [scann] extra (Linux wheels): pip install -e ".[scann]"'
@@ -66,14 +65,8 @@ def scann_available() -> bool:
     return True
 
 
-def parse_factory(factory: str) -> tuple[int, int] | None:
-    """(leaves, dimensions per block) of a ScaNN factory string, None for any other (FAISS) string."""
-    match = FACTORY.match(factory)
-    return (int(match.group(1)), int(match.group(2))) if match else None
-
-
 def is_scann_factory(factory: str) -> bool:
-    return parse_factory(factory) is not None
+    return parse_scann_factory(factory) is not None
 
 
 class ScannIndex:
@@ -101,18 +94,17 @@ class ScannIndex:
         leaves = int(min(point["nprobe"], self.leaves))
         shortlist = int(max(k, k * point["k_factor_rf"]))
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.shape[0] == 1:  # one query's answer is as long as what its leaves hold, up to k
+            found, values = self.searcher.search(queries[0], k, shortlist, leaves)
+            found, values = found[None, :k], values[None, :k]
+        else:  # a batch's is (Q, k), a short row padded with NaN scores at its end
+            found, values = self.searcher.search_batched_parallel(queries, k, shortlist, leaves, SCANN_BATCH)
         scores = np.full((queries.shape[0], k), -np.inf, np.float32)
         ids = np.full((queries.shape[0], k), -1, np.int64)
-        if queries.shape[0] == 1:
-            found, values = self.searcher.search(queries[0], k, shortlist, leaves)
-            found, values = [found], [values]
-        else:
-            found, values = self.searcher.search_batched_parallel(queries, k, shortlist, leaves, SCANN_BATCH)
-        for row, (row_ids, row_scores) in enumerate(zip(found, values)):
-            row_scores = np.asarray(row_scores, np.float32)[:k]
-            kept = np.isfinite(row_scores)  # a batch pads a short answer with NaN scores
-            ids[row, :kept.sum()] = np.asarray(row_ids, np.int64)[:k][kept]
-            scores[row, :kept.sum()] = row_scores[kept]
+        width = found.shape[1]
+        kept = np.isfinite(values)
+        scores[:, :width] = np.where(kept, values, -np.inf)
+        ids[:, :width] = np.where(kept, found.astype(np.int64), -1)  # ScaNN's ids are uint32
         return scores, ids
 
     def query_cost(self, params: dict[str, int], k: int, scan_ns_per_byte: float, refine_ns_per_byte: float) -> float:
@@ -187,7 +179,7 @@ def build_scann_index(store: EmbeddingStore, field: str, factory: str, search_pa
                       train_size: int, threads: int, chunk_rows: int = 65536, seed: int = 0) -> ScannIndex:
     """Train and fill `factory` over every row of `field` on `threads`, seeded (ScaNN builds from one array: the store
     is read into it chunk by chunk, and ScaNN keeps its own copy for re-ranking)."""
-    parsed = parse_factory(factory)
+    parsed = parse_scann_factory(factory)
     if parsed is None:
         raise ValueError(f"not a ScaNN factory string: {factory!r} (expected ScaNN<leaves>,AH<dims>,RFlat)")
     if len(store) == 0:
