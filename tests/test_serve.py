@@ -105,6 +105,37 @@ def test_audio_hit_map_is_the_engines_overlay_of_that_hit(client, engine, tiny_i
         assert np.abs(served - np.asarray(picture, dtype=int)).max() <= 2  # batch-of-3 vs batch-of-1 rounding
 
 
+def test_one_thread_runs_torch_on_all_cores_the_others_on_one(engine, tiny_index, monkeypatch):
+    """torch's OpenMP team is per thread; a second team idle beside the encoder's slowed a lone sound's pass from
+    5.4 to 9 ms, and a new thread takes the thread count last set anywhere, so the service sets its own."""
+    import torch
+
+    _, data = tiny_index
+    calls = []
+
+    def recorded(name, method):
+        def record(*args, **kwargs):
+            calls.append((name, threading.get_ident(), torch.get_num_threads()))
+            return method(*args, **kwargs)
+        return record
+
+    for name in ("encode_audio", "encode_image", "hit_pictures", "audio_input", "image_input"):
+        monkeypatch.setattr(engine, name, recorded(name, getattr(engine, name)))
+    cores = torch.get_num_threads()
+    with TestClient(create_app(engine, ServeConfig())) as service:
+        for i in range(3):
+            answer = upload(service, "/search/audio", (data / "audio" / f"synth_00000{i}.wav").read_bytes(), k=2).json()
+            upload(service, "/search/image", (data / "frames" / f"synth_00000{i}.jpg").read_bytes(), k=2)
+        assert service.get(answer["hits"][0]["map_url"]).status_code == 200
+        assert service.get(answer["query_url"]).status_code == 200
+    maps = [ident for name, ident, _ in calls if name == "hit_pictures"]
+    encoders = [(ident, threads) for name, ident, threads in calls if name.startswith("encode_") and ident not in maps]
+    assert len(encoders) == 6 and set(encoders) == {(encoders[0][0], cores)}  # one thread, all the cores
+    others = [(name, threads) for name, ident, threads in calls if not name.startswith("encode_") or ident in maps]
+    assert {name for name, _ in others} == {"hit_pictures", "encode_image", "audio_input", "image_input"}
+    assert {threads for _, threads in others} == {1}
+
+
 def test_each_search_says_where_its_time_went_in_a_server_timing_header(client, engine, tiny_index):
     _, data = tiny_index
     sound = upload(client, "/search/audio", (data / "audio" / "synth_000003.wav").read_bytes(), k=3, name="a.wav")

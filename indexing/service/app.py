@@ -18,9 +18,11 @@ bounded in number and time (`connections`), and `/health` answers whatever else 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -101,7 +103,15 @@ def open_service(index_dir: Path, host: str = "127.0.0.1", token: str | None = N
     if token is not None:
         config = replace(config, token=token)
     check_bind(host, config.token)
-    return create_app(Engine.open(index_dir, checkpoint=checkpoint, device=device, gpu=None), config)
+    return create_app(_on_passing_thread(Engine.open, index_dir, checkpoint=checkpoint, device=device, gpu=None),
+                      config)
+
+
+def _on_passing_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """function(*args, **kwargs) on a thread that ends with it, so that the OpenMP team torch makes there (loading
+    a model runs parallel regions) ends too, and the encoder thread's team is the only one (`SearchService`)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="jsar-load") as pool:
+        return pool.submit(function, *args, **kwargs).result()
 
 
 def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:

@@ -25,18 +25,20 @@ class MicroBatcher(Generic[Item, Result]):
     """Runs `run_batch(items) -> results` (one result per item, same order) over whatever requests are waiting.
 
     `max_wait_s` > 0 holds a batch open that long for more requests (more batching, more latency); the default 0
-    batches only what queued during the previous batch. `on_batch(size)` observes batch sizes (metrics).
+    batches only what queued during the previous batch. `on_batch(size)` observes batch sizes (metrics);
+    `initializer()` runs first on the worker thread (per-thread settings such as torch's thread count).
     """
 
     def __init__(self, run_batch: Callable[[list[Item]], Sequence[Result]], max_batch: int = 32,
                  max_wait_s: float = 0.0, name: str = "jsar-batcher",
-                 on_batch: Callable[[int], None] | None = None):
+                 on_batch: Callable[[int], None] | None = None, initializer: Callable[[], None] | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.run_batch = run_batch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.on_batch = on_batch
+        self.initializer = initializer
         self._queue: queue.Queue = queue.Queue()
         self._closed = threading.Event()
         self._worker = threading.Thread(target=self._work, name=name, daemon=True)
@@ -77,6 +79,8 @@ class MicroBatcher(Generic[Item, Result]):
         return batch
 
     def _work(self) -> None:
+        if self.initializer is not None:
+            self.initializer()
         while True:
             batch = self._take_batch()
             if batch is None:

@@ -110,9 +110,10 @@ async def search_audio(file: UploadFile = File(...), k: int = K_FORM,
     spectrogram = await service.decode(data, SOUND_FORMATS, "sound", service.engine.audio_input)
     decoded = time.perf_counter()
     del data
-    hits, side, batch = await service.audio_batcher.submit((spectrogram, k))
+    hits, side, batch, picture_input = await service.encoder_batcher.submit(("audio", spectrogram, k))
+    del spectrogram
     stages = search_stages(started, decoded, time.perf_counter(), batch)
-    query_id = service.remember(Query("audio", side, hits), spectrogram)
+    query_id = service.remember(Query("audio", side, hits), picture_input)
     return timed_answer(search_json(query_id, "audio", k, hits, started, query_picture=True), stages)
 
 
@@ -126,7 +127,7 @@ async def search_image(file: UploadFile = File(...), k: int = K_FORM,
     image = await service.decode(data, IMAGE_FORMATS, "image", service.engine.image_input)
     decoded = time.perf_counter()
     del data
-    hits, batch = await service.image_batcher.submit((image, k))
+    hits, batch = await service.encoder_batcher.submit(("image", image, k))
     stages = search_stages(started, decoded, time.perf_counter(), batch)
     return timed_answer(search_json(service.remember(Query("image", None, hits)), "image", k, hits, started), stages)
 

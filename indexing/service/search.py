@@ -65,30 +65,46 @@ class SearchService:
         self.started_at = time.time()
         store = engine.indexes.store
         self.facts = {"items": len(store), "model": store.meta.model_name, "dim": store.dim, "max_k": config.max_k}
-        self.map_pool = ThreadPoolExecutor(config.map_threads, thread_name_prefix="jsar-maps")
-        # uploads are decoded (and turned into spectrograms) on threads that run torch on one core each: a
-        # decoding thread with its own OpenMP team of all cores kept them spinning against the encoder's
-        # (a warm search's encoder 7 -> 15 ms on 2 cores)
+        # torch's OpenMP team belongs to the thread that runs a parallel region and lives as long as it does; with
+        # a second thread's team idle beside it, libgomp counts more threads than cores and stops spin-waiting
+        # between regions (a lone sound's encoder pass 9.0 against 5.4-5.8 ms when it is the only team). So both
+        # encoders run on one thread (`encoder_batcher`) with the process's torch threads, and the other threads
+        # that touch torch run it on one core, which makes no team: uploads decoded (and turned into
+        # spectrograms), and hit maps drawn
+        self.encoder_threads = torch.get_num_threads()
+        self.map_pool = ThreadPoolExecutor(config.map_threads, thread_name_prefix="jsar-maps",
+                                           initializer=keep_torch_threads, initargs=(1,))
         self.decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="jsar-decode",
-                                              initializer=torch.set_num_threads, initargs=(1,))
+                                              initializer=keep_torch_threads, initargs=(1,))
         self.rows = {item_id: row for row, item_id in enumerate(store.ids())}
         self.queries: TTLCache = TTLCache(config.query_cache_size, config.cache_ttl_s)
         # the spectrograms of the latest sound queries, for their own picture (~0.26 MB each at 5 s)
         self.query_inputs: TTLCache = TTLCache(config.query_picture_cache_size, config.cache_ttl_s)
         self.maps: TTLCache = TTLCache(config.map_cache_bytes, config.cache_ttl_s, getsizeof=len)
         self._cache_lock = threading.Lock()
-        self.audio_batcher = MicroBatcher(self._audio_batch, config.max_batch, config.batch_wait_s, "jsar-audio",
-                                          lambda size: on_batch("audio", size))
-        self.image_batcher = MicroBatcher(self._image_batch, config.max_batch, config.batch_wait_s, "jsar-image",
-                                          lambda size: on_batch("image", size))
+        self.on_batch = on_batch
+        self.encoder_batcher = MicroBatcher(self._encoder_batch, config.max_batch, config.batch_wait_s,
+                                            "jsar-encoder", initializer=lambda: keep_torch_threads(self.encoder_threads))
         self.vector_batcher = MicroBatcher(self._vector_batch, config.max_batch, config.batch_wait_s, "jsar-vector",
                                            lambda size: on_batch("vector", size))
 
     def close(self) -> None:
-        for batcher in (self.audio_batcher, self.image_batcher, self.vector_batcher):
+        for batcher in (self.encoder_batcher, self.vector_batcher):
             batcher.close()
         self.map_pool.shutdown(wait=False, cancel_futures=True)
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _encoder_batch(self, items: list[tuple[str, torch.Tensor, int]]) -> list[tuple]:
+        """A micro-batch of sound ('audio', spectrogram, k) and image ('image', image, k) searches: each kind's
+        encoder pass and FAISS search, answers in the items' order. A kind's failure fails the whole batch."""
+        answers: list[tuple] = [() for _ in items]
+        for kind, run in (("audio", self._audio_batch), ("image", self._image_batch)):
+            rows = [i for i, item in enumerate(items) if item[0] == kind]
+            if rows:
+                self.on_batch(kind, len(rows))
+                for i, answer in zip(rows, run([items[i][1:] for i in rows])):
+                    answers[i] = answer
+        return answers
 
     def _audio_batch(self, items: list[tuple[torch.Tensor, int]]) -> list[tuple[list[Hit], Any, BatchTiming]]:
         began = time.perf_counter()
@@ -96,7 +112,10 @@ class SearchService:
         encoded = time.perf_counter()
         hits = hits_by_k(self.engine.image_hits, side.vector.cpu().numpy(), [k for _, k in items])
         timing = _batch_timing(began, encoded)
-        return [(hits[i], side.row(i).to("cpu"), timing) for i in range(len(items))]
+        # the (F, T) float16 copy that draws the query itself (`remember`), made here: torch on the event loop's
+        # thread would start a second OpenMP team (see __init__)
+        return [(hits[i], side.row(i).to("cpu"), timing, spectrogram[0].to(torch.float16))
+                for i, (spectrogram, _) in enumerate(items)]
 
     def _image_batch(self, items: list[tuple[torch.Tensor, int]]) -> list[tuple[list[Hit], BatchTiming]]:
         began = time.perf_counter()
@@ -123,11 +142,9 @@ class SearchService:
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, decode_upload, *args)
 
     def remember(self, query: Query, spectrogram: torch.Tensor | None = None) -> str:
-        """Keep `query` under a new id; a sound query's (1, F, T) input spectrogram goes, as float16, to the smaller
-        cache that draws the query itself (`query_png`)."""
+        """Keep `query` under a new id; a sound query's (F, T) float16 input spectrogram (from the audio batch)
+        goes to the smaller cache that draws the query itself (`query_png`)."""
         query_id = uuid.uuid4().hex
-        if spectrogram is not None:
-            spectrogram = spectrogram[0].to(torch.float16)
         with self._cache_lock:
             self.queries[query_id] = query
             if spectrogram is not None:
@@ -185,6 +202,13 @@ class SearchService:
         if row is None:
             raise HTTPException(404, f"no item {item_id!r} in this index")
         return self.engine.indexes.store.record(row)
+
+
+def keep_torch_threads(count: int) -> None:
+    """Run torch on `count` threads on this thread from now on. A thread's first torch call sets its count to the
+    one last set on any thread, undoing a count set before it; that first call is made here."""
+    torch.get_num_threads()
+    torch.set_num_threads(count)
 
 
 def _batch_timing(began: float, encoded: float) -> BatchTiming:
