@@ -84,7 +84,8 @@ class SearchService:
         self._cache_lock = threading.Lock()
         self.on_batch = on_batch
         self.encoder_batcher = MicroBatcher(self._encoder_batch, config.max_batch, config.batch_wait_s,
-                                            "jsar-encoder", initializer=lambda: keep_torch_threads(self.encoder_threads))
+                                            "jsar-encoder",
+                                            initializer=lambda: keep_torch_threads(self.encoder_threads))
         self.vector_batcher = MicroBatcher(self._vector_batch, config.max_batch, config.batch_wait_s, "jsar-vector",
                                            lambda size: on_batch("vector", size))
 
@@ -106,7 +107,8 @@ class SearchService:
                     answers[i] = answer
         return answers
 
-    def _audio_batch(self, items: list[tuple[torch.Tensor, int]]) -> list[tuple[list[Hit], Any, BatchTiming]]:
+    def _audio_batch(self, items: list[tuple[torch.Tensor, int]]
+                     ) -> list[tuple[list[Hit], Any, BatchTiming, torch.Tensor]]:
         began = time.perf_counter()
         side = self.engine.encode_audio(torch.stack([spectrogram for spectrogram, _ in items]))
         encoded = time.perf_counter()
