@@ -123,7 +123,7 @@ def _index_shard(data_dir: Path, checkpoint: Path, index_dir: Path, split: str |
     writer.finalize()
     (index_dir / SKIPPED_REPORT).write_text("".join(f"{i}\t{reason}\n" for i, reason in skipped))
     info = (push_store(index_dir, milvus, progress=progress) if milvus is not None
-            else build_indexes(index_dir, factory=factory, memory_budget=memory_budget))
+            else build_indexes(index_dir, factory=factory, memory_budget=memory_budget, progress=progress))
     return IndexSummary(index_dir, len(clips), embedded, len(done), len(skipped), info["store_rows"], seconds, info)
 
 

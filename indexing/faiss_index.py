@@ -94,7 +94,7 @@ def sample_rows(store: EmbeddingStore, field: str, size: int, seed: int = 0) -> 
 
 
 def build_index(store: EmbeddingStore, field: str = "image_vectors", choice: IndexChoice | None = None,
-                chunk_rows: int = 65536, seed: int = 0) -> faiss.Index:
+                chunk_rows: int = 65536, seed: int = 0, progress: bool = True) -> faiss.Index:
     """Train `choice.factory` on a seeded sample of `field` and add every row, `chunk_rows` at a time.
 
     Ids are row numbers because rows are added in order. Memory: the index, the training sample and one chunk.
@@ -115,7 +115,7 @@ def build_index(store: EmbeddingStore, field: str = "image_vectors", choice: Ind
         _train(index, sample)
         del sample
     with tqdm(total=len(store), desc=f"FAISS {choice.factory} <- {field}", unit="vec", leave=False,
-              disable=len(store) < PROGRESS_MIN_ROWS) as bar:
+              disable=not progress or len(store) < PROGRESS_MIN_ROWS) as bar:
         for _, block in store.iter_chunks(field, chunk_rows):
             index.add(np.ascontiguousarray(block))
             bar.update(len(block))
@@ -549,13 +549,14 @@ class RetrievalIndexes:
 
 def build_indexes(index_dir: str | Path, factory: str | None = None, memory_budget: int | None = None,
                   chunk_rows: int = 65536, seed: int = 0, gpu: bool | None = None, calibrate: bool | None = None,
-                  fixed_params: dict[str, int] | None = None) -> dict[str, Any]:
+                  fixed_params: dict[str, int] | None = None, progress: bool = True) -> dict[str, Any]:
     """Build image.faiss and audio.faiss over INDEX_DIR/store.h5 and write index.json; returns its content.
 
     memory_budget (bytes) is for both indexes together, so each gets half. `gpu` (default: GPUs present)
     only steers the choice towards GPU-capable types; files are always written as CPU indexes. Search parameters
     are calibrated per modality (`calibrated_search_params`) when `calibrate` (default: only for the automatic
-    choice; a named factory is used as named), holding `fixed_params` at their values.
+    choice; a named factory is used as named), holding `fixed_params` at their values. `progress`: a bar while a
+    large store's vectors are added.
     """
     index_dir = Path(index_dir)
     with EmbeddingStore.open(index_dir) as store:
@@ -567,7 +568,7 @@ def build_indexes(index_dir: str | Path, factory: str | None = None, memory_budg
         for name, (field, file_name) in INDEX_FILES.items():
             if is_scann_factory(choice.factory):
                 file_name = Path(file_name).with_suffix(".scann").name  # a folder of ScaNN's files
-            index = build_index(store, field, choice, chunk_rows, seed)
+            index = build_index(store, field, choice, chunk_rows, seed, progress)
             searched = (calibrated_search_params(index, store, field, choice, chunk_rows, seed, fixed=fixed_params)
                         if calibrate else {"search_params": {**choice.search_params, **(fixed_params or {})}})
             save_index(index, index_dir / file_name)

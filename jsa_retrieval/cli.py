@@ -138,7 +138,8 @@ def configure_logging(verbosity: int = 0) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="jsar")
 @click.option("-v", "--verbose", "verbose", count=True, help="More detail in the log (debug messages).")
-@click.option("-q", "--quiet", "quiet", count=True, help="Only warnings and errors in the log; no progress bars in train and eval reproduce.")
+@click.option("-q", "--quiet", "quiet", count=True,
+              help="Only warnings and errors in the log; no progress bars in train, index, eval reproduce, realsound.")
 def cli(verbose: int, quiet: int) -> None:
     """jsar: find where a sound comes from, search images by sound and sounds by image.
 
@@ -287,7 +288,7 @@ def index(data_dir: Path | None, checkpoint: Path | None, out_dir: Path, split: 
     budget = None if memory_budget_gb is None else int(memory_budget_gb * 2**30)
     summary = index_dataset(data_dir, checkpoint, out_dir, split=split, annotations=annotations,
                             batch_size=batch_size, num_workers=workers, device=device, factory=factory,
-                            memory_budget=budget, draft=draft, milvus=target)
+                            memory_budget=budget, draft=draft, milvus=target, progress=not _quiet())
     if summary.rows:
         info = summary.index_info
         where = (f"Milvus {info['milvus']['index_type']} at {info['milvus']['uri']}" if target

@@ -114,3 +114,20 @@ def test_verbosity_flags_set_jsar_log_levels_and_messages_reach_stderr(capsys):
 def test_quiet_flag_is_accepted_before_any_command():
     result = CliRunner().invoke(cli, ["-q", "localize", "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_quiet_index_shows_no_progress_bar(tmp_path):
+    from helpers import tiny_checkpoint
+    from jsa_retrieval.synth import SynthConfig, generate
+
+    data = tmp_path / "data"
+    generate(data, SynthConfig(n_clips=4, seed=3, image_size=64, seconds=1.0), progress=False)
+    checkpoint = tiny_checkpoint(tmp_path / "model.pt")
+    outputs = {}
+    for name, flags in (("plain", []), ("quiet", ["-q"])):
+        result = CliRunner().invoke(cli, [*flags, "index", str(data), "--checkpoint", str(checkpoint),
+                                          "--out", str(tmp_path / name), "--workers", "0"])
+        assert result.exit_code == 0, result.output
+        outputs[name] = result.output
+    assert "embedding" in outputs["plain"] and "4 clips in" in outputs["plain"]
+    assert "embedding" not in outputs["quiet"] and "4 clips in" in outputs["quiet"]
