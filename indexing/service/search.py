@@ -65,9 +65,9 @@ class SearchService:
         self.started_at = time.time()
         store = engine.indexes.store
         self.facts = {"items": len(store), "model": store.meta.model_name, "dim": store.dim, "max_k": config.max_k}
-        # torch's OpenMP team belongs to the thread that runs a parallel region and lives as long as it does; with
-        # a second thread's team idle beside it, libgomp counts more threads than cores and stops spin-waiting
-        # between regions (a lone sound's encoder pass 9.0 against 5.4-5.8 ms when it is the only team). So both
+        # torch's OpenMP team belongs to the thread that runs a parallel region and lives as long as it does. With a
+        # second thread's team idle beside it, a lone sound's encoder pass took 9.0 ms against 5.4-5.8 ms as the
+        # only team (we read it as libgomp counting more threads than cores and barely spin-waiting). So both
         # encoders run on one thread (`encoder_batcher`) with the process's torch threads, and the other threads
         # that touch torch run it on one core, which makes no team: uploads decoded (and turned into
         # spectrograms), and hit maps drawn
