@@ -28,15 +28,15 @@ from typing import Any, Iterator
 import numpy as np
 
 from jsa_retrieval.errors import JsarError
-from jsa_retrieval.files import fsync_directory
+from jsa_retrieval.files import fsync_directory, fsync_path
 
-from indexing.index_choice import parse_scann_factory
+from indexing.index_choice import REFINE_K_FACTOR, parse_scann_factory
 from indexing.store import EmbeddingStore
 
 ANISOTROPIC_THRESHOLD = 0.2  # ScaNN's recommended eta for unit-norm vectors under inner product
 SCANN_BATCH = 256  # queries per work item of ScaNN's parallel batch search
 EXTRA_HINT = 'ScaNN needs the [scann] extra (Linux wheels): pip install -e ".[scann]"'
-DEFAULT_PARAMS = {"nprobe": 16, "k_factor_rf": 64}
+DEFAULT_PARAMS = {"nprobe": 16, "k_factor_rf": REFINE_K_FACTOR}
 CODEBOOK_TRAIN_SIZE = 131_072  # the anisotropic codebooks' sample
 SHAPE_FILE = "jsar-index.json"  # dim, ntotal, leaves and code bytes beside ScaNN's own files
 
@@ -125,11 +125,7 @@ class ScannIndex:
             (temp / SHAPE_FILE).write_text(json.dumps({"dim": self.d, "ntotal": self.ntotal, "leaves": self.leaves,
                                                        "code_bytes": self.code_bytes}))
             for part in temp.iterdir():
-                descriptor = os.open(part, os.O_RDONLY)
-                try:
-                    os.fsync(descriptor)
-                finally:
-                    os.close(descriptor)
+                fsync_path(part)
             fsync_directory(temp)
             if path.exists():
                 path.rename(aside)

@@ -11,22 +11,23 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 
-def fsync_directory(directory: Path) -> None:
-    """Make a rename or unlink in `directory` durable."""
-    descriptor = os.open(directory, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """Flush a file's data, or a folder's entries (a rename or unlink in it), to disk."""
+    descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or unlink in `directory` durable."""
+    fsync_path(directory)
 
 
 def replace_atomically(temp: Path, final: Path) -> None:
     """fsync the finished temp file, rename it over `final` and fsync the folder, so a crash leaves old or new."""
-    descriptor = os.open(temp, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    fsync_path(temp)
     os.replace(temp, final)
     fsync_directory(Path(final).parent)
 

@@ -4,6 +4,7 @@ byte budget."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import threading
 import time
@@ -71,7 +72,6 @@ class SearchService:
         # encoders run on one thread (`encoder_batcher`) with the process's torch threads, and the other threads
         # that touch torch run it on one core, which makes no team: uploads decoded (and turned into
         # spectrograms), and hit maps drawn
-        self.encoder_threads = torch.get_num_threads()
         self.map_pool = ThreadPoolExecutor(config.map_threads, thread_name_prefix="jsar-maps",
                                            initializer=keep_torch_threads, initargs=(1,))
         self.decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="jsar-decode",
@@ -85,7 +85,7 @@ class SearchService:
         self.on_batch = on_batch
         self.encoder_batcher = MicroBatcher(self._encoder_batch, config.max_batch, config.batch_wait_s,
                                             "jsar-encoder",
-                                            initializer=lambda: keep_torch_threads(self.encoder_threads))
+                                            initializer=functools.partial(keep_torch_threads, torch.get_num_threads()))
         self.vector_batcher = MicroBatcher(self._vector_batch, config.max_batch, config.batch_wait_s, "jsar-vector",
                                            lambda size: on_batch("vector", size))
 
