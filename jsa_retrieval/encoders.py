@@ -277,21 +277,121 @@ class ImageEncoder(nn.Module):
         return features.flatten(2).transpose(1, 2), (height, width)
 
 
-class AudioEncoder(nn.Module):
-    """f_a: spectrogram (B, 1, F, T) -> tokens a (B, t, c), trained from scratch.
+AUDIO_ENCODERS = ("resnet18", "yamnet")
 
-    Max-pooling over frequency only keeps time, so audio tokens are time steps (t = 16 for 257 x 501).
+
+class YAMNetAudioTrunk(nn.Module):
+    """YAMNet (MobileNetV1 trained on AudioSet) as an audio trunk: jsar's log power spectrogram (B, 1, 257, T) ->
+    (B, 1024, 2, T / 32), frequency on axis 2 like the ResNet trunk's output.
+
+    jsar's spectrogram (n_fft 512 at 16 kHz, `log(|X|^2 + offset) / scale`) is turned back into power and through
+    YAMNet's own mel frontend (64 bands, 125-7500 Hz, log(mel + 0.001)), so the dataset, the cache and the service
+    keep one audio input for every encoder. Its AudioSet class head stays beside it for sound tags (`tags`).
     """
 
-    def __init__(self, embed_dim: int, width: int = 64) -> None:
+    out_channels = 1024
+
+    def __init__(self, weights: str = "none", log_offset: float = 1e-7, log_scale: float = 12.0) -> None:
         super().__init__()
-        self.trunk = ResNetTrunk(in_channels=1, width=width, layer4_stride=2)
+        from .yamnet import YAMNet
+        self.network = YAMNet()
+        self.log_offset, self.log_scale = log_offset, log_scale
+        if weights != "none":
+            from .audio_weights import resolve_audio_weights
+            self.network.load_state_dict(resolve_audio_weights(weights).state_dict, strict=True)
+
+    def log_mel(self, spectrograms: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 257, T) jsar log power -> (B, 1, T, 64) YAMNet log-mel."""
+        from .yamnet import log_mel_from_power
+        power = (torch.exp(spectrograms[:, 0].float() * self.log_scale) - self.log_offset).clamp_min(0)
+        return log_mel_from_power(power)
+
+    def output_size(self, size: int) -> int:
+        """'same' padding at five stride-2 layers: each rounds up."""
+        for _ in range(5):
+            size = -(-size // 2)
+        return size
+
+    def forward(self, spectrograms: torch.Tensor) -> torch.Tensor:
+        return self.network.features(self.log_mel(spectrograms)).transpose(2, 3)  # (B, 1024, F', T')
+
+    def tags(self, features: torch.Tensor) -> torch.Tensor:
+        """AudioSet class scores (B, 521) in [0, 1] from trunk output (B, 1024, F', T'), YAMNet's own head."""
+        return torch.sigmoid(self.network.classify(features.transpose(2, 3)))
+
+    @property
+    def class_names(self) -> list[str]:
+        """AudioSet display names in the head's order (YAMNet's class map, shipped with jsar)."""
+        from .yamnet import shipped_class_names
+        return shipped_class_names()
+
+
+def build_audio_trunk(name: str, width: int = 64, weights: str = "none", log_offset: float = 1e-7,
+                      log_scale: float = 12.0) -> nn.Module:
+    """The audio trunk by name: 'resnet18' (the paper's, from scratch) or 'yamnet' (AudioSet weights)."""
+    if name == "resnet18":
+        if weights != "none":
+            raise ValueError(f"the resnet18 audio encoder trains from scratch; audio weights {weights!r} need "
+                             "--audio-encoder yamnet")
+        return ResNetTrunk(in_channels=1, width=width, layer4_stride=2)
+    if name == "yamnet":
+        return YAMNetAudioTrunk(weights, log_offset, log_scale)
+    raise ValueError(f"unknown audio encoder {name!r}; choose one of {AUDIO_ENCODERS}")
+
+
+class AudioEncoder(nn.Module):
+    """f_a: spectrogram (B, 1, F, T) -> tokens a (B, t, c).
+
+    The paper's trunk is a 1-channel ResNet-18 trained from scratch; 'yamnet' starts from AudioSet instead, as
+    the image side starts from ImageNet, so the encoder knows what a dog sounds like before it sees ~100
+    recordings. Max-pooling over frequency only keeps time, so audio tokens are time steps (t = 16 for 257 x 501).
+    `freeze` = 'all' fixes the trunk (eval-mode BatchNorm, no gradients); only the projection learns.
+    """
+
+    def __init__(self, embed_dim: int, width: int = 64, backbone: str = "resnet18", weights: str = "none",
+                 freeze: str = "none", log_offset: float = 1e-7, log_scale: float = 12.0) -> None:
+        super().__init__()
+        if freeze not in ("none", "all"):
+            raise ValueError(f"unknown audio freeze setting {freeze!r}; choose 'none' or 'all'")
+        self.trunk = build_audio_trunk(backbone, width, weights, log_offset, log_scale)
         self.projection = nn.Conv2d(self.trunk.out_channels, embed_dim, kernel_size=1)
+        self.trunk_frozen = freeze == "all"
+        if self.trunk_frozen:
+            self.trunk.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "AudioEncoder":
+        super().train(mode)
+        if self.trunk_frozen:
+            self.trunk.eval()
+        return self
+
+    @property
+    def has_tags(self) -> bool:
+        """Whether the trunk carries a class head that can say what a sound is."""
+        return hasattr(self.trunk, "tags")
 
     def num_tokens(self, spectrogram_shape: tuple[int, int]) -> int:
         """t for spectrograms of shape (F, T)."""
         return self.trunk.output_size(spectrogram_shape[1])
 
-    def forward(self, spectrograms: torch.Tensor) -> torch.Tensor:
-        features = self.projection(self.trunk(spectrograms))  # (B, c, f, t)
+    def trunk_features(self, spectrograms: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.trunk_frozen):
+            return self.trunk(spectrograms)
+
+    def _tokens(self, trunk_output: torch.Tensor) -> torch.Tensor:
+        features = self.projection(trunk_output)  # (B, c, f, t)
         return features.amax(dim=2).transpose(1, 2)  # max over frequency -> (B, t, c)
+
+    def forward(self, spectrograms: torch.Tensor) -> torch.Tensor:
+        return self._tokens(self.trunk_features(spectrograms))
+
+    def encode(self, spectrograms: torch.Tensor, with_tags: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tokens (B, t, c) and, when asked and the trunk has a class head, its class scores (B, classes) from
+        the same trunk pass (the service tags each query without a second one)."""
+        trunk_output = self.trunk_features(spectrograms)
+        tags = None
+        if with_tags and self.has_tags:
+            with torch.no_grad():
+                tags = self.trunk.tags(trunk_output.detach())
+        return self._tokens(trunk_output), tags

@@ -11,6 +11,12 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 
+def jsar_cache_root() -> Path:
+    """$JSAR_CACHE, else $XDG_CACHE_HOME/jsar, else ~/.cache/jsar: where downloads and derived caches live."""
+    root = os.environ.get("JSAR_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jsar"
+    return Path(root)
+
+
 def fsync_path(path: Path) -> None:
     """Flush a file's data, or a folder's entries (a rename or unlink in it), to disk."""
     descriptor = os.open(path, os.O_RDONLY)

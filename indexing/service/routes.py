@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException
 
-from indexing.engine import Hit
+from indexing.engine import Hit, sound_tags
 from jsa_retrieval import __version__
 
 from .auth import cookie_header, page_token, require_token
@@ -59,9 +59,10 @@ def hit_json(hit: Hit, query_id: str | None) -> dict[str, Any]:
 
 
 def search_json(query_id: str | None, kind: str, k: int, hits: list[Hit], started: float,
-                query_picture: bool = False) -> dict[str, Any]:
-    """The search's answer; `query_url` is the picture of a sound query (its spectrogram and attention strip)."""
-    return {"query_id": query_id, "kind": kind, "k": k,
+                query_picture: bool = False, tags: list[dict] | None = None) -> dict[str, Any]:
+    """The search's answer; `query_url` is the picture of a sound query (its spectrogram and attention strip);
+    `tags` what a sound query sounds like (the audio trunk's AudioSet classes; null without a class head)."""
+    return {"query_id": query_id, "kind": kind, "k": k, "tags": tags,
             "query_url": f"/queries/{query_id}.png" if query_picture and query_id else None,
             "hits": [hit_json(hit, query_id) for hit in hits],
             "took_ms": round((time.perf_counter() - started) * 1000, 2)}
@@ -114,7 +115,8 @@ async def search_audio(file: UploadFile = File(...), k: int = K_FORM,
     del spectrogram
     stages = search_stages(started, decoded, time.perf_counter(), batch)
     query_id = service.remember(Query("audio", side, hits), picture_input)
-    return timed_answer(search_json(query_id, "audio", k, hits, started, query_picture=True), stages)
+    tags = sound_tags(service.engine.model, side)  # numpy on a (1, classes) CPU row: no torch compute here
+    return timed_answer(search_json(query_id, "audio", k, hits, started, query_picture=True, tags=tags), stages)
 
 
 @router.post("/search/image", summary="An image file -> the sounds that belong to it",
