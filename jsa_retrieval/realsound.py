@@ -8,13 +8,17 @@ come from the object's alpha, so localization is scored exactly. 16 classes; cha
 Written in the VGG-SS layout jsar reads as is:
   frames/<id>.jpg  audio/<id>.wav (16 kHz mono, 6 s)  masks/<id>.png (the sounding object)
   train.txt  val.txt  test.txt   split lists (2,200 / 200 / 480 clips by default, test 30 per class)
-  vggss.json                     val and test: normalised box of the sounding object, and the scene kind:
+  unseen.txt                     new instances of known classes (30 per class by default): for every class whose
+                                 pool keeps at least two instances, the pool's last instance (photo and
+                                 recording) is held out of train/val/test and shown only here
+  vggss.json                     val, test and unseen: normalised box of the sounding object, and the scene kind:
                                  silent_object_in_view (bool), silent_class, silent_bbox (the silent object's
                                  box from its alpha, [[xmin, ymin, xmax, ymax]]; null without one)
   labels.csv                     id,class of every clip
 
-The same packages, seed and settings give the same clips as the builder this was ported from
-(shared/realsound/build.py), byte for byte; vggss.json differs only by the added `silent_bbox`.
+With `per_class_unseen=0` the same packages, seed and settings give the same clips as the builder this was ported
+from (shared/realsound/build.py), byte for byte; vggss.json differs only by the added `silent_bbox`. With an unseen
+split the held-out instances leave the train/val/test pools, so those clips differ from that builder's.
 """
 from __future__ import annotations
 
@@ -166,8 +170,13 @@ def _check_source(source: Path, stamps: dict[str, str], classes: dict[str, str])
 
 
 def build_realsound(source: Path, out_dir: Path, n_train: int = 2200, n_val: int = 200, per_class_test: int = 30,
-                    seed: int = 1, classes: dict[str, str] | None = None, progress: bool = True) -> RealsoundSummary:
-    """Write realsound to `out_dir` from `source`, the folder the two .deb packages were extracted into."""
+                    seed: int = 1, classes: dict[str, str] | None = None, progress: bool = True,
+                    per_class_unseen: int = 30) -> RealsoundSummary:
+    """Write realsound to `out_dir` from `source`, the folder the two .deb packages were extracted into.
+
+    `per_class_unseen` > 0 holds out one instance of every class whose pool keeps two or more (the pool's last)
+    and writes that many `unseen` clips per such class: the photo and the recording a user brings that training
+    never saw, in the same kinds of scene."""
     source, out_dir = Path(source), Path(out_dir)
     classes = CLASSES if classes is None else classes
     stamps = find_stamps(source / STAMPS_DIR)
@@ -180,7 +189,8 @@ def build_realsound(source: Path, out_dir: Path, n_train: int = 2200, n_val: int
     for name, keys in classes.items():
         bases = sorted(stamps[key] for key in keys.split())
         pool[name] = bases[:-1] if len(bases) >= 3 else bases  # the last instance of a class stays out of this set
-    bases = [base for members in pool.values() for base in members]
+    held_out = {name: members.pop() for name, members in pool.items() if per_class_unseen > 0 and len(members) >= 2}
+    bases = [base for members in pool.values() for base in members] + list(held_out.values())
     images = {base: Image.open(base + ".png").convert("RGBA") for base in bases}
     sounds = {base: load_sound(base) for base in tqdm(bases, desc="realsound: recordings", disable=not progress,
                                                       leave=False)}
@@ -189,12 +199,14 @@ def build_realsound(source: Path, out_dir: Path, n_train: int = 2200, n_val: int
     names = sorted(classes)
     labels: list[tuple[str, str]] = []
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    if held_out:
+        splits["unseen"] = []
     records: list[dict] = []
     silent = 0
 
     def make(index: int, split: str, name: str) -> None:
         nonlocal silent
-        target = pool[name][int(rng.integers(len(pool[name])))]
+        target = held_out[name] if split == "unseen" else pool[name][int(rng.integers(len(pool[name])))]
         background = backgrounds[int(rng.integers(len(backgrounds)))]
         side = int(rng.uniform(0.4, 1.0) * min(background.size))
         x0 = int(rng.integers(0, background.size[0] - side + 1))
@@ -232,8 +244,11 @@ def build_realsound(source: Path, out_dir: Path, n_train: int = 2200, n_val: int
     # train draws each clip's class at random; val and test go round the classes in order
     plan = ([("train", index) for index in range(n_train)] + [("val", index) for index in range(n_val)]
             + [("test", index) for index in range(per_class_test * len(names))])
+    unseen_names = sorted(held_out)
+    plan += [("unseen", index) for index in range(per_class_unseen * len(unseen_names))]
     for split, index in tqdm(plan, desc="realsound: clips", disable=not progress, leave=False):
-        make(index, split, names[int(rng.integers(len(names)))] if split == "train" else names[index % len(names)])
+        in_turn = unseen_names if split == "unseen" else names
+        make(index, split, names[int(rng.integers(len(names)))] if split == "train" else in_turn[index % len(in_turn)])
     for split, ids in splits.items():
         (out_dir / f"{split}.txt").write_text("\n".join(ids) + "\n")
     (out_dir / "vggss.json").write_text(json.dumps(records))

@@ -23,12 +23,12 @@ CLASSES = {"bird": "birds/crow birds/owl birds/hen", "dog": "dogs/dog dogs/fox",
 FOLDER_OF = {"birds": "animals/birds", "dogs": "animals/dogs", "tools": "things/tools"}
 
 
-def write_stamp(base: Path, colour: tuple[int, int, int], rate: int) -> None:
+def write_stamp(base: Path, colour: tuple[int, int, int], rate: int, pitch: float = 440) -> None:
     base.parent.mkdir(parents=True, exist_ok=True)
     pixels = np.zeros((40, 40, 4), np.uint8)
     pixels[10:30, 5:35] = (*colour, 255)
     Image.fromarray(pixels, "RGBA").save(base.with_suffix(".png"))
-    tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(int(0.4 * rate)) / rate)
+    tone = 0.5 * np.sin(2 * np.pi * pitch * np.arange(int(0.4 * rate)) / rate)
     soundfile.write(base.with_suffix(".ogg"), np.stack([tone, tone], 1).astype(np.float32), rate,
                     format="OGG", subtype="VORBIS")
 
@@ -52,7 +52,8 @@ def fake_source(root: Path) -> Path:
 def built(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("realsound")
     source = fake_source(root / "x")
-    build_realsound(source, root / "out", n_train=8, n_val=6, per_class_test=4, classes=CLASSES, progress=False)
+    build_realsound(source, root / "out", n_train=8, n_val=6, per_class_test=4, classes=CLASSES, progress=False,
+                    per_class_unseen=0)
     return source, root / "out"
 
 
@@ -115,13 +116,58 @@ def test_each_val_and_test_clip_records_its_silent_object_class_and_box(built):
 def test_the_same_source_and_seed_give_the_same_bytes(built, tmp_path):
     source, out = built
     again = tmp_path / "again"
-    build_realsound(source, again, n_train=8, n_val=6, per_class_test=4, classes=CLASSES, progress=False)
+    build_realsound(source, again, n_train=8, n_val=6, per_class_test=4, classes=CLASSES, progress=False,
+                    per_class_unseen=0)
 
     def checksums(folder: Path) -> dict[str, str]:
         return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
                 for path in sorted(folder.rglob("*")) if path.is_file()}
 
     assert checksums(again) == checksums(out)
+
+
+def test_unseen_split_shows_held_out_instances_that_no_other_split_shows(built, tmp_path):
+    source, _ = built
+    out = tmp_path / "with_unseen"
+    summary = build_realsound(source, out, n_train=30, n_val=6, per_class_test=4, classes=CLASSES, progress=False,
+                              per_class_unseen=3)
+    # bird keeps crow + hen (owl, the last, stays out of every split as before) and holds out hen; dog holds
+    # out fox; bell has one instance and no unseen clips
+    assert summary.split_counts == {"train": 30, "val": 6, "test": 12, "unseen": 6}
+    unseen = (out / "unseen.txt").read_text().split()
+    with open(out / "labels.csv", newline="") as handle:
+        labels = {row["id"]: row["class"] for row in csv.DictReader(handle)}
+    assert [labels[clip_id] for clip_id in unseen] == ["bird", "dog"] * 3
+    records = {record["file"]: record for record in json.loads((out / "vggss.json").read_text())}
+    assert set(unseen) <= set(records)  # annotated like test, with the scene kind
+    assert read_dataset(out, split="unseen").clips[0].boxes is not None
+
+    def recording(clip_id: str) -> np.ndarray:
+        return soundfile.read(out / "audio" / f"{clip_id}.wav")[0]
+
+    # which instance sounds is told by its recording: every stamp's tone is the same 440 Hz here, so tell the
+    # instances apart by the stamp files' modification instead: rewrite the held-out ones with another pitch
+    held_out = {"bird": "animals/birds/hen", "dog": "animals/dogs/fox"}
+    for name, key in held_out.items():
+        write_stamp(source / "usr/share/tuxpaint/stamps" / key, COLOURS[name], rate=22050, pitch=1760)
+    again = tmp_path / "again"
+    build_realsound(source, again, n_train=30, n_val=6, per_class_test=4, classes=CLASSES, progress=False,
+                    per_class_unseen=3)
+    for name, key in held_out.items():  # restore the shared source for the other tests
+        write_stamp(source / "usr/share/tuxpaint/stamps" / key, COLOURS[name], rate=22050)
+
+    def pitch(clip_id: str) -> float:
+        samples = soundfile.read(again / "audio" / f"{clip_id}.wav")[0]
+        spectrum = np.abs(np.fft.rfft(samples))
+        return float(np.argmax(spectrum) * SAMPLE_RATE / len(samples))
+
+    splits = {name: (again / f"{name}.txt").read_text().split() for name in ("train", "val", "test", "unseen")}
+    with open(again / "labels.csv", newline="") as handle:
+        labels = {row["id"]: row["class"] for row in csv.DictReader(handle)}
+    for split, ids in splits.items():
+        for clip_id in ids:
+            if labels[clip_id] in held_out:
+                assert (abs(pitch(clip_id) - 1760) < 20) == (split == "unseen"), (split, clip_id)
 
 
 def test_cli_without_the_packages_says_in_one_line_how_to_get_them(tmp_path):

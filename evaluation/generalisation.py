@@ -1,0 +1,103 @@
+"""Generalisation where users meet it: the same checkpoints scored on several splits side by side (realsound's
+`test`, whose sounds and photos are instances training saw, and `unseen`, new instances of known classes).
+
+Per checkpoint and split, from one model pass over the split (`collect_outputs`): class Recall@1/10 both ways
+over the whole split, AP50 at the fixed 0.6 threshold overall and by scene kind (`silent_object_in_view`), and the
+AUROC of the model's presence score on each sound's top-k hits over the whole split's sound x picture matrix
+(`evaluation.presence.hit_presence`'s rule: present = the picture's sounding object is the sound's class, absent =
+no object of that class in the picture).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from jsa_retrieval.clips import read_dataset
+from jsa_retrieval.collect import collect_outputs
+from jsa_retrieval.files import write_atomically
+
+from .localization import iqr_alpha_for, load_evaluated_model
+from .presence import hit_presence
+from .scoring import score_outputs
+
+GROUP_FIELD = "silent_object_in_view"
+
+
+@dataclass
+class SplitScores:
+    """One checkpoint on one split; percentages in [0, 100], AUROC in [0, 1]."""
+
+    checkpoint: str
+    split: str
+    n_clips: int
+    recall: dict[str, dict[int, float]]
+    ap50: float | None
+    ap50_by_group: dict[str, float] = field(default_factory=dict)
+    presence_auroc_hits: float | None = None
+    n_hits: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class GeneralisationReport:
+    data_dir: str
+    k: int
+    rows: list[SplitScores] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"data_dir": self.data_dir, "k": self.k, "rows": [asdict(row) for row in self.rows]}
+
+    def to_markdown(self, labels: dict[str, str] | None = None) -> str:
+        labels = labels or {}
+        lines = [f"Data: {self.data_dir}; AP50 at the fixed 0.6 threshold; presence AUROC over each sound's top-{self.k} "
+                 "hits of the whole split.", "",
+                 "| model | split | clips | A→I R@1 | A→I R@10 | I→A R@1 | I→A R@10 | AP50 | AP50 silent object in view "
+                 "| AP50 one object | presence AUROC, hits |", "|" + "---|" * 11]
+
+        def pct(value: float | None) -> str:
+            return "–" if value is None else f"{value:.1f}"
+
+        for row in self.rows:
+            a2i, i2a = row.recall.get("audio_to_image", {}), row.recall.get("image_to_audio", {})
+            lines.append(
+                f"| {labels.get(row.checkpoint, row.checkpoint)} | {row.split} | {row.n_clips} | {pct(a2i.get(1))} | "
+                f"{pct(a2i.get(10))} | {pct(i2a.get(1))} | {pct(i2a.get(10))} | {pct(row.ap50)} | "
+                f"{pct(row.ap50_by_group.get('True'))} | {pct(row.ap50_by_group.get('False'))} | "
+                f"{'–' if row.presence_auroc_hits is None else f'{row.presence_auroc_hits:.3f}'} |")
+        return "\n".join(lines) + "\n"
+
+    def write(self, out_dir: Path, labels: dict[str, str] | None = None) -> None:
+        text = {"generalisation.json": json.dumps(self.to_dict(), indent=1), "generalisation.md": self.to_markdown(labels)}
+        for name, body in text.items():
+            write_atomically(out_dir / name, lambda handle, body=body: handle.write(body.encode()))
+
+
+def score_split(checkpoint: str | Path, data_dir: Path, split: str, k: int = 10, device: str | None = None,
+                num_workers: int = 2, progress: bool = True) -> SplitScores:
+    """One checkpoint on one split (see the module docstring)."""
+    clips = read_dataset(Path(data_dir), split).clips
+    model, config, _, _, where = load_evaluated_model(checkpoint, device)
+    outputs = collect_outputs(model, clips, config.data, where, 32, num_workers,
+                              iqr_alpha_for(model, config), progress=progress)
+    scores = score_outputs(clips, outputs, ("fixed",), (1, 10), group_by=GROUP_FIELD)
+    plain = scores.localization.get("fixed", {}).get("plain")
+    groups = scores.localization_by_group.get("fixed", {})
+    by_group = {str(value): 100 * columns["plain"].ap50 for value, columns in groups.items() if "plain" in columns}
+    recall = {direction: {int(kk): 100 * value for kk, value in table.items()}
+              for direction, table in (scores.retrieval or {}).items()}
+    presence = hit_presence(checkpoint, data_dir, split, k, device) if hasattr(model, "presence_matrix") else None
+    return SplitScores(str(checkpoint), split, len(clips), recall, None if plain is None else 100 * plain.ap50,
+                       by_group, None if presence is None else presence["auroc"],
+                       (0, 0) if presence is None else (presence["n_present"], presence["n_absent"]))
+
+
+def evaluate_generalisation(checkpoints: Sequence[str | Path], data_dir: str | Path,
+                            splits: Sequence[str] = ("test", "unseen"), k: int = 10, device: str | None = None,
+                            progress: bool = True) -> GeneralisationReport:
+    """Every checkpoint on every split, one row each (`jsar eval generalisation`)."""
+    report = GeneralisationReport(str(data_dir), k)
+    for checkpoint in checkpoints:
+        for split in splits:
+            report.rows.append(score_split(checkpoint, Path(data_dir), split, k, device, progress=progress))
+    return report
