@@ -527,6 +527,29 @@ def eval_generalisation(checkpoints: tuple[Path, ...], data_dir: Path, splits: s
     click.echo(report.to_markdown() + f"\nreport files in {out_dir}")
 
 
+@eval_group.command("recordings", help="Sound queries with recordings the model never heard: each mapped recording "
+                    "searched through INDEX_DIR as `jsar query --audio` does; top-1 class and precision@k by class. "
+                    "The default mapping names 62 recordings from gcompris-qt-data, widelands-data and 0ad-data "
+                    "(evaluation/data/README.md); --source is the folder they were extracted into." + EXAMPLE
+                    + "jsar eval recordings index/realsound-test --source x2")
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--source", required=True, type=click.Path(path_type=Path), help="The extracted packages' folder.")
+@click.option("--mapping", "mapping_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV package,version,path,class,note [the shipped second_source.csv].")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1), help="Hits per recording.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("reports/recordings"), show_default=True)
+@device_option()
+def eval_recordings(index_dir: Path, source: Path, mapping_csv: Path | None, k: int, out_dir: Path,
+                    device: str | None) -> None:
+    from evaluation.recordings import SECOND_SOURCE, evaluate_recordings
+    from indexing.engine import Engine
+
+    engine = Engine.open(index_dir, device=device)
+    report = evaluate_recordings(engine, mapping_csv or SECOND_SOURCE, source, k, out_dir)
+    click.echo(report.to_markdown() + f"\nreport files in {out_dir}")
+
+
 @cli.command("calibrate-presence", help="Calibrate a checkpoint's 'source not visible' cut on a labelled split (as "
              "training does after each epoch) and write the checkpoint with it to OUT; an index built with the old "
              "file needs `jsar index` again." + EXAMPLE
