@@ -67,11 +67,14 @@ class ClipDataset(Dataset):
     `image_features`, a frozen image trunk's output for each clip (`CachedImageFeatures`, or a bare (N, V, C, h, w)
     tensor of views), replaces decoding the image: "image" is then those features (see
     `CachedImageFeatures.images`). A clip the cache has no features for fails as an undecodable image does.
+    `audio_features` (`CachedAudioFeatures`) likewise replaces decoding the audio with a frozen audio trunk's
+    output; its jitter is the cache's (whole tokens within the wide window), whatever `audio_shift` says.
     """
 
     def __init__(self, clips: Sequence[Clip], config: DataConfig, train: bool = False, views: int = 1,
                  partners: np.ndarray | None = None, audio_shift: float | None = None,
-                 image_features: CachedImageFeatures | torch.Tensor | None = None):
+                 image_features: CachedImageFeatures | torch.Tensor | None = None,
+                 audio_features: CachedAudioFeatures | None = None):
         self.clips = list(clips)
         self.config = config
         self.train = train
@@ -83,6 +86,9 @@ class ClipDataset(Dataset):
         if image_features is not None and len(image_features) != len(self.clips):
             raise ValueError(f"{len(image_features)} cached image features for {len(self.clips)} clips")
         self.image_features = image_features
+        if audio_features is not None and len(audio_features) != len(self.clips):
+            raise ValueError(f"{len(audio_features)} cached audio features for {len(self.clips)} clips")
+        self.audio_features = audio_features
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -94,6 +100,8 @@ class ClipDataset(Dataset):
         return self.image_features.images(index, count, self.train)
 
     def _audio(self, index: int) -> torch.Tensor:
+        if self.audio_features is not None:
+            return self.audio_features.audio(index, self.train)
         return load_spectrogram(self.clips[index].audio, self.config, self.train, shift_seconds=self.audio_shift)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -170,6 +178,50 @@ class CachedImageFeatures:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.views, self.crops = _unportable(state["views"]), _unportable(state["crops"])
         self.failures, self._files = state["failures"], {}
+
+
+class CachedAudioFeatures:
+    """A frozen audio trunk's output for each clip over a wide window (the centred window plus the training jitter
+    on each side), in place of its decoded audio (training's audio trunk cache).
+
+    wide: (N, C, f, T_wide). `audio(index, train)` is a run of `tokens` time steps, (C, f, tokens): the centre
+    run in test, a random run in training (the jitter, by whole tokens). failures: position -> reason for clips
+    whose audio could not be decoded; reading one raises DecodeError as decoding would. Read row by row as
+    `CachedImageFeatures` reads its views (pread on a mapped file; pickles as its path).
+    """
+
+    def __init__(self, wide: np.ndarray | torch.Tensor, tokens: int, failures: dict[int, str] | None = None):
+        if wide.shape[-1] < tokens:
+            raise ValueError(f"cached audio features hold {wide.shape[-1]} time steps, fewer than {tokens}")
+        self.wide, self.tokens = wide, tokens
+        self.rows = CachedImageFeatures(wide[:, None] if isinstance(wide, torch.Tensor) else _with_view_axis(wide),
+                                        failures=failures)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"wide": _portable(self.wide), "tokens": self.tokens, "failures": self.failures}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(_unportable(state["wide"]), state["tokens"], state["failures"])
+
+    @property
+    def failures(self) -> dict[int, str]:
+        return self.rows.failures
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def audio(self, index: int, train: bool) -> torch.Tensor:
+        wide = self.rows.images(index, 1, train=False)[0]  # (C, f, T_wide)
+        spare = wide.shape[-1] - self.tokens
+        start = random.randint(0, spare) if train else spare // 2
+        return wide[..., start:start + self.tokens].contiguous()
+
+
+def _with_view_axis(array: np.ndarray) -> np.ndarray:
+    """(N, ...) -> (N, 1, ...) as a view; a memory-mapped file stays one (same file, offset and layout)."""
+    if isinstance(array, np.memmap) and array.filename is not None:
+        return np.load(array.filename, mmap_mode="r").reshape(array.shape[0], 1, *array.shape[1:])
+    return np.asarray(array)[:, None]
 
 
 def _portable(array: Any) -> Any:

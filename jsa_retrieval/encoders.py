@@ -376,6 +376,10 @@ class AudioEncoder(nn.Module):
         return self.trunk.output_size(spectrogram_shape[1])
 
     def trunk_features(self, spectrograms: torch.Tensor) -> torch.Tensor:
+        """(B, 1, F, T) spectrograms -> trunk output (B, C, f, t); a frozen trunk's output computed earlier (the
+        training cache, C = trunk.out_channels channels) passes through as it is."""
+        if spectrograms.dim() == 4 and spectrograms.shape[1] == self.trunk.out_channels != 1:
+            return spectrograms.to(self.projection.weight.dtype)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.trunk_frozen):
             return self.trunk(spectrograms)
 

@@ -27,10 +27,11 @@ from jsa_retrieval import __version__
 from jsa_retrieval.checkpoints import checkpoint_state, load_training_state, save_checkpoint
 from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval.config import JSARConfig
-from jsa_retrieval.dataset import CachedImageFeatures, ClipDataset, FailureLog, make_loader
+from jsa_retrieval.dataset import CachedAudioFeatures, CachedImageFeatures, ClipDataset, FailureLog, make_loader
 from jsa_retrieval.distributed import cleanup_distributed, is_distributed, rank, setup_distributed, world_size
 from jsa_retrieval.models import create_model
 
+from .audio_trunk_cache import cached_audio_features
 from .recipes import Recipe, make_recipe
 from .trunk_cache import cached_trunk_features
 from .validation import selection_score, validate
@@ -119,7 +120,8 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
     time ledger with it).
 
     With the image trunk frozen (config.model.freeze_image='all') its output is computed once per clip and kept
-    in `feature_cache` (default: trunk_cache.default_cache_dir()), so later runs on the same clips reuse it.
+    in `feature_cache` (default: trunk_cache.default_cache_dir()), so later runs on the same clips reuse it; a
+    frozen audio trunk (freeze_audio='all') likewise, over a window wide enough for the audio jitter.
     """
     out_dir = Path(out_dir)
     device_ = setup_distributed(device)
@@ -134,6 +136,9 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
         train_features, val_features = _frozen_trunk_features(
             model, train_clips, val_clips, config, device_, feature_cache, progress and is_main,
             crops=recipe.trunk_crops)
+    train_audio = None
+    if model.audio_encoder.trunk_frozen:
+        train_audio = _frozen_audio_features(model, train_clips, config, device_, feature_cache, progress and is_main)
     stepper = _Stepper.for_model(model, config, device_)
     history: list[dict] = []
     start_epoch, best_score = 0, -math.inf
@@ -157,7 +162,8 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
         epoch_seed = _seed_everything(config.train.seed * 1000 + epoch)
         partners = recipe.begin_epoch(len(train_clips), epoch_seed)
         dataset = ClipDataset(train_clips, config.data, train=True, views=recipe.views, partners=partners,
-                              audio_shift=recipe.audio_shift, image_features=train_features)
+                              audio_shift=recipe.audio_shift, image_features=train_features,
+                              audio_features=train_audio)
         loader = _epoch_loader(dataset, config, epoch, epoch_seed, device_)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and is_main), leave=False)
         record = {"epoch": epoch + 1, **_run_epoch(trained, bar, recipe, stepper, failures, epoch, device_),
@@ -257,6 +263,23 @@ def _frozen_trunk_features(model: nn.Module, train_clips: list[Clip], val_clips:
                                               crops=count)
                         for clips, count in splits]
     return features[0], features[1]
+
+
+def _frozen_audio_features(model: nn.Module, train_clips: list[Clip], config: JSARConfig, device: torch.device,
+                           cache_dir: Path | None, progress: bool) -> CachedAudioFeatures:
+    """Cached wide-window output of a frozen audio trunk for the train clips (training/audio_trunk_cache.py);
+    rank 0 computes and writes it, the other ranks read it. Validation encodes its clips' plain windows."""
+    trunk, workers = model.audio_encoder.trunk, min(2, config.train.num_workers)
+    tokens = model.audio_encoder.num_tokens(config.data.spectrogram_shape)
+    features = None
+    if rank() == 0:
+        features = cached_audio_features(trunk, train_clips, config, device, tokens, cache_dir, workers, progress)
+    if is_distributed():
+        torch.distributed.barrier()
+        if rank() != 0:
+            features = cached_audio_features(trunk, train_clips, config, device, tokens, cache_dir, workers, False,
+                                             write=False)
+    return features
 
 
 def _parameter_spread(model: nn.Module) -> float:
