@@ -90,12 +90,13 @@ class _Stepper:
         use_amp = train_cfg.amp and device.type == "cuda"
         return cls(optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=use_amp), use_amp, train_cfg.grad_clip)
 
-    def step(self, loss: torch.Tensor, parameters) -> None:
+    def step(self, loss: torch.Tensor, model: nn.Module) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip)
+            for group in clip_groups(model):
+                torch.nn.utils.clip_grad_norm_(group, self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -108,6 +109,18 @@ class _Stepper:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state.get("scaler", {}))
         self.scheduler.load_state_dict(state["scheduler"])
+
+
+def clip_groups(model: nn.Module) -> list[list[nn.Parameter]]:
+    """The parameter groups whose gradient norms are clipped each on its own: a location head (a probe on sg(v),
+    beside JSA) apart from the rest, so that clipping the head's gradient never rescales JSA's and JSA trains
+    exactly as it would without the head."""
+    inner = getattr(model, "module", model)  # DDP wraps the model
+    head = getattr(inner, "location_head", None)
+    if head is None:
+        return [list(model.parameters())]
+    head_ids = {id(parameter) for parameter in head.parameters()}
+    return [list(head.parameters()), [p for p in model.parameters() if id(p) not in head_ids]]
 
 
 def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: Path = Path("runs/jsa"),
@@ -235,7 +248,7 @@ def _run_epoch(trained: nn.Module, bar: tqdm, recipe: Recipe, stepper: _Stepper,
             continue
         with torch.autocast(device_type=device.type, enabled=stepper.use_amp):
             terms, output = _forward_terms(trained, batch, recipe, device, epoch + steps / max(1, len(bar)))
-        stepper.step(terms["total"], trained.parameters())
+        stepper.step(terms["total"], trained)
         recipe.after_step(batch, output)
         steps += 1
         for name, value in terms.items():
