@@ -63,7 +63,7 @@ class GeneralisationReport:
             lines.append(
                 f"| {labels.get(row.checkpoint, row.checkpoint)} | {row.split} | {row.n_clips} | {pct(a2i.get(1))} | "
                 f"{pct(a2i.get(10))} | {pct(i2a.get(1))} | {pct(i2a.get(10))} | {pct(row.ap50)} | "
-                f"{pct(row.ap50_by_group.get('True'))} | {pct(row.ap50_by_group.get('False'))} | "
+                f"{pct(row.ap50_by_group.get('true'))} | {pct(row.ap50_by_group.get('false'))} | "
                 f"{'–' if row.presence_auroc_hits is None else f'{row.presence_auroc_hits:.3f}'} |")
         return "\n".join(lines) + "\n"
 

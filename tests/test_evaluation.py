@@ -395,3 +395,39 @@ def test_retrieval_report_files_parse(tmp_path):
     assert "12 labelled queries" in markdown and "Index vs exact ranking" in markdown and "| dog |" in markdown
     with Image.open(out / "recall_at_k.png") as figure:
         assert figure.format == "PNG" and figure.width >= 300
+
+
+def test_generalisation_scores_each_split_and_groups_by_scene_kind(tmp_path):
+    """Two splits of one folder, a JSA with a location head: one row per split; AP50 overall is the clip-weighted
+    mean of its scene kinds; presence is scored on the hits."""
+    from jsa_retrieval.config import apply_settings
+    from evaluation.generalisation import evaluate_generalisation
+
+    root = tmp_path / "set"
+    records = []
+    for i, box in enumerate(BOXES):
+        clip_id = f"clip{i}"
+        box_image(root / "frames" / f"{clip_id}.jpg", box)
+        write_tone(root / "audio" / f"{clip_id}.wav", freq=300.0 + 100 * i)
+        records.append({"file": clip_id, "class": CLASSES[i % 3], "bbox": [box], "silent_object_in_view": i % 2 == 0})
+    (root / "vggss.json").write_text(json.dumps(records))
+    (root / "test.txt").write_text("\n".join(f"clip{i}" for i in range(5)) + "\n")
+    (root / "unseen.txt").write_text("\n".join(f"clip{i}" for i in range(5, 8)) + "\n")
+    torch.manual_seed(0)
+    config = apply_settings(tiny_config(), [("model.location_head", True), ("model.localization_map", "fused")])
+    path = tmp_path / "jsa.pt"
+    torch.save({"model_name": "jsa", "config": config.to_dict(), "model": create_model(config).state_dict(),
+                "epoch": 0, "optimizer": {}, "meta": {}}, path)
+    report = evaluate_generalisation([path], root, ("test", "unseen"), k=2, device="cpu", progress=False)
+    assert [(row.split, row.n_clips) for row in report.rows] == [("test", 5), ("unseen", 3)]
+    for row, kinds in zip(report.rows, ({"true": 3, "false": 2}, {"true": 1, "false": 2})):
+        assert set(row.ap50_by_group) == set(kinds)
+        weighted = sum(row.ap50_by_group[kind] * count for kind, count in kinds.items()) / sum(kinds.values())
+        assert row.ap50 == pytest.approx(weighted)
+        assert set(row.recall) == {"audio_to_image", "image_to_audio"}
+        assert all(0 <= value <= 100 for table in row.recall.values() for value in table.values())
+        assert row.recall["audio_to_image"][10] == 100.0  # every class is within 10 of so few pictures
+    text = report.to_markdown({str(path): "tiny"})
+    assert "| tiny | test | 5 |" in text and "| tiny | unseen | 3 |" in text
+    report.write(tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "generalisation.json").read_text())["rows"][1]["split"] == "unseen"
