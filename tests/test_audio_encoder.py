@@ -81,32 +81,66 @@ def test_tags_through_jsar_spectrogram_name_the_bell(yamnet_cache, bell_clip, mo
     assert names[best] == "Bicycle bell" and float(tags[0, best]) > 0.5
 
 
-def test_jsar_query_says_what_the_sound_is(yamnet_cache, bell_clip, tmp_path, monkeypatch):
-    """A random-projection JSA on the yamnet trunk, indexed over tiny synthetic clips: `jsar query --audio` prints
-    the query's AudioSet tags above the hits and puts them in the JSON."""
+@pytest.fixture(scope="module")
+def yamnet_index(yamnet_cache, tmp_path_factory) -> Path:
+    """An index over tiny synthetic clips built with a random-projection JSA on the pretrained yamnet trunk."""
     from conftest import tiny_config
     from indexing.embed import index_dataset
     from jsa_retrieval.checkpoints import checkpoint_state
-    from jsa_retrieval.cli import cli
     from jsa_retrieval.config import use_yamnet_audio
     from jsa_retrieval.synth import SynthConfig, generate
 
-    monkeypatch.setenv("JSAR_CACHE", str(yamnet_cache))
-    config = use_yamnet_audio(tiny_config())
-    config.data.audio_seconds = 3.0
-    torch.manual_seed(0)
-    model = create_model(config, "jsa")
-    checkpoint = tmp_path / "model.pt"
-    torch.save(checkpoint_state(model, config), checkpoint)
-    generate(tmp_path / "data", SynthConfig(n_clips=8, seed=1, image_size=64, seconds=3.0), progress=False)
-    index_dataset(tmp_path / "data", checkpoint, tmp_path / "index", batch_size=8, num_workers=0, progress=False)
-    monkeypatch.setenv("JSAR_OFFLINE", "1")  # the checkpoint holds the weights; nothing is fetched to query
-    result = CliRunner().invoke(cli, ["query", "--index", str(tmp_path / "index"), "--audio", str(bell_clip),
-                                      "-k", "3"])
+    root = tmp_path_factory.mktemp("yamnet-index")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JSAR_CACHE", str(yamnet_cache))
+        config = use_yamnet_audio(tiny_config())
+        config.data.audio_seconds = 3.0
+        torch.manual_seed(0)
+        model = create_model(config, "jsa")
+    torch.save(checkpoint_state(model, config), root / "model.pt")
+    generate(root / "data", SynthConfig(n_clips=8, seed=1, image_size=64, seconds=3.0), progress=False)
+    index_dataset(root / "data", root / "model.pt", root / "index", batch_size=8, num_workers=0, progress=False)
+    return root / "index"
+
+
+def test_jsar_query_says_what_the_sound_is(yamnet_index, bell_clip, monkeypatch):
+    """`jsar query --audio` prints the query's AudioSet tags above the hits and puts them in the JSON; the
+    checkpoint holds the trunk, so nothing is fetched to query."""
+    from jsa_retrieval.cli import cli
+
+    monkeypatch.setenv("JSAR_OFFLINE", "1")
+    monkeypatch.setenv("JSAR_CACHE", str(yamnet_index.parent / "empty-cache"))
+    result = CliRunner().invoke(cli, ["query", "--index", str(yamnet_index), "--audio", str(bell_clip), "-k", "3"])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0].startswith("sounds like: Bicycle bell ")
-    answer = json.loads(CliRunner().invoke(cli, ["query", "--index", str(tmp_path / "index"), "--audio",
-                                                 str(bell_clip), "-k", "3", "--json"]).output)
+    answer = json.loads(CliRunner().invoke(cli, ["query", "--index", str(yamnet_index), "--audio", str(bell_clip),
+                                                 "-k", "3", "--json"]).output)
     assert answer["tags"][0]["name"] == "Bicycle bell" and answer["tags"][0]["score"] > 0.5
     assert len(answer["hits"]) == 3
     assert np.all(np.diff([tag["score"] for tag in answer["tags"]]) <= 0)
+
+
+def test_the_service_answers_a_sound_search_with_its_tags(yamnet_index, bell_clip):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from indexing.engine import Engine
+    from indexing.service.app import ServeConfig, create_app
+
+    engine = Engine.open(yamnet_index, device="cpu")
+    with TestClient(create_app(engine, ServeConfig())) as client:
+        answer = client.post("/search/audio", files={"file": ("bell.wav", bell_clip.read_bytes(), "audio/wav")},
+                             data={"k": "2"}).json()
+        picture = client.post("/search/image", files={"file": ("p.png", _png(), "image/png")}, data={"k": "2"})
+    assert answer["tags"][0]["name"] == "Bicycle bell" and len(answer["hits"]) == 2
+    assert picture.status_code == 200 and picture.json()["tags"] is None  # a picture query has no sound tags
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (120, 30, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
