@@ -34,7 +34,7 @@ from jsa_retrieval.dataset import CachedAudioFeatures, FailureLog, make_loader
 from jsa_retrieval.decode import DecodeError, load_audio
 from jsa_retrieval.transforms import crop_or_tile, log_spectrogram
 
-from .trunk_cache import RowWriter, _write_atomically, default_cache_dir, file_signature, weights_digest
+from .trunk_cache import RowWriter, _write_atomically, default_cache_dir, file_signature, load_part, weights_digest
 
 log = logging.getLogger(__name__)
 AUDIO_INPUT_VERSION = 1  # bump whenever decoding or the spectrogram that makes trunk input changes
@@ -154,15 +154,10 @@ def _compute(trunk: nn.Module, clips: Sequence[Clip], config: JSARConfig, device
 
 def _read_cache(stem: Path, count: int, tokens: int) -> tuple[np.ndarray, dict[int, str]] | None:
     """The cached (memory-mapped array, failures) when complete and of the expected shape, else None."""
-    meta_path, array_path = stem.with_suffix(".json"), stem.with_suffix(".npy")
-    if not meta_path.is_file() or not array_path.is_file():
+    loaded = load_part(stem)
+    if loaded is None:
         return None
-    try:
-        meta = json.loads(meta_path.read_text())
-        array = np.load(array_path, mmap_mode="r")
-    except (OSError, ValueError) as error:  # a damaged cache file is recomputed, never trusted
-        log.warning("ignoring unreadable audio trunk-feature cache %s (%s)", stem, error)
-        return None
+    meta, array = loaded
     if meta.get("clips") != count or array.ndim != 4 or array.shape[0] != count or array.shape[-1] < tokens:
         log.warning("ignoring audio trunk-feature cache %s of shape %s (expected %d clips, at least %d tokens)",
                     stem, array.shape, count, tokens)

@@ -262,17 +262,25 @@ def _compute_parts(trunk: nn.Module, clips: Sequence[Clip], config: JSARConfig, 
             for path in final.values()}
 
 
-def _read_part(stem: Path, count: int, views: int, grid: int) -> tuple[np.ndarray, dict[int, str]] | None:
-    """A cached part (memory-mapped array, failures) when complete and of the expected shape, else None."""
+def load_part(stem: Path) -> tuple[dict, np.ndarray] | None:
+    """A cache part's (.json meta, memory-mapped .npy array) when both are there and readable, else None: a
+    damaged cache file is recomputed, never trusted. Shared by the image and audio trunk caches."""
     meta_path, array_path = stem.with_suffix(".json"), stem.with_suffix(".npy")
     if not meta_path.is_file() or not array_path.is_file():
         return None
     try:
-        meta = json.loads(meta_path.read_text())
-        array = np.load(array_path, mmap_mode="r")
-    except (OSError, ValueError) as error:  # a damaged cache file is recomputed, never trusted
+        return json.loads(meta_path.read_text()), np.load(array_path, mmap_mode="r")
+    except (OSError, ValueError) as error:
         log.warning("ignoring unreadable trunk-feature cache %s (%s)", stem, error)
         return None
+
+
+def _read_part(stem: Path, count: int, views: int, grid: int) -> tuple[np.ndarray, dict[int, str]] | None:
+    """A cached part (memory-mapped array, failures) when complete and of the expected shape, else None."""
+    loaded = load_part(stem)
+    if loaded is None:
+        return None
+    meta, array = loaded
     if meta.get("clips") != count or array.shape[:2] != (count, views) or array.shape[-2:] != (grid, grid):
         log.warning("ignoring trunk-feature cache %s of shape %s (expected %d clips, %d views, grid %d)",
                     stem, array.shape, count, views, grid)
