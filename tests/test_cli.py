@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -13,16 +14,30 @@ def run_jsar(*args):
                           text=True, timeout=120)
 
 
-@pytest.mark.parametrize("command", [[], ["synth"], ["train"], ["index"], ["query"], ["localize"], ["demo"],
-                                     ["eval", "localization"], ["eval", "retrieval"], ["eval", "compare"],
-                                     ["eval", "reproduce"], ["bench", "indexing"], ["bench", "faiss"],
-                                     ["bench", "all"], ["bench", "serve"]])
-def test_every_command_has_help_with_an_example(command):
+def command_paths(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> list[tuple[list[str], bool]]:
+    """Every command of the click tree as (path, is_group), walked rather than listed, so none is forgotten."""
+    paths = [(list(prefix), True)]
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            paths += command_paths(command, (*prefix, name))
+        else:
+            paths.append(([*prefix, name], False))
+    return paths
+
+
+@pytest.mark.parametrize("command,is_group", command_paths(), ids=lambda value: " ".join(value)
+                         if isinstance(value, list) else None)
+def test_every_command_has_help_with_an_example(command, is_group):
     result = CliRunner().invoke(cli, [*command, "--help"])
     assert result.exit_code == 0
     assert "Usage:" in result.output
-    if command and command != ["eval"]:
+    if not is_group:
         assert "Example:" in result.output and "jsar " in result.output
+
+
+def test_the_walk_reaches_the_commands_a_list_used_to_miss():
+    paths = {" ".join(path) for path, _ in command_paths()}
+    assert {"serve", "calibrate-presence", "data realsound", "eval generalisation", "eval recordings"} <= paths
 
 
 def test_clips_is_the_clip_count_and_n_its_deprecated_spelling(tmp_path):
