@@ -383,12 +383,8 @@ class AudioEncoder(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.trunk_frozen):
             return self.trunk(spectrograms)
 
-    def _tokens(self, trunk_output: torch.Tensor) -> torch.Tensor:
-        features = self.projection(trunk_output)  # (B, c, f, t)
-        return features.amax(dim=2).transpose(1, 2)  # max over frequency -> (B, t, c)
-
     def forward(self, spectrograms: torch.Tensor) -> torch.Tensor:
-        return self._tokens(self.trunk_features(spectrograms))
+        return self.encode(spectrograms, with_tags=False)[0]
 
     def encode(self, spectrograms: torch.Tensor, with_tags: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Tokens (B, t, c) and, when asked and the trunk has a class head, its class scores (B, classes) from
@@ -398,4 +394,5 @@ class AudioEncoder(nn.Module):
         if with_tags and self.has_tags:
             with torch.no_grad():
                 tags = self.trunk.tags(trunk_output.detach())
-        return self._tokens(trunk_output), tags
+        features = self.projection(trunk_output)  # (B, c, f, t)
+        return features.amax(dim=2).transpose(1, 2), tags  # max over frequency -> (B, t, c)

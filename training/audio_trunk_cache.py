@@ -8,7 +8,7 @@ edges see a little more context than a window of their own would; validation and
 query, evaluation) run the trunk on the plain window.
 
 Kept beside the image trunk's cache (`trunk_cache.default_cache_dir`): `<key>-audio.npy` (N, C, f, T_wide)
-float16 and `<key>-audio.json` (clip count, tokens, the clips whose audio could not be decoded). The key covers the
+float16 and `<key>-audio.json` (clip count, input version, the clips whose audio could not be decoded). The key covers the
 trunk's kind and weights' content, every audio setting, `AUDIO_INPUT_VERSION` and each audio file's signature.
 Written under a temporary name and renamed, so a killed run never leaves a cache a later run trusts.
 """
@@ -34,7 +34,8 @@ from jsa_retrieval.dataset import CachedAudioFeatures, FailureLog, make_loader
 from jsa_retrieval.decode import DecodeError, load_audio
 from jsa_retrieval.transforms import crop_or_tile, log_spectrogram
 
-from .trunk_cache import RowWriter, _write_atomically, default_cache_dir, file_signature, load_part, weights_digest
+from .trunk_cache import (RowWriter, _write_atomically, default_cache_dir, failed_positions, file_signature,
+                          load_part, weights_digest)
 
 log = logging.getLogger(__name__)
 AUDIO_INPUT_VERSION = 1  # bump whenever decoding or the spectrogram that makes trunk input changes
@@ -84,9 +85,6 @@ def compute_audio_features(trunk: nn.Module, clips: Sequence[Clip], config: JSAR
     batch is done. Returns the clips whose audio could not be decoded (position -> reason)."""
     trunk.eval()
     loader = make_loader(WideWindows(clips, config.data), batch_size, num_workers=num_workers, device=device)
-    positions: dict[str, list[int]] = {}
-    for position, clip in enumerate(clips):
-        positions.setdefault(clip.id, []).append(position)
     failures, writer = FailureLog(), None
     try:
         for batch in tqdm(loader, desc="audio trunk features (once)", disable=not progress, leave=False):
@@ -103,7 +101,7 @@ def compute_audio_features(trunk: nn.Module, clips: Sequence[Clip], config: JSAR
     if writer is None:
         raise ValueError(f"none of the {len(clips)} recordings could be decoded to compute audio trunk features "
                          f"({failures.summary()})")
-    return {position: reason for clip_id, reason in failures.failures for position in positions[clip_id]}
+    return failed_positions(clips, failures)
 
 
 def cached_audio_features(trunk: nn.Module, clips: Sequence[Clip], config: JSARConfig, device: torch.device,

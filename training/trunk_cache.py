@@ -149,9 +149,6 @@ def compute_trunk_features(trunk: nn.Module, clips: Sequence[Clip], config: JSAR
     with_views = "views" in outputs
     inputs = TrunkInputs(clips, config.data, views=with_views, crops=crops if "crops" in outputs else 0)
     loader = make_loader(inputs, batch_size, num_workers=num_workers, device=device)
-    positions: dict[str, list[int]] = {}
-    for position, clip in enumerate(clips):
-        positions.setdefault(clip.id, []).append(position)
     failures, writers = FailureLog(), {}
     try:
         for batch in tqdm(loader, desc="image trunk features (once)", disable=not progress, leave=False):
@@ -176,6 +173,14 @@ def compute_trunk_features(trunk: nn.Module, clips: Sequence[Clip], config: JSAR
     if not writers:
         raise ValueError(f"none of the {len(clips)} images could be decoded to compute image trunk features "
                          f"({failures.summary()})")
+    return failed_positions(clips, failures)
+
+
+def failed_positions(clips: Sequence[Clip], failures: FailureLog) -> dict[int, str]:
+    """Position -> reason for every clip a failure log names (a clip id listed twice fails at both places)."""
+    positions: dict[str, list[int]] = {}
+    for position, clip in enumerate(clips):
+        positions.setdefault(clip.id, []).append(position)
     return {position: reason for clip_id, reason in failures.failures for position in positions[clip_id]}
 
 
