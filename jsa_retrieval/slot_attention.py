@@ -68,7 +68,8 @@ class _SlotBranch(nn.Module):
 class JointSlotAttention(nn.Module):
     """One slot-attention module applied to each modality in turn: tokens (B, n, d) -> SlotAttentionOutput.
 
-    `share_initial_slots=False` (Table 6 ablation) keeps a separate S_0 per modality.
+    `share_initial_slots=False` (Table 6 ablation) keeps a separate S_0 per modality: the image's is the shared
+    S_0 and the audio's comes from a side stream, so every other weight starts as in the full model at one seed.
     In training mode round(mask_ratio * n) random tokens per sample are replaced by the learnable mask token.
     """
 
@@ -81,10 +82,12 @@ class JointSlotAttention(nn.Module):
         self.dim, self.num_slots, self.iterations = dim, num_slots, iterations
         self.mask_ratio, self.eps = mask_ratio, eps
         self.share_initial_slots, self.share_modality_weights = share_initial_slots, share_modality_weights
+        initial = torch.randn(num_slots, dim)  # S_0: the same draw with or without sharing
         if share_initial_slots:
-            self.initial_slots = nn.Parameter(torch.randn(num_slots, dim))  # S_0, shared by both modalities
+            self.initial_slots = nn.Parameter(initial)  # shared by both modalities
         else:
-            self.initial_slots = nn.ParameterDict({m: nn.Parameter(torch.randn(num_slots, dim)) for m in MODALITIES})
+            self.initial_slots = nn.ParameterDict({"image": nn.Parameter(initial),
+                                                   "audio": nn.Parameter(_side_draw(initial.shape))})
         hidden = mlp_hidden or 2 * dim
         names = ("shared",) if share_modality_weights else MODALITIES
         self.branches = nn.ModuleDict({name: _SlotBranch(dim, hidden) for name in names})
@@ -119,3 +122,10 @@ class JointSlotAttention(nn.Module):
         chosen = torch.rand(batch, length, device=tokens.device).argsort(dim=1)[:, :count]
         masked = torch.zeros(batch, length, dtype=torch.bool, device=tokens.device).scatter_(1, chosen, True)
         return torch.where(masked.unsqueeze(-1), mask_token.to(tokens.dtype), tokens)
+
+
+def _side_draw(shape: torch.Size) -> torch.Tensor:
+    """The standard normal tensor the global generator would give next, drawn without moving it (an ablation's
+    extra parameter must not shift the initial weights drawn after it)."""
+    with torch.random.fork_rng(devices=[]):
+        return torch.randn(shape)

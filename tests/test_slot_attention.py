@@ -86,6 +86,22 @@ def test_unshared_initial_slots_add_one_slot_set_of_parameters():
     assert count(separate) - count(shared) == SLOTS * DIM
 
 
+def test_unshared_slots_ablation_starts_from_the_full_models_other_weights():
+    """Table 6 compares a run with separate S_0 against the full model at the same seed: every weight but the
+    audio's S_0 must start equal, and the draw after the module must be the same too."""
+    torch.manual_seed(3)
+    shared = JointSlotAttention(DIM, SLOTS, share_initial_slots=True)
+    after_shared = torch.rand(4)
+    torch.manual_seed(3)
+    separate = JointSlotAttention(DIM, SLOTS, share_initial_slots=False)
+    after_separate = torch.rand(4)
+    torch.testing.assert_close(after_shared, after_separate, rtol=0, atol=0)
+    torch.testing.assert_close(separate.initial_slots["image"], shared.initial_slots, rtol=0, atol=0)
+    assert not torch.allclose(separate.initial_slots["audio"], shared.initial_slots)
+    for name, value in shared.branches.state_dict().items():
+        torch.testing.assert_close(separate.branches.state_dict()[name], value, rtol=0, atol=0)
+
+
 def test_shared_module_treats_modalities_alike_only_when_everything_is_shared(tokens):
     torch.manual_seed(5)
     shared = JointSlotAttention(DIM, SLOTS).eval()
