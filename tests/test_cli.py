@@ -40,6 +40,14 @@ def test_the_walk_reaches_the_commands_a_list_used_to_miss():
     assert {"serve", "calibrate-presence", "data realsound", "eval generalisation", "eval recordings"} <= paths
 
 
+def test_importing_the_cli_loads_no_heavy_library():
+    heavy = ("torch", "faiss", "numpy", "h5py", "training", "indexing", "evaluation")
+    probe = ("import sys, jsa_retrieval.cli; "
+             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
 def test_clips_is_the_clip_count_and_n_its_deprecated_spelling(tmp_path):
     for flag, out in (("--clips", tmp_path / "a"), ("--n", tmp_path / "b")):
         result = CliRunner().invoke(cli, ["synth", str(out), flag, "2", "--image-size", "32", "--seconds", "0.5"])

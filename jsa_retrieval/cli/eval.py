@@ -1,0 +1,183 @@
+"""`jsar eval`: evaluation reports, and the paper's experiment."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..config import ABLATIONS
+from .options import EXAMPLE, device_option, is_quiet, list_option, workers_option
+
+
+@click.group(help="Evaluation reports: localization (cIoU/AP50, AUC, AVSBench mIoU/F), retrieval (Recall@K), "
+                "and several runs side by side.", name="eval")
+def eval_group() -> None:
+    pass
+
+
+THRESHOLD = click.option("--threshold", type=click.Choice(["median", "fixed", "adaptive"]), default="median",
+                         show_default=True, help="median: EZ-VSL/FNAC/SLAVC; fixed: >= 0.6 (the JSA release); "
+                                                 "adaptive: the ground truth's area.")
+UPSAMPLE = click.option("--upsample", "upsample_mode", type=click.Choice(["bicubic", "bilinear", "nearest"]),
+                        default="bicubic", show_default=True, help="7x7 -> image upsampling, recorded in the report.")
+OGL = click.option("--ogl", type=click.Choice(["resnet18", "efficientnet-lite0"]),
+                   help="Add +OGL columns with this ImageNet object prior (EZ-VSL's object-guided localization).")
+
+
+def _echo_report(out_dir: Path) -> None:
+    """Print a written report's tables (not its configuration block) and where the files are."""
+    text = (out_dir / "report.md").read_text().split("## Configuration")[0].rstrip()
+    click.echo(text + f"\n\nreport files in {out_dir}")
+
+
+@eval_group.command("localization", help="Localization scores of a checkpoint on an annotated dataset (plain, +IQR, +OGL)."
+              + EXAMPLE + "jsar eval localization data/synth --checkpoint runs/jsa/best.pt --split test")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--split", help="A split name (train/val/test) or a file of ids.")
+@click.option("--annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@THRESHOLD
+@UPSAMPLE
+@OGL
+@click.option("--ogl-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Local ImageNet ResNet-18 .pth for --ogl resnet18.")
+@click.option("--alpha", "iqr_alpha", type=float, help="IQR weight (Eq. 14); default from the config (0.6).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/localization"),
+              show_default=True)
+@click.option("--workers", default=2, show_default=True)
+@click.option("--group-by", help="Also score per value of this annotation key (e.g. silent_object_in_view, class).")
+def eval_localization(data_dir: Path, checkpoint: Path, split: str | None, annotations: Path | None, threshold: str,
+                      upsample_mode: str, ogl: str | None, ogl_weights: Path | None, iqr_alpha: float | None,
+                      out_dir: Path, workers: int, group_by: str | None) -> None:
+    from evaluation.localization import evaluate_localization
+    from evaluation.reports import write_report
+
+    report = evaluate_localization(checkpoint, data_dir, split=split, annotations=annotations, threshold=threshold,
+                                   upsample_mode=upsample_mode, ogl=ogl, ogl_weights=ogl_weights,
+                                   iqr_alpha=iqr_alpha, num_workers=workers, group_by=group_by)
+    _echo_report(write_report(report, out_dir, f"Localization: {data_dir}"))
+
+
+@eval_group.command("retrieval", help="Recall@K by category, audio->image and image->audio, through an index's FAISS indexes."
+              + EXAMPLE + "jsar eval retrieval index/synth")
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/retrieval"),
+              show_default=True)
+@click.option("--no-exact-check", is_flag=True, help="Skip the exact-search cross-check.")
+def eval_retrieval(index_dir: Path, out_dir: Path, no_exact_check: bool) -> None:
+    from evaluation.reports import write_report
+    from evaluation.retrieval import evaluate_retrieval
+
+    report = evaluate_retrieval(index_dir, check_exact=not no_exact_check)
+    _echo_report(write_report(report, out_dir, f"Retrieval: {index_dir}"))
+
+
+@eval_group.command("compare", help="Several checkpoints side by side on the same clips: one table."
+              + EXAMPLE + "jsar eval compare runs/jsa/best.pt runs/ezvsl/best.pt --data data/synth --split test")
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split")
+@THRESHOLD
+@UPSAMPLE
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/compare"),
+              show_default=True)
+@workers_option(2)
+def eval_compare(checkpoints: tuple[Path, ...], data_dir: Path, split: str | None, threshold: str,
+                 upsample_mode: str, out_dir: Path, workers: int) -> None:
+    from evaluation.reports import write_report
+    from evaluation.scoring import compare_runs
+
+    resolved = [c / "best.pt" if c.is_dir() else c for c in checkpoints]
+    report = compare_runs(resolved, data_dir, split=split, threshold=threshold, upsample_mode=upsample_mode,
+                          num_workers=workers)
+    _echo_report(write_report(report, out_dir, f"Comparison on {data_dir}"))
+
+
+@eval_group.command("generalisation", help="Checkpoints on several splits side by side: Recall@1/10 both ways, "
+                    "AP50 by scene kind, presence AUROC on each sound's top-k hits; realsound's 'unseen' split holds "
+                    "new instances of known classes." + EXAMPLE
+                    + "jsar eval generalisation runs/real/best.pt runs/ezvsl/best.pt --data data/realsound "
+                      "--splits test,unseen")
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--splits", default="test,unseen", show_default=True, help="Comma-separated split names.")
+@click.option("-k", "k", default=10, show_default=True, help="Hits per sound for the presence AUROC.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("reports/generalisation"), show_default=True)
+@device_option()
+def eval_generalisation(checkpoints: tuple[Path, ...], data_dir: Path, splits: str, k: int, out_dir: Path,
+                        device: str | None) -> None:
+    from evaluation.generalisation import evaluate_generalisation
+
+    resolved = [c / "best.pt" if c.is_dir() else c for c in checkpoints]
+    report = evaluate_generalisation(resolved, data_dir, list_option((splits,)), k, device, progress=not is_quiet())
+    report.write(out_dir)
+    click.echo(report.to_markdown() + f"\nreport files in {out_dir}")
+
+
+@eval_group.command("recordings", help="Sound queries with recordings the model never heard: each mapped recording "
+                    "searched through INDEX_DIR as `jsar query --audio` does; top-1 class and precision@k by class. "
+                    "The default mapping names 62 recordings from gcompris-qt-data, widelands-data and 0ad-data "
+                    "(evaluation/data/README.md); --source is the folder they were extracted into." + EXAMPLE
+                    + "jsar eval recordings index/realsound-test --source x2")
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--source", required=True, type=click.Path(path_type=Path), help="The extracted packages' folder.")
+@click.option("--mapping", "mapping_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV package,version,path,class,note [the shipped second_source.csv].")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1), help="Hits per recording.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("reports/recordings"), show_default=True)
+@device_option()
+def eval_recordings(index_dir: Path, source: Path, mapping_csv: Path | None, k: int, out_dir: Path,
+                    device: str | None) -> None:
+    from evaluation.recordings import SECOND_SOURCE, evaluate_recordings
+    from indexing.engine import Engine
+
+    engine = Engine.open(index_dir, device=device)
+    report = evaluate_recordings(engine, mapping_csv or SECOND_SOURCE, source, k, out_dir)
+    click.echo(report.to_markdown() + f"\nreport files in {out_dir}")
+
+
+@eval_group.command("reproduce", help="Train JSA, the baselines and the ablations (paper Tables 5, 6) under one "
+                    "budget on DATA_DIR and write the paper-format table of their test scores to OUT/experiment.md "
+                    "(.csv, .json); with --seeds, one experiment per seed and mean ± std in OUT/experiment_seeds.md."
+                    " Re-run the same command to resume." + EXAMPLE
+                    + "jsar eval reproduce data/realsound --out runs/realsound --config real --seeds 0,1,2")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Experiment folder (one subfolder per run; re-run to resume).")
+@click.option("--config", "config_name", default="cpu", show_default=True, help="Preset or .json config.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs per run [config's].")
+@click.option("--minutes-per-run", type=float, default=None, help="Stop a run after the epoch crossing this.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--seeds", multiple=True, help="Seeds, repeated or comma-separated (e.g. 0,1,2): one experiment "
+              "each in OUT/seed<N>/ and a mean ± std table in OUT/experiment_seeds.md; overrides --seed.")
+@click.option("--runs", multiple=True, help="Runs, repeated or comma-separated: jsa, ezvsl, alignment, "
+              + ", ".join(ablation.run for ablation in ABLATIONS if ablation.run)
+              + " [these: the paper's tables], and beyond the paper jsa_listen (maps "
+              "that listen), jsa_listen_logits1 / jsa_listen_location (its checkpoint with logit scale 1 / the "
+              "location map alone), jsa_gated (audio-gated matching target), jsa_release_inference (jsa's "
+              "checkpoint under the JSA release's inference settings).")
+@click.option("--threshold", type=click.Choice(["median", "fixed", "adaptive"]), default="fixed", show_default=True,
+              help="Main table's threshold mode (the second table uses the other convention).")
+@device_option()
+def eval_reproduce(data_dir: Path, out_dir: Path, config_name: str, epochs: int | None,
+                   minutes_per_run: float | None, seed: int, seeds: tuple[str, ...], runs: tuple[str, ...],
+                   threshold: str, device: str | None) -> None:
+    from evaluation.experiment import DEFAULT_RUNS, run_experiment, run_seeds
+
+    quiet = is_quiet()
+
+    names = list_option(runs) or list(DEFAULT_RUNS)
+    if seeds:
+        try:
+            seed_list = [int(value) for value in list_option(seeds)]
+        except ValueError as error:
+            raise click.BadParameter("takes integers separated by commas", param_hint="--seeds") from error
+        _, path = run_seeds(data_dir, out_dir, seed_list, config_name, epochs, minutes_per_run, names, threshold,
+                            progress=not quiet, device=device)
+        click.echo(path.read_text())
+        return
+    report = run_experiment(data_dir, out_dir, config_name, epochs, minutes_per_run, seed, names, threshold,
+                            progress=not quiet, device=device)
+    click.echo(report.files["markdown"].read_text())
