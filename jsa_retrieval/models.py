@@ -124,14 +124,34 @@ def min_max(maps: torch.Tensor) -> torch.Tensor:
     return ((flat - low) / (high - low).clamp_min(1e-12)).reshape(maps.shape)
 
 
-def fuse_maps(cross: torch.Tensor, location: torch.Tensor, beta: float) -> torch.Tensor:
-    """M = N(ca) * N([c]+)^beta: JSA's extent, kept only where the sound-conditioned cosine c is positive.
+FLAT_LOCATION_RANGE = 0.05
+"""A location cosine c whose range over a picture is below this counts as (partly) flat (`relative_height`);
+set below the ranges trained heads give matched pairs (docs/realsound.md, "Maps that listen", has the measure)."""
+
+
+def relative_height(maps: torch.Tensor, floor: float = FLAT_LOCATION_RANGE) -> torch.Tensor:
+    """N_floor(m) = 1 - s (1 - N(m)), s = min(1, range(m) / floor), per sample, (B, ...) -> (B, ...) in [0, 1].
+
+    N is the per-sample min-max. A map whose range reaches `floor` gets N(m); a flat one gets all ones, and
+    in between the contrast fades continuously, so a c that is 0.5 +- 0.001 everywhere (no evidence of where the
+    sound is) no longer becomes a full-contrast 0-1 map as min-max alone would make it."""
+    flat = maps.flatten(1)
+    spread = flat.amax(dim=1, keepdim=True) - flat.amin(dim=1, keepdim=True)
+    strength = (spread / floor).clamp(max=1.0)
+    return (1 - strength * (1 - min_max(flat))).reshape(maps.shape)
+
+
+def fuse_maps(cross: torch.Tensor, location: torch.Tensor, beta: float,
+              floor: float = FLAT_LOCATION_RANGE) -> torch.Tensor:
+    """M = N(ca) * N_floor([c]+)^beta: JSA's extent, kept only where the sound-conditioned cosine c is positive.
 
     cross, location: (B, h, w). Where the picture holds one object, c peaks on it and M keeps ca's shape; a
-    silent object that c does not mark is removed. A pair whose c is nowhere positive gives a zero map."""
+    silent object that c does not mark is removed. A pair whose c is nowhere positive gives a zero map; where
+    [c]+ is flat (range 0) M is the paper's N(ca) exactly, and near-flat c moves it only in proportion to its
+    range (`relative_height`)."""
     positive = location.clamp_min(0)
     gate = torch.where(positive.flatten(1).amax(dim=1).view(-1, *[1] * (location.dim() - 1)) > 0,
-                       min_max(positive), torch.zeros_like(positive))
+                       relative_height(positive, floor), torch.zeros_like(positive))
     return min_max(cross) * gate ** beta
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from jsa_retrieval.models import min_max
+from jsa_retrieval.models import relative_height
 
 
 def info_nce(image_target: Tensor, audio_target: Tensor, tau: float, false_negatives: Tensor | None = None, *,
@@ -55,13 +55,14 @@ def audio_gated_target(ia_vv: Tensor, location: Tensor, margin: float, temperatu
     """Sound-conditioned teacher for ca^{a,v} (beyond the paper): t = ia * g / sum(ia * g), no gradient.
 
     ia_vv: (B, hw) the image target slot's attention (Eq. 8's teacher); location: (B, hw) the location head's
-    cosine c between each location and the sound. g = sigmoid((N(c) - margin) / temperature) with N the
-    per-sample min-max, so the gate is scale-free. Where c is flat (one object, or nothing to choose) g is flat
-    and t = ia: Eq. 8 unchanged. Where the picture holds a silent object that c does not mark, t drops it.
-    Returns (B, hw), each row summing to one.
+    cosine c between each location and the sound. g = sigmoid((N_floor(c) - margin) / temperature) with N_floor
+    the per-sample min-max that fades to flat below a range floor (models.relative_height), so the gate is
+    scale-free where c has contrast. Where c is flat (one object, or nothing to choose) g is flat and t = ia: Eq. 8
+    unchanged; a near-flat c moves t only in proportion to its range. Where the picture holds a silent object that
+    c does not mark, t drops it. Returns (B, hw), each row summing to one.
     """
     with torch.no_grad():
-        gate = torch.sigmoid((min_max(location) - margin) / temperature)  # a flat c gives a flat gate
+        gate = torch.sigmoid((relative_height(location) - margin) / temperature)  # flat c, flat gate
         weighted = ia_vv.detach() * gate
         return weighted / weighted.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
