@@ -310,3 +310,33 @@ def get_config(name: str) -> JSARConfig:
     if path.suffix == ".json" and path.is_file():
         return JSARConfig.from_dict(json.loads(path.read_text()))
     raise ValueError(f"unknown configuration {name!r}; choose one of {sorted(PRESETS)} or a .json config file")
+
+
+TRAIN_OVERRIDES: dict[str, str] = {
+    "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "seed": "train.seed",
+    "workers": "train.num_workers", "image_weights": "model.image_weights", "image_encoder": "model.image_encoder",
+    "freeze_image": "model.freeze_image", "audio_encoder": "model.audio_encoder",
+    "audio_weights": "model.audio_weights", "freeze_audio": "model.freeze_audio",
+    "target_slots": "model.num_target_slots", "off_target_slots": "model.num_off_target_slots",
+}
+"""The overrides `jsar train` takes as options (by their Python names) and the field each one sets."""
+
+
+def config_with_overrides(name: str, overrides: dict[str, Any] | None = None,
+                          ablations: Sequence[str] = ()) -> JSARConfig:
+    """A preset or .json config (`get_config`) with `jsar train`'s overrides, so Python and the CLI build the same
+    configuration. `overrides`: names of TRAIN_OVERRIDES to values (None leaves the field as it is); an
+    `audio_encoder` of "yamnet" also brings YAMNet's frontend (`use_yamnet_audio`), before `audio_weights` and
+    the rest are set. `ablations`: `Ablation.key`s ("use_match", ...) whose part of JSA is switched off.
+    An unknown name is a ValueError."""
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    ablation_fields = {ablation.key: ablation.field for ablation in ABLATIONS}
+    unknown = sorted(set(given) - set(TRAIN_OVERRIDES)) + sorted(set(ablations) - set(ablation_fields))
+    if unknown:
+        raise ValueError(f"unknown override(s): {', '.join(unknown)}; overrides are {', '.join(TRAIN_OVERRIDES)} "
+                         f"and ablations {', '.join(ablation_fields)}")
+    config = get_config(name)
+    if given.get("audio_encoder") == "yamnet" and config.model.audio_encoder != "yamnet":
+        use_yamnet_audio(config)  # its frontend's sample rate and FFT come with it
+    apply_settings(config, [(TRAIN_OVERRIDES[key], value) for key, value in given.items()])
+    return apply_settings(config, [(ablation_fields[key], False) for key in ablations])

@@ -56,6 +56,25 @@ def test_clips_is_the_clip_count_and_n_its_deprecated_spelling(tmp_path):
     assert "--n " not in CliRunner().invoke(cli, ["synth", "--help"]).output
 
 
+def test_train_options_build_the_config_config_with_overrides_builds(tmp_path, monkeypatch):
+    import training.trainer
+    from jsa_retrieval.config import config_with_overrides
+
+    seen = {}
+
+    def record(data_dir, config, *args, **kwargs):
+        seen["config"] = config
+        return type("Result", (), {"best_path": tmp_path / "best.pt"})()
+
+    monkeypatch.setattr(training.trainer, "train", record)
+    result = CliRunner().invoke(cli, ["train", str(tmp_path), "--epochs", "3", "--workers", "0", "--audio-encoder",
+                                      "yamnet", "--no-match", "--unshared-slots", "--target-slots", "2"])
+    assert result.exit_code == 0 and f"best checkpoint: {tmp_path / 'best.pt'}" in result.output
+    expected = config_with_overrides("cpu", {"epochs": 3, "workers": 0, "audio_encoder": "yamnet", "target_slots": 2},
+                                     ["use_match", "share_initial_slots"])
+    assert seen["config"].to_dict() == expected.to_dict()
+
+
 def test_version():
     result = CliRunner().invoke(cli, ["--version"])
     assert result.exit_code == 0 and "0.1.0" in result.output

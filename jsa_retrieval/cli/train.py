@@ -7,7 +7,7 @@ from typing import Callable
 
 import click
 
-from ..config import ABLATIONS, MODEL_NAMES, PRESETS, apply_settings, get_config, use_yamnet_audio
+from ..config import ABLATIONS, MODEL_NAMES, PRESETS, config_with_overrides
 from .options import EXAMPLE, device_option, is_quiet, workers_option
 
 
@@ -17,26 +17,6 @@ def ablation_options(function: Callable) -> Callable:
         function = click.option(ablation.flag, f"without_{ablation.key}", is_flag=True,
                                 help=f"Ablation: {ablation.help}")(function)
     return function
-
-
-def _config(name: str, overrides: dict) -> "object":
-    config = get_config(name)
-    if overrides.get("audio_encoder") == "yamnet" and config.model.audio_encoder != "yamnet":
-        use_yamnet_audio(config)  # its frontend's sample rate and FFT come with it
-    for section, key, value in (
-        ("train", "epochs", overrides.get("epochs")), ("train", "batch_size", overrides.get("batch_size")),
-        ("train", "lr", overrides.get("lr")), ("train", "seed", overrides.get("seed")),
-        ("train", "num_workers", overrides.get("workers")),
-        ("model", "image_weights", overrides.get("image_weights")),
-        ("model", "image_encoder", overrides.get("image_encoder")),
-        ("model", "freeze_image", overrides.get("freeze_image")),
-        ("model", "audio_encoder", overrides.get("audio_encoder")),
-        ("model", "audio_weights", overrides.get("audio_weights")),
-        ("model", "freeze_audio", overrides.get("freeze_audio")),
-    ):
-        if value is not None:
-            setattr(getattr(config, section), key, value)
-    return config
 
 
 @click.command(help="Train JSA (or a baseline) on the image-audio pairs of DATA_DIR."
@@ -75,15 +55,11 @@ def _config(name: str, overrides: dict) -> "object":
 @click.option("--target-slots", type=click.IntRange(1), help="Number of target slots (appendix Tables 8, 12).")
 @click.option("--off-target-slots", type=click.IntRange(1), help="Number of off-target slots.")
 def train(data_dir: Path, config_name: str, model_name: str, out_dir: Path, resume: bool, max_minutes: float | None,
-          device: str | None, target_slots: int | None, off_target_slots: int | None,
-          feature_cache: Path | None, **overrides) -> None:
+          device: str | None, feature_cache: Path | None, **overrides) -> None:
     from training.trainer import train as run_training
 
-    config = _config(config_name, overrides)
-    apply_settings(config, [(ablation.field, False) for ablation in ABLATIONS
-                            if overrides.get(f"without_{ablation.key}")])
-    config.model.num_target_slots = target_slots or config.model.num_target_slots
-    config.model.num_off_target_slots = off_target_slots or config.model.num_off_target_slots
+    ablations = [ablation.key for ablation in ABLATIONS if overrides.pop(f"without_{ablation.key}")]
+    config = config_with_overrides(config_name, overrides, ablations)
     result = run_training(data_dir, config, model_name, out_dir, resume=resume, max_minutes=max_minutes,
                           device=device, feature_cache=feature_cache, progress=not is_quiet())
     if int(os.environ.get("RANK", "0")) == 0:
