@@ -216,7 +216,13 @@ class JSAModel(nn.Module):
     """
 
     model_name = "jsa"
-    has_image_query = True  # its refined map can apply IQR (Eq. 14)
+
+    @property
+    def has_image_query(self) -> bool:
+        """IQR (Eq. 14) applies to the paper's map only: it adds ia^{v,v} to ca^{a,v}, two attention columns at the
+        same logit scale. The fused map is a [0, 1] gate product and the location map a cosine, so adding ia to
+        them is not the release's IQR; their refined map is the cross map, as for the baselines."""
+        return self.config.model.localization_map == "cross"
 
     def __init__(self, config: JSARConfig, image_weights: str | None = None,
                  audio_weights: str | None = None) -> None:
@@ -241,11 +247,17 @@ class JSAModel(nn.Module):
                               else None)
 
     def encode_image(self, images: torch.Tensor) -> ImageSide:
-        """images (B, 3, S, S) -> target image slot p^v as vector, K^v as keys, ia^{v,v} as intra_map."""
+        """images (B, 3, S, S) -> target image slot p^v as vector, K^v as keys, ia^{v,v} as intra_map.
+
+        ia^{v,v} is taken at config.model.infer_logit_scale, the scale `attention_map` gives ca^{a,v}, so that
+        IQR (Eq. 14) adds two maps of one kind as the JSA release does (it sharpens both); at scale 1 it is the
+        last slot iteration's attention, bit for bit."""
         features, grid = self.image_encoder(images)
         decomposition = self.slot_attention(features, "image")
+        intra = slot_attention_weights(decomposition.queries, decomposition.keys, self.slot_attention.eps,
+                                       self.config.model.infer_logit_scale)  # Â^{v,v}
         return ImageSide(vector=F.normalize(self._target(decomposition), dim=-1), keys=decomposition.keys,
-                         intra_map=target_column(decomposition.attention, self.num_target), grid=grid,
+                         intra_map=target_column(intra, self.num_target), grid=grid,
                          location_keys=None if self.location_head is None else self.location_head.keys(features))
 
     def encode_audio(self, spectrograms: torch.Tensor) -> AudioSide:
@@ -291,7 +303,10 @@ class JSAModel(nn.Module):
                          self.config.model.fusion_beta)
 
     def refined_map(self, audio: AudioSide, image: ImageSide, alpha: float | None = None) -> torch.Tensor:
-        """Eq. 14 (IQR): alpha * ca^{a,v} + (1 - alpha) * ia^{v,v} -> (B, h, w); alpha defaults to the config's."""
+        """Eq. 14 (IQR): alpha * ca^{a,v} + (1 - alpha) * ia^{v,v} -> (B, h, w); alpha defaults to the config's.
+        Without an image query for this map (`has_image_query`) the refined map is the cross map."""
+        if not self.has_image_query:
+            return self.cross_map(audio, image)
         alpha = self.config.model.iqr_alpha if alpha is None else alpha
         intra = image.intra_map.reshape(-1, *image.grid)
         return alpha * self.cross_map(audio, image) + (1 - alpha) * intra

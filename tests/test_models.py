@@ -113,6 +113,41 @@ def test_jsa_refined_map_is_eq14_by_hand(jsa, jsa_sides):
 
 
 @torch.no_grad()
+def test_iqr_adds_ca_and_ia_taken_at_the_same_logit_scale(jsa, batch):
+    """The release sharpens both attentions for inference; at logit scale 0.1 ia must be the 0.1-scaled slot
+    softmax of the image's own queries, not the training-time one."""
+    from dataclasses import replace
+    from jsa_retrieval.slot_attention import slot_attention_weights
+    images, spectrograms = batch
+    scale_one = jsa.encode_image(images).intra_map
+    jsa.config = replace(jsa.config, model=replace(jsa.config.model, infer_logit_scale=0.1))
+    try:
+        image, audio = jsa.encode_image(images), jsa.encode_audio(spectrograms)
+        decomposition = jsa.slot_attention(jsa.image_encoder(images)[0], "image")
+        expected = slot_attention_weights(decomposition.queries, decomposition.keys, logit_scale=0.1)[..., 0]
+        torch.testing.assert_close(image.intra_map, expected)
+        assert image.intra_map.std() < scale_one.std()  # the smaller scale flattens ia as it flattens ca
+        cross = jsa.attention_map(audio, image)
+        torch.testing.assert_close(jsa.refined_map(audio, image, 0.4), 0.4 * cross + 0.6 * expected.reshape(2, 7, 7))
+    finally:
+        jsa.config = replace(jsa.config, model=replace(jsa.config.model, infer_logit_scale=1.0))
+
+
+@pytest.mark.parametrize("choice", ["fused", "location"])
+@torch.no_grad()
+def test_iqr_does_not_apply_to_maps_other_than_the_papers(choice, batch):
+    from jsa_retrieval.config import LISTENING_METHOD, apply_settings
+    config = apply_settings(cpu_config(), LISTENING_METHOD)
+    config.model.localization_map = choice
+    torch.manual_seed(0)
+    model = create_model(config, "jsa").eval()
+    images, spectrograms = batch
+    image, audio = model.encode_image(images), model.encode_audio(spectrograms)
+    assert not model.has_image_query
+    torch.testing.assert_close(model.refined_map(audio, image), model.cross_map(audio, image), rtol=0, atol=0)
+
+
+@torch.no_grad()
 def test_ezvsl_map_is_cosine_of_location_features_and_global_audio(models, batch):
     model = models["ezvsl"]
     images, spectrograms = batch
