@@ -100,6 +100,10 @@ class TrainConfig:
     num_workers: int = 4
     amp: bool = True  # only takes effect on CUDA
     alignment_neighbors: int = 4  # top-k pool for the alignment baseline's conceptual positives
+    # With a frozen image trunk, its cache keeps this many random training crops (resize, random crop, flip) per
+    # clip, drawn from `seed`; every method draws its training views from them, as the uncached path draws crops.
+    cached_crops: int = 4
+    patience: int = 0  # stop after this many epochs without a better val score (0: run every epoch)
     # Beyond the paper (needs model.location_head): 'intra' is Eq. 8's target sg(ia^{v,v}); 'audio_gated' is
     # sg(ia * g / sum(ia * g)) with g = sigmoid((N(c) - gate_margin) / gate_temperature), N the per-sample
     # min-max of the location head's map c, ramped in linearly over gate_ramp_epochs.

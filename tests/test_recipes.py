@@ -22,7 +22,6 @@ def test_there_is_one_recipe_per_method_and_only_jsa_has_switches():
     assert recipes["ezvsl"].ablations == () and recipes["alignment"].ablations == ()
     assert [recipes[name].views for name in MODEL_NAMES] == [1, 1, 2]
     assert recipes["alignment"].audio_shift == float("inf") and recipes["jsa"].audio_shift is None
-    assert recipes["alignment"].trunk_crops > 0 and recipes["jsa"].trunk_crops == 0
     with pytest.raises(ValueError, match="unknown model"):
         make_recipe("clip", config)
 

@@ -157,7 +157,7 @@ def test_an_interrupted_computation_leaves_nothing_behind(tmp_path, monkeypatch)
     assert cache_files(cache) == []
 
 
-def test_alignment_crops_are_cached_beside_the_views_and_make_two_different_views(tmp_path, monkeypatch):
+def test_crops_are_cached_beside_the_views_and_make_two_different_views(tmp_path, monkeypatch):
     clips = make_clips(tmp_path, 4)
     config, trunk, cache = tiny_config(), tiny_trunk(), tmp_path / "cache"
     plain = cached_trunk_features(trunk, clips, config, DEVICE, cache, num_workers=0, progress=False)
@@ -177,11 +177,18 @@ def test_alignment_crops_are_cached_beside_the_views_and_make_two_different_view
         item = dataset[index]
         assert not torch.equal(item["image"], item["image_1"])
         assert any(torch.equal(item["image"], torch.from_numpy(crops[index, k])) for k in range(4))
-    jsa_item = ClipDataset(clips, config.data, train=True, image_features=plain)[0]["image"]
-    assert any(torch.equal(jsa_item, torch.from_numpy(np.asarray(plain.views[0, v], np.float32))) for v in (0, 1))
+    jsa_item = ClipDataset(clips, config.data, train=True, image_features=features)[0]["image"]
+    assert any(torch.equal(jsa_item, torch.from_numpy(crops[0, k])) for k in range(4))  # one view: a crop too
+
+    reseeded = cached_trunk_features(trunk, clips, config, DEVICE, cache, num_workers=0, progress=False, crops=4,
+                                     seed=1)
+    assert not np.array_equal(np.asarray(reseeded.crops), np.asarray(features.crops))  # another seed, other crops
+    again = cached_trunk_features(trunk, clips, config, DEVICE, cache, num_workers=0, progress=False, crops=4)
+    np.testing.assert_array_equal(np.asarray(again.crops), np.asarray(features.crops))  # same seed, same crops
 
 
-def test_training_on_the_cache_skips_an_undecodable_frame_and_gives_alignment_its_crops(tmp_path):
+@pytest.mark.parametrize("model_name", ["jsa", "alignment"])
+def test_training_on_the_cache_skips_an_undecodable_frame_and_draws_seeded_crops(tmp_path, model_name):
     from jsa_retrieval.synth import SynthConfig, generate
     from training.trainer import split_train_val, train
 
@@ -191,12 +198,14 @@ def test_training_on_the_cache_skips_an_undecodable_frame_and_gives_alignment_it
     broken.write_bytes(b"broken")
     config = tiny_config(epochs=1)
     config.model.freeze_image, config.model.image_weights = "all", "none"
+    config.train.seed = 3
     cache = tmp_path / "cache"
-    result = train(data, config, "alignment", tmp_path / "run", device="cpu", progress=False, feature_cache=cache)
+    result = train(data, config, model_name, tmp_path / "run", device="cpu", progress=False, feature_cache=cache)
     assert result.skipped == 1 and result.history[0]["steps"] >= 1
     names = cache_files(cache)
     assert sum(name.endswith("-views.npy") for name in names) == 2  # train and val
-    assert sum(name.endswith(f"-crops{trunk_cache.ALIGNMENT_CROPS}.npy") for name in names) == 1  # train only
+    crops = f"-crops{config.train.cached_crops}-seed3.npy"
+    assert sum(name.endswith(crops) for name in names) == 1  # train only, every method, the run's seed
 
 
 def test_a_rank_that_may_not_write_computes_into_a_temporary_folder(tmp_path):

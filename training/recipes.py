@@ -1,6 +1,6 @@
 """One recipe per method: what training does differently for JSA, EZ-VSL and the alignment baseline.
 
-A recipe says how a step sees a clip (views, audio window, the random crops a frozen trunk's cache keeps), which
+A recipe says how a step sees a clip (views, audio window), which
 objective the model's output feeds, and what is kept between steps and epochs (the alignment baseline's embedding
 banks and conceptual partners). `trainer.train()` is set-up plus an epoch loop over a recipe, so a new method is
 a new recipe here (open_clip keeps one task object per method the same way). A recipe object holds one training
@@ -20,7 +20,6 @@ from jsa_retrieval.config import ABLATIONS, MODEL_NAMES, Ablation, JSARConfig
 from jsa_retrieval.distributed import is_distributed
 
 from .objectives import alignment_objective, ezvsl_objective, jsa_objective
-from .trunk_cache import ALIGNMENT_CROPS
 
 Terms = dict[str, torch.Tensor]
 
@@ -31,7 +30,6 @@ class Recipe(ABC):
     name: str
     views: int = 1  # image-audio views of a clip per item (stacked into one forward pass)
     audio_shift: float | None = None  # ClipDataset's audio window jitter (None: the centred window)
-    trunk_crops: int = 0  # random training crops per clip in a frozen trunk's cache (0: the test view only)
     ablations: tuple[Ablation, ...] = ()  # the parts of the method an ablation can switch off
 
     def __init__(self, config: JSARConfig) -> None:
@@ -80,7 +78,6 @@ class AlignmentRecipe(Recipe):
     name = "alignment"
     views = 2
     audio_shift = math.inf
-    trunk_crops = ALIGNMENT_CROPS
 
     def __init__(self, config: JSARConfig) -> None:
         super().__init__(config)

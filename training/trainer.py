@@ -147,8 +147,7 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
     train_features = val_features = None
     if model.image_encoder.trunk_frozen:
         train_features, val_features = _frozen_trunk_features(
-            model, train_clips, val_clips, config, device_, feature_cache, progress and is_main,
-            crops=recipe.trunk_crops)
+            model, train_clips, val_clips, config, device_, feature_cache, progress and is_main)
     train_audio = None
     if model.audio_encoder.trunk_frozen:
         train_audio = _frozen_audio_features(model, train_clips, config, device_, feature_cache, progress and is_main)
@@ -258,22 +257,25 @@ def _run_epoch(trained: nn.Module, bar: tqdm, recipe: Recipe, stepper: _Stepper,
 
 
 def _frozen_trunk_features(model: nn.Module, train_clips: list[Clip], val_clips: list[Clip], config: JSARConfig,
-                           device: torch.device, cache_dir: Path | None, progress: bool,
-                           crops: int = 0) -> tuple[CachedImageFeatures, CachedImageFeatures]:
-    """Cached trunk output of the train clips (with `crops` random training crops each, the alignment baseline's
-    augmentation) and of the val clips (test views only); rank 0 computes and writes them, the other ranks
-    read them. Clips without features (undecodable or missing images) fail in the dataset and are reported."""
+                           device: torch.device, cache_dir: Path | None,
+                           progress: bool) -> tuple[CachedImageFeatures, CachedImageFeatures]:
+    """Cached trunk output of the train clips (with config.train.cached_crops random training crops each, drawn
+    from the run's seed: every method's training views) and of the val clips (test views only); rank 0 computes
+    and writes them, the other ranks read them. Clips without features (undecodable or missing images) fail in
+    the dataset and are reported."""
     trunk = model.image_encoder.trunk
     workers = min(2, config.train.num_workers)
-    splits = ((train_clips, crops), (val_clips, 0))
+    splits = ((train_clips, config.train.cached_crops), (val_clips, 0))
+    seed = config.train.seed
     if rank() == 0:
-        features = [cached_trunk_features(trunk, clips, config, device, cache_dir, workers, progress, crops=count)
+        features = [cached_trunk_features(trunk, clips, config, device, cache_dir, workers, progress, crops=count,
+                                          seed=seed)
                     for clips, count in splits]
     if is_distributed():
         torch.distributed.barrier()
         if rank() != 0:
             features = [cached_trunk_features(trunk, clips, config, device, cache_dir, workers, False, write=False,
-                                              crops=count)
+                                              crops=count, seed=seed)
                         for clips, count in splits]
     return features[0], features[1]
 

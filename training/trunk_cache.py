@@ -6,11 +6,11 @@ and reused by every later run on the same clips: the seeds and ablations of an e
 
 What is kept, under the user's cache folder (`default_cache_dir`), per set of clips:
 
-- `<key>-views.npy` (N, 2, C, h, w) float16: the test transform and its mirror image (JSA and EZ-VSL training
-  draw one of the two, validation takes the first);
-- `<key>-crops<K>.npy` (N, K, C, h, w) float16, only for the alignment baseline: K random training crops (resize,
-  random crop, flip; seeded by the clip id), so that its two "common image transformations" views are two
-  different augmentations and not the same picture half the time;
+- `<key>-views.npy` (N, 2, C, h, w) float16: the test transform and its mirror image (validation takes the first);
+- `<key>-crops<K>-seed<S>.npy` (N, K, C, h, w) float16, for the train clips: K random training crops (resize,
+  random crop, flip; drawn from the run's seed S and the clip id), from which every method draws its training
+  views as the uncached path draws crops (the alignment baseline's two "common image transformations" views are
+  two different ones); a run with another seed sees other crops, as it would without the cache;
 - beside each, a `.json` listing the clips whose image could not be decoded (missing or broken): they have no
   features, and training skips, counts and lists them exactly as it does without the cache.
 
@@ -51,7 +51,6 @@ from jsa_retrieval.transforms import IMAGENET_MEAN, IMAGENET_STD, image_transfor
 
 log = logging.getLogger(__name__)
 CACHE_VIEWS = 2  # the test transform and its horizontal flip
-ALIGNMENT_CROPS = 4  # random training crops per clip for the alignment baseline's two augmented views
 TRUNK_INPUT_VERSION = 2  # bump whenever decoding or the transforms that make trunk input change
 
 
@@ -139,15 +138,16 @@ class TrunkInputs(Dataset):
 @torch.no_grad()
 def compute_trunk_features(trunk: nn.Module, clips: Sequence[Clip], config: JSARConfig, device: torch.device,
                            outputs: dict[str, Path], crops: int = 0, batch_size: int = 64, num_workers: int = 2,
-                           progress: bool = True) -> dict[int, str]:
+                           progress: bool = True, seed: int = 0) -> dict[int, str]:
     """Run the trunk once over every clip's image and write (N, V, C, h, w) float16 .npy files: "views" (the test
-    transform and its mirror) and/or "crops" (`crops` random training crops), whichever `outputs` names.
+    transform and its mirror) and/or "crops" (`crops` random training crops drawn from `seed` and each clip's id),
+    whichever `outputs` names.
     Rows go to the files as each batch is done, so memory stays at a batch at any N. Returns the clips that could
     not be decoded (position -> reason); their rows stay zero and must never be read as features.
     """
     trunk.eval()
     with_views = "views" in outputs
-    inputs = TrunkInputs(clips, config.data, views=with_views, crops=crops if "crops" in outputs else 0)
+    inputs = TrunkInputs(clips, config.data, views=with_views, crops=crops if "crops" in outputs else 0, seed=seed)
     loader = make_loader(inputs, batch_size, num_workers=num_workers, device=device)
     failures, writers = FailureLog(), {}
     try:
@@ -208,10 +208,10 @@ class RowWriter:
 
 def cached_trunk_features(trunk: nn.Module, clips: Sequence[Clip], config: JSARConfig, device: torch.device,
                           cache_dir: Path | None = None, num_workers: int = 2, progress: bool = True,
-                          write: bool = True, crops: int = 0) -> CachedImageFeatures:
+                          write: bool = True, crops: int = 0, seed: int = 0) -> CachedImageFeatures:
     """The trunk's features of `clips`, memory-mapped from `cache_dir` when a run on the same clips made them,
-    else computed once and stored there atomically. `crops` > 0 adds that many random training crops per clip
-    (the alignment baseline's augmentation). With `write=False` (a rank that is not the first, when the cache
+    else computed once and stored there atomically. `crops` > 0 adds that many random training crops per clip,
+    drawn from `seed` (every method's training views). With `write=False` (a rank that is not the first, when the cache
     is missing) the features are computed into a temporary folder that lives as long as the result.
 
     Clips whose image could not be decoded are logged here and carried in the result's `failures`: the dataset
@@ -220,7 +220,8 @@ def cached_trunk_features(trunk: nn.Module, clips: Sequence[Clip], config: JSARC
     grid = trunk.output_size(config.data.image_size)
     key = cache_key(clips, config, grid, weights_digest(trunk))
     folder = Path(cache_dir or default_cache_dir())
-    kinds = {"views": CACHE_VIEWS, **({f"crops{crops}": crops} if crops else {})}
+    crops_kind = f"crops{crops}-seed{seed}"
+    kinds = {"views": CACHE_VIEWS, **({crops_kind: crops} if crops else {})}
     found = {kind: _read_part(folder / f"{key}-{kind}", len(clips), count, grid) for kind, count in kinds.items()}
     missing = {kind for kind, part in found.items() if part is None}
     keep_alive = None
@@ -229,12 +230,12 @@ def cached_trunk_features(trunk: nn.Module, clips: Sequence[Clip], config: JSARC
         if not write:
             keep_alive = tempfile.TemporaryDirectory(prefix="jsar-trunk-")
             target = Path(keep_alive.name)
-        found.update(_compute_parts(trunk, clips, config, device, target, key, missing, crops, num_workers,
+        found.update(_compute_parts(trunk, clips, config, device, target, key, missing, crops, seed, num_workers,
                                     progress))
     else:
         log.info("image trunk features of %d clips read from %s (%s)", len(clips), folder, key)
     views, failures = found["views"]
-    features = CachedImageFeatures(views, found[f"crops{crops}"][0] if crops else None, failures)
+    features = CachedImageFeatures(views, found[crops_kind][0] if crops else None, failures)
     features.keep_alive = keep_alive
     if failures:
         first = next(iter(failures.values()))
@@ -244,16 +245,18 @@ def cached_trunk_features(trunk: nn.Module, clips: Sequence[Clip], config: JSARC
 
 
 def _compute_parts(trunk: nn.Module, clips: Sequence[Clip], config: JSARConfig, device: torch.device,
-                   folder: Path, key: str, kinds: set[str], crops: int, num_workers: int,
+                   folder: Path, key: str, kinds: set[str], crops: int, seed: int, num_workers: int,
                    progress: bool) -> dict[str, tuple[np.ndarray, dict[int, str]]]:
     """Compute the missing parts under temporary names, then rename each into place (array first, its .json
     last: a part counts as present only when its .json is there)."""
     folder.mkdir(parents=True, exist_ok=True)
-    final = {("views" if kind == "views" else "crops"): folder / f"{key}-{kind}" for kind in kinds}
+    final = {kind: folder / f"{key}-{kind}" for kind in kinds}
+    role = {kind: "views" if kind == "views" else "crops" for kind in kinds}  # what compute_trunk_features writes
     temporary = {kind: path.with_name(f".{path.name}.{os.getpid()}.tmp.npy") for kind, path in final.items()}
     try:
-        failures = compute_trunk_features(trunk, clips, config, device, temporary, crops,
-                                          num_workers=num_workers, progress=progress)
+        failures = compute_trunk_features(trunk, clips, config, device,
+                                          {role[kind]: path for kind, path in temporary.items()}, crops,
+                                          num_workers=num_workers, progress=progress, seed=seed)
         for kind, path in final.items():
             os.replace(temporary[kind], path.with_suffix(".npy"))
             meta = {"clips": len(clips), "version": TRUNK_INPUT_VERSION,
@@ -263,8 +266,7 @@ def _compute_parts(trunk: nn.Module, clips: Sequence[Clip], config: JSARConfig, 
         for path in temporary.values():
             path.unlink(missing_ok=True)
     log.info("image trunk features of %d clips cached in %s (%s)", len(clips), folder, key)
-    return {path.name.rsplit("-", 1)[1]: (np.load(path.with_suffix(".npy"), mmap_mode="r"), failures)
-            for path in final.values()}
+    return {kind: (np.load(path.with_suffix(".npy"), mmap_mode="r"), failures) for kind, path in final.items()}
 
 
 def load_part(stem: Path) -> tuple[dict, np.ndarray] | None:
