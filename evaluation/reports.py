@@ -24,6 +24,8 @@ from jsa_retrieval import pictures
 
 from .localization import COLUMNS
 
+CONFIGURATION_HEADING = "## Configuration"  # report.md's last section, the run's configuration as JSON
+
 ARROWS = {"audio_to_image": "A→I", "image_to_audio": "I→A"}
 LOCALIZATION_METRICS = (  # (key in ColumnScores, table heading)
     ("ap50", "cIoU (AP50)"), ("auc", "AUC"), ("mean_ciou", "mean cIoU"), ("pointing_game", "pointing game"),
@@ -293,13 +295,19 @@ def write_report(report: Any, out_dir: str | Path, title: str, draw_figures: boo
         lines += ["## Runs side by side", "", markdown_table(table)]
     config = values.get("config")
     if config:
-        lines += ["", "## Configuration", "", "```json", json.dumps(config, indent=2, sort_keys=True, default=str),
+        lines += ["", CONFIGURATION_HEADING, "", "```json", json.dumps(config, indent=2, sort_keys=True, default=str),
                   "```"]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     table.to_csv(out_dir / "report.csv", index=False)
     (out_dir / "report.json").write_text(json.dumps({"meta": meta, **values}, indent=2, default=_json_default,
                                                     allow_nan=False), encoding="utf-8")
     return out_dir
+
+
+def report_tables(out_dir: str | Path) -> str:
+    """The tables of the report `write_report` wrote in `out_dir`: its report.md without the configuration block,
+    as `jsar eval` prints them."""
+    return (Path(out_dir) / "report.md").read_text().split(CONFIGURATION_HEADING)[0].rstrip()
 
 
 def _json_default(value: Any) -> Any:

@@ -93,6 +93,22 @@ class MilvusTarget:
         return MilvusTarget(uri, self.prefix, index_type, self.token)
 
 
+class MilvusOptionsError(JsarError, ValueError):
+    """`jsar index`'s Milvus options do not go together (the CLI shows it as a usage error)."""
+
+
+def index_target(backend: str, push: bool, uri: str | None, prefix: str = "jsar",
+                 index_type: str | None = None) -> MilvusTarget | None:
+    """Where `jsar index` puts vectors besides OUT's store: None for FAISS files only, else the Milvus target of
+    `--backend milvus` (embed, then upsert) or `--push milvus` (upsert OUT's existing store). Milvus needs a
+    URI, and a URI needs one of the two."""
+    if (push or backend == "milvus") and not uri:
+        raise MilvusOptionsError("Milvus needs --milvus-uri (a .db file for Milvus Lite, or http://host:19530)")
+    if not push and uri and backend != "milvus":
+        raise MilvusOptionsError("--milvus-uri goes with --backend milvus or --push milvus")
+    return MilvusTarget(uri, prefix, index_type) if uri else None
+
+
 def is_lite_uri(uri: str) -> bool:
     """A local `.db` file: pymilvus runs Milvus Lite on it (its own rule)."""
     return str(uri).endswith(".db")

@@ -173,3 +173,22 @@ def test_quiet_index_shows_no_progress_bar(tmp_path):
         outputs[name] = result.output
     assert "embedding" in outputs["plain"] and "4 clips in" in outputs["plain"]
     assert "embedding" not in outputs["quiet"] and "4 clips in" in outputs["quiet"]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--backend", "milvus"], "Milvus needs --milvus-uri"),
+    (["--push", "milvus"], "Milvus needs --milvus-uri"),
+    (["--milvus-uri", "x.db"], "--milvus-uri goes with --backend milvus or --push milvus"),
+])
+def test_index_refuses_milvus_options_that_do_not_go_together(tmp_path, flags, message):
+    result = CliRunner().invoke(cli, ["index", "--out", str(tmp_path / "out"), *flags])
+    assert result.exit_code == 2 and message in result.output and not (tmp_path / "out").exists()
+
+
+def test_eval_retrieval_prints_the_report_tables_without_the_configuration(tiny_index, tmp_path):
+    index_dir, _ = tiny_index
+    result = CliRunner().invoke(cli, ["eval", "retrieval", str(index_dir), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert "Recall@K" in result.output and "## Configuration" not in result.output
+    assert "## Configuration" in (tmp_path / "report" / "report.md").read_text()
+    assert result.output.endswith(f"\n\nreport files in {tmp_path / 'report'}\n")

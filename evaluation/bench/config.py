@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_VECTORS, QUICK_VECTORS = 1_000_000, 100_000
 DEFAULT_DIM = 512
@@ -84,3 +85,17 @@ class BenchConfig:
     def clip_count(self, default: int, quick: int) -> int:
         """`clips`, else the default of the benchmark that asks (its quick size with `quick`)."""
         return self.clips or (quick if self.quick else default)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> "BenchConfig":
+        """A run from flat settings, as `jsar bench`'s options give them: FaissSettings' and ServeSettings' fields
+        go into the `faiss` and `serve` sections (an empty `sweep_values`: the default sweep), the rest are the
+        run's own; an unknown name is a TypeError."""
+        faiss_names = {f.name for f in dataclasses.fields(FaissSettings)}
+        serve_names = {f.name for f in dataclasses.fields(ServeSettings)}
+        faiss = {key: value for key, value in options.items() if key in faiss_names}
+        serve = {key: value for key, value in options.items() if key in serve_names}
+        own = {key: value for key, value in options.items() if key not in faiss_names | serve_names}
+        if "sweep_values" in faiss:
+            faiss["sweep_values"] = faiss["sweep_values"] or None
+        return cls(**own, faiss=FaissSettings(**faiss), serve=ServeSettings(**serve))

@@ -66,18 +66,6 @@ BENCH_FAISS = option_group(
                       "audio windows through --checkpoint) beside the noisy copies."),
     click.option("--augmented-vectors", type=click.IntRange(min=1),
                  help="Rows of the augmented store [as many as --vectors]."))
-FAISS_FIELDS = ("vectors", "dim", "factory", "compare", "vectors_from", "sigma", "latency_queries", "batch_queries",
-                "recall_queries", "sweep_values", "augmented_from", "augmented_vectors")
-
-
-def _bench_config(options: dict) -> "object":
-    """The BenchConfig of a `jsar bench` command's options (FAISS ones into its `faiss` section)."""
-    from evaluation.bench import BenchConfig, FaissSettings
-
-    faiss = {key: options.pop(key) for key in FAISS_FIELDS if key in options}
-    if "sweep_values" in faiss:
-        faiss["sweep_values"] = faiss["sweep_values"] or None
-    return BenchConfig(**options, faiss=FaissSettings(**faiss))
 
 
 @bench.command("indexing", help="`jsar index` clips/s against the bare model (both encoders on random tensors, same "
@@ -85,9 +73,9 @@ def _bench_config(options: dict) -> "object":
 @BENCH_INPUTS
 @BENCH_INDEXING
 def bench_indexing(**options) -> None:
-    from evaluation.bench import run_benchmarks
+    from evaluation.bench import BenchConfig, run_benchmarks
 
-    click.echo(run_benchmarks(_bench_config(options), faiss_scale=False).table())
+    click.echo(run_benchmarks(BenchConfig.from_options(options), faiss_scale=False).table())
 
 
 @bench.command("faiss", help="FAISS at 1,000,000 x 512 (single-query latency, batch throughput, build time, peak "
@@ -98,9 +86,9 @@ def bench_indexing(**options) -> None:
 @BENCH_INDEXING
 @BENCH_FAISS
 def bench_faiss(**options) -> None:
-    from evaluation.bench import run_benchmarks
+    from evaluation.bench import BenchConfig, run_benchmarks
 
-    click.echo(run_benchmarks(_bench_config(options), indexing=False).table())
+    click.echo(run_benchmarks(BenchConfig.from_options(options), indexing=False).table())
 
 
 @bench.command("all", help="indexing and faiss side by side in one run, so every ratio compares numbers taken under "
@@ -110,9 +98,9 @@ def bench_faiss(**options) -> None:
 @BENCH_INDEXING
 @BENCH_FAISS
 def bench_all(**options) -> None:
-    from evaluation.bench import run_benchmarks
+    from evaluation.bench import BenchConfig, run_benchmarks
 
-    click.echo(run_benchmarks(_bench_config(options)).table())
+    click.echo(run_benchmarks(BenchConfig.from_options(options)).table())
 
 
 @bench.command("serve", help="`jsar serve` under concurrent clients against a new `jsar query` process per search: "
@@ -120,9 +108,8 @@ def bench_all(**options) -> None:
 @BENCH_INPUTS
 @click.option("--requests", type=click.IntRange(min=1), help="Audio searches under load [2000].")
 @click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True, help="Concurrent clients.")
-def bench_serve(requests: int | None, concurrency: int, **options) -> None:
-    from evaluation.bench import BenchConfig, ServeSettings
+def bench_serve(**options) -> None:
+    from evaluation.bench import BenchConfig
     from evaluation.bench.serve import run_serve_bench
 
-    config = BenchConfig(**options, serve=ServeSettings(requests=requests, concurrency=concurrency))
-    click.echo(run_serve_bench(config).table())
+    click.echo(run_serve_bench(BenchConfig.from_options(options)).table())

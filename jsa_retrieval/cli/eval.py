@@ -26,8 +26,9 @@ OGL = click.option("--ogl", type=click.Choice(["resnet18", "efficientnet-lite0"]
 
 def _echo_report(out_dir: Path) -> None:
     """Print a written report's tables (not its configuration block) and where the files are."""
-    text = (out_dir / "report.md").read_text().split("## Configuration")[0].rstrip()
-    click.echo(text + f"\n\nreport files in {out_dir}")
+    from evaluation.reports import report_tables
+
+    click.echo(report_tables(out_dir) + f"\n\nreport files in {out_dir}")
 
 
 @eval_group.command("localization", help="Localization scores of a checkpoint on an annotated dataset (plain, +IQR, +OGL)."

@@ -41,18 +41,15 @@ def index(data_dir: Path | None, checkpoint: Path | None, out_dir: Path, split: 
           annotations: Path | None, batch_size: int, workers: int, factory: str | None,
           memory_budget_gb: float | None, device: str | None, draft: bool, backend: str, push: str | None,
           milvus_uri: str | None, milvus_prefix: str, milvus_index: str | None) -> None:
-    if (push or backend == "milvus") and not milvus_uri:
-        raise click.UsageError("Milvus needs --milvus-uri (a .db file for Milvus Lite, or http://host:19530)")
-    if not push and milvus_uri and backend != "milvus":
-        raise click.UsageError("--milvus-uri goes with --backend milvus or --push milvus")
-    from indexing.milvus_backend import MilvusTarget
+    from indexing.milvus_backend import MilvusOptionsError, index_target, push_store
 
-    target = MilvusTarget(milvus_uri, milvus_prefix, milvus_index) if milvus_uri else None
+    try:
+        target = index_target(backend, bool(push), milvus_uri, milvus_prefix, milvus_index)
+    except MilvusOptionsError as error:
+        raise click.UsageError(str(error)) from None
     if push:
         if data_dir is not None or checkpoint is not None:
             raise click.UsageError("--push loads OUT's existing store: give no DATA_DIR and no --checkpoint")
-        from indexing.milvus_backend import push_store
-
         info = push_store(out_dir, target, progress=not is_quiet())
         _echo_milvus_push(info, out_dir)
         return
