@@ -2,7 +2,7 @@
 docs/realsound_maps.png): each model runs once over the chosen clips through the collect stage, and the maps
 are drawn by `jsa_retrieval.pictures.localization_grid`, ground truth outlined.
 
-    python -m evaluation.figures data/realsound docs/realsound_maps.png \\
+    jsar eval figures data/realsound docs/realsound_maps.png \\
         --model "JSA (paper)=runs/jsa/best.pt" --model "EZ-VSL=runs/ezvsl/best.pt" --field silent_object_in_view
 """
 from __future__ import annotations
@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import click
 import numpy as np
 
 from jsa_retrieval.checkpoints import load_model
-from jsa_retrieval.clips import Clip, read_dataset
+from jsa_retrieval.clips import Clip
 from jsa_retrieval.collect import collect_outputs
 from jsa_retrieval.decode import load_image
 from jsa_retrieval.inference import pick_device
@@ -57,26 +56,3 @@ def compare_maps_figure(models: dict[str, str | Path], clips: Sequence[Clip], ou
                                     {label: maps[row] for label, maps in columns.items()})
                 for row, clip in enumerate(clips)]
     return localization_grid(examples, out_path)
-
-
-@click.command(help="Several checkpoints' maps side by side on the same clips, as one PNG.")
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("out_path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--model", "models", multiple=True, required=True, help="LABEL=CHECKPOINT, in column order.")
-@click.option("--split", default="test", show_default=True)
-@click.option("--clips", "count", default=6, show_default=True)
-@click.option("--field", help="Only clips whose annotation FIELD reads --value (e.g. silent_object_in_view).")
-@click.option("--value", default="true", show_default=True)
-def main(data_dir: Path, out_path: Path, models: tuple[str, ...], split: str, count: int, field: str | None,
-         value: str) -> None:
-    pairs = dict(model.split("=", 1) for model in models if "=" in model)
-    if len(pairs) != len(models):
-        raise click.BadParameter("each --model is LABEL=CHECKPOINT", param_hint="--model")
-    clips = pick_clips(read_dataset(data_dir, split).clips, count, field, value)
-    if not clips:
-        raise click.BadParameter(f"no clip of {split} with ground truth matches", param_hint="--field")
-    click.echo(compare_maps_figure(pairs, clips, out_path))
-
-
-if __name__ == "__main__":
-    main()

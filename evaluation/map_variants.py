@@ -4,7 +4,7 @@
 This is how the `real` preset's map was chosen on realsound *val* (docs/realsound.md); test is scored once, by
 `jsar eval reproduce`.
 
-    python -m evaluation.map_variants runs/real/best.pt data/realsound --split val
+    jsar eval map-variants runs/real/best.pt data/realsound --split val
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import click
 import numpy as np
 import torch
 
@@ -84,25 +83,20 @@ def score_variants(checkpoint: str | Path, clips: Sequence[Clip], device: str | 
             "n": len(kept), "n_by_scene": {value: int((scenes == value).sum()) for value in sorted(set(scenes.tolist()))}}
 
 
-@click.command(help="AP50 (fixed 0.6) of a checkpoint's map variants on a split, overall and by scene kind.")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--split", default="val", show_default=True)
-@click.option("--device", default=None)
-def main(checkpoint: Path, data_dir: Path, split: str, device: str | None) -> None:
-    clips = [clip for clip in read_dataset(data_dir, split).clips if clip.boxes is not None and len(clip.boxes)]
-    if not clips:
-        raise click.BadParameter(f"no clip of {split} has boxes", param_hint="DATA_DIR")
-    report = score_variants(checkpoint, clips, device)
+def boxed_clips(data_dir: str | Path, split: str) -> list[Clip]:
+    """The clips of `split` with ground-truth boxes: the ones a variant's AP50 can score."""
+    return [clip for clip in read_dataset(Path(data_dir), split).clips if clip.boxes is not None and len(clip.boxes)]
+
+
+def variants_table(report: dict, checkpoint: str | Path, split: str) -> str:
+    """`score_variants`' report as the plain-text table `jsar eval map-variants` prints: AP50 % per variant,
+    overall and by scene kind, then the presence AUROC."""
     scenes = list(report["n_by_scene"])
-    click.echo(f"{checkpoint} on {split}: {report['n']} clips ({report['n_by_scene']}); AP50 % at 0.6")
-    click.echo(f"{'variant':<24} {'all':>6} " + " ".join(f"{SCENE_FIELD}={scene:>6}" for scene in scenes))
-    for name, values in report["variants"].items():
-        click.echo(f"{name:<24} {100 * values['all']:6.1f} "
-                   + " ".join(f"{100 * values[scene]:{len(SCENE_FIELD) + 7}.1f}" for scene in scenes))
+    lines = [f"{checkpoint} on {split}: {report['n']} clips ({report['n_by_scene']}); AP50 % at 0.6",
+             f"{'variant':<24} {'all':>6} " + " ".join(f"{SCENE_FIELD}={scene:>6}" for scene in scenes)]
+    lines += [f"{name:<24} {100 * values['all']:6.1f} "
+              + " ".join(f"{100 * values[scene]:{len(SCENE_FIELD) + 7}.1f}" for scene in scenes)
+              for name, values in report["variants"].items()]
     if report["presence_auroc"] is not None:
-        click.echo(f"presence AUROC {report['presence_auroc']:.3f}")
-
-
-if __name__ == "__main__":
-    main()
+        lines.append(f"presence AUROC {report['presence_auroc']:.3f}")
+    return "\n".join(lines)

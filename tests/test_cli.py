@@ -192,3 +192,39 @@ def test_eval_retrieval_prints_the_report_tables_without_the_configuration(tiny_
     assert "Recall@K" in result.output and "## Configuration" not in result.output
     assert "## Configuration" in (tmp_path / "report" / "report.md").read_text()
     assert result.output.endswith(f"\n\nreport files in {tmp_path / 'report'}\n")
+
+
+def test_eval_map_variants_prints_ap50_of_each_variant(tiny_index):
+    index_dir, data = tiny_index
+    checkpoint = index_dir.parent / "model.pt"
+    result = CliRunner().invoke(cli, ["eval", "map-variants", str(checkpoint), str(data), "--split", "test",
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"{checkpoint} on test: 3 clips ({{'missing': 3}}); AP50 % at 0.6"
+    assert [line.split()[:2] for line in lines[2:6]] == [["cross", "x1.0"], ["cross", "x0.1"], ["IQR", "alpha"],
+                                                         ["IQR", "alpha"]]
+
+
+def test_eval_map_variants_refuses_a_split_without_boxes(tiny_index, tmp_path):
+    import shutil
+
+    index_dir, data = tiny_index
+    unboxed = tmp_path / "data"
+    shutil.copytree(data, unboxed)
+    (unboxed / "vggss.json").unlink()  # the boxes
+    result = CliRunner().invoke(cli, ["eval", "map-variants", str(index_dir.parent / "model.pt"), str(unboxed)])
+    assert result.exit_code == 2 and "no clip of val has boxes" in result.output
+
+
+def test_eval_figures_writes_one_png_with_a_column_per_model(tiny_index, tmp_path):
+    from PIL import Image
+
+    index_dir, data = tiny_index
+    checkpoint, out = index_dir.parent / "model.pt", tmp_path / "maps.png"
+    result = CliRunner().invoke(cli, ["eval", "figures", str(data), str(out), "--model", f"A={checkpoint}",
+                                      "--model", f"B={checkpoint}", "--clips", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"{out}\n" and Image.open(out).size[0] > Image.open(out).size[1]
+    refused = CliRunner().invoke(cli, ["eval", "figures", str(data), str(out), "--model", str(checkpoint)])
+    assert refused.exit_code == 2 and "each --model is LABEL=CHECKPOINT" in refused.output

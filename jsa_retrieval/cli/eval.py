@@ -139,6 +139,51 @@ def eval_recordings(index_dir: Path, source: Path, mapping_csv: Path | None, k: 
     click.echo(report.to_markdown() + f"\nreport files in {out_dir}")
 
 
+@eval_group.command("map-variants", help="AP50 (fixed 0.6) of a checkpoint's map variants on a split, overall and "
+                    "by scene kind: how the settings that only change inference (the map, the fusion exponent, the "
+                    "slot-logit scale, IQR's alpha) move it, all from one encoding pass; how the `real` preset's map "
+                    "was chosen on realsound val." + EXAMPLE
+                    + "jsar eval map-variants runs/real/best.pt data/realsound --split val")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", default="val", show_default=True)
+@device_option()
+def eval_map_variants(checkpoint: Path, data_dir: Path, split: str, device: str | None) -> None:
+    from evaluation.map_variants import boxed_clips, score_variants, variants_table
+
+    clips = boxed_clips(data_dir, split)
+    if not clips:
+        raise click.BadParameter(f"no clip of {split} has boxes", param_hint="DATA_DIR")
+    click.echo(variants_table(score_variants(checkpoint, clips, device), checkpoint, split))
+
+
+@eval_group.command("figures", help="Several checkpoints' maps side by side on the same clips, as one PNG (the "
+                    "README's docs/realsound_maps.png); each model runs once over the clips through the collect "
+                    "stage, ground truth outlined." + EXAMPLE
+                    + "jsar eval figures data/realsound docs/realsound_maps.png --model \"JSA=runs/jsa/best.pt\" "
+                      "--model \"EZ-VSL=runs/ezvsl/best.pt\" --field silent_object_in_view")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", "models", multiple=True, required=True, help="LABEL=CHECKPOINT, in column order.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--clips", "count", default=6, show_default=True)
+@click.option("--field", help="Only clips whose annotation FIELD reads --value (e.g. silent_object_in_view).")
+@click.option("--value", default="true", show_default=True)
+def eval_figures(data_dir: Path, out_path: Path, models: tuple[str, ...], split: str, count: int, field: str | None,
+                 value: str) -> None:
+    from evaluation.figures import compare_maps_figure, pick_clips
+
+    from ..clips import read_dataset
+
+    pairs = dict(model.split("=", 1) for model in models if "=" in model)
+    if len(pairs) != len(models):
+        raise click.BadParameter("each --model is LABEL=CHECKPOINT", param_hint="--model")
+    clips = pick_clips(read_dataset(data_dir, split).clips, count, field, value)
+    if not clips:
+        raise click.BadParameter(f"no clip of {split} with ground truth matches", param_hint="--field")
+    click.echo(compare_maps_figure(pairs, clips, out_path))
+
+
 @eval_group.command("reproduce", help="Train JSA, the baselines and the ablations (paper Tables 5, 6) under one "
                     "budget on DATA_DIR and write the paper-format table of their test scores to OUT/experiment.md "
                     "(.csv, .json); with --seeds, one experiment per seed and mean ± std in OUT/experiment_seeds.md."
