@@ -344,3 +344,26 @@ def config_with_overrides(name: str, overrides: dict[str, Any] | None = None,
         use_yamnet_audio(config)  # its frontend's sample rate and FFT come with it
     apply_settings(config, [(TRAIN_OVERRIDES[key], value) for key, value in given.items()])
     return apply_settings(config, [(ablation_fields[key], False) for key in ablations])
+
+
+RESUMABLE_FIELDS = ("train.epochs", "train.patience", "train.num_workers")
+"""Fields a resumed run may change without --override: when to stop, and how many loader processes."""
+
+
+def first_difference(saved: dict[str, Any], current: dict[str, Any], ignore: Sequence[str] = RESUMABLE_FIELDS,
+                     prefix: str = "") -> tuple[str, Any, Any] | None:
+    """The first dotted field (in the config's own order) whose value differs between two `to_dict()` configs, as
+    (field, saved value, current value), skipping `ignore`; None when they agree. A field only one side has
+    counts as different (its missing value is None)."""
+    for key in list(saved) + [key for key in current if key not in saved]:
+        name = f"{prefix}{key}"
+        if name in ignore:
+            continue
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found = first_difference(old, new, ignore, f"{name}.")
+            if found is not None:
+                return found
+        elif old != new:
+            return name, old, new
+    return None

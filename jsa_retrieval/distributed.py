@@ -43,6 +43,21 @@ def gather_with_grad(tensor: Tensor) -> Tensor:
     return torch.cat(shards, dim=0)
 
 
+def all_reduce_sum_(tensor: Tensor) -> Tensor:
+    """Sum `tensor` over the ranks in place, wherever it lives: NCCL reduces CUDA tensors only, so under NCCL a
+    CPU tensor (the alignment baseline's embedding banks) goes to this rank's GPU and back; gloo reduces it where
+    it is. The identity in a single process. Returns `tensor`."""
+    if world_size() == 1:
+        return tensor
+    if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+        on_device = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_device)
+        tensor.copy_(on_device.cpu())
+    else:
+        dist.all_reduce(tensor)
+    return tensor
+
+
 def setup_distributed(device: str | torch.device | None = None) -> torch.device:
     """Join the process group `torchrun` describes (env WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)
     and return this process's device: NCCL on CUDA, gloo otherwise.

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from jsa_retrieval.config import ABLATIONS, MODEL_NAMES, Ablation, JSARConfig
-from jsa_retrieval.distributed import is_distributed
+from jsa_retrieval.distributed import all_reduce_sum_
 
 from .objectives import alignment_objective, ezvsl_objective, jsa_objective
 
@@ -50,6 +50,14 @@ class Recipe(ABC):
 
     def end_epoch(self) -> None:
         """After the epoch's last step, on every rank."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the recipe keeps between epochs, saved in every checkpoint so a resumed run continues it (tensors
+        and plain containers only: checkpoints load with weights_only)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()`'s output when resuming."""
 
 
 class JSARecipe(Recipe):
@@ -102,9 +110,16 @@ class AlignmentRecipe(Recipe):
         self.banks["audio"][batch["index"]] = output.audio_projection.detach().float().cpu()
 
     def end_epoch(self) -> None:
-        if is_distributed():  # each rank filled its own items; the others are zero
-            for bank in self.banks.values():
-                torch.distributed.all_reduce(bank)
+        for bank in self.banks.values():  # each rank filled its own items; the others are zero
+            all_reduce_sum_(bank)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The last epoch's embedding banks: the next epoch's conceptual partners are drawn from them."""
+        return {} if self.banks is None else {"banks": {name: bank.clone() for name, bank in self.banks.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "banks" in state:
+            self.banks = {name: bank.clone() for name, bank in state["banks"].items()}
 
 
 RECIPES: dict[str, type[Recipe]] = {recipe.name: recipe for recipe in (JSARecipe, EZVSLRecipe, AlignmentRecipe)}

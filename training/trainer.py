@@ -26,9 +26,10 @@ from tqdm import tqdm
 from jsa_retrieval import __version__
 from jsa_retrieval.checkpoints import checkpoint_state, load_training_state, save_checkpoint
 from jsa_retrieval.clips import Clip, read_dataset
-from jsa_retrieval.config import JSARConfig
+from jsa_retrieval.config import JSARConfig, first_difference
 from jsa_retrieval.dataset import CachedAudioFeatures, CachedImageFeatures, ClipDataset, FailureLog, make_loader
-from jsa_retrieval.distributed import cleanup_distributed, is_distributed, rank, setup_distributed, world_size
+from jsa_retrieval.distributed import (all_reduce_sum_, cleanup_distributed, is_distributed, rank, setup_distributed,
+                                       world_size)
 from jsa_retrieval.models import create_model
 
 from .audio_trunk_cache import cached_audio_features
@@ -126,9 +127,15 @@ def clip_groups(model: nn.Module) -> list[list[nn.Parameter]]:
 def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: Path = Path("runs/jsa"),
           resume: bool = False, epochs: int | None = None, max_minutes: float | None = None,
           device: str | None = None, progress: bool = True, feature_cache: Path | None = None,
-          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[dict], None] | None = None, override: bool = False) -> TrainResult:
     """Train `model_name` (by its recipe, training.recipes) on the clips of `data_dir`; write last.pt every
     epoch and best.pt on the best validation score. Returns the run's paths and per-epoch history.
+
+    `resume` continues from out_dir/last.pt: model, optimiser, scheduler, the recipe's state (the alignment
+    baseline's banks) and the early-stop count, so the run ends as an uninterrupted one would. A last.pt trained
+    under another configuration is refused (ValueError naming the first field that differs; the epoch count,
+    patience and worker count may change) unless `override`. With config.train.patience > 0 training stops after
+    that many epochs without a better val score.
     `on_epoch(record)` runs on the main rank right after each epoch's last.pt is saved (the experiment keeps its
     time ledger with it).
 
@@ -153,16 +160,17 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
         train_audio = _frozen_audio_features(model, train_clips, config, device_, feature_cache, progress and is_main)
     stepper = _Stepper.for_model(model, config, device_)
     history: list[dict] = []
-    start_epoch, best_score = 0, -math.inf
+    start_epoch, best_score, since_best = 0, -math.inf, 0
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if resume and last_path.is_file():
         state = load_training_state(last_path)
-        if state["model_name"] != model_name:
-            raise ValueError(f"{last_path} was trained as {state['model_name']!r}, not {model_name!r}")
+        check_resumable(state, last_path, model_name, config, override)
         model.load_state_dict(state["model"])
         stepper.load(state)
+        recipe.load_state_dict(state.get("recipe", {}))
         history = state["meta"]["history"]
         start_epoch, best_score = state["epoch"] + 1, state["meta"]["best_score"]
+        since_best = state["meta"].get("since_best", 0)
         if is_main:
             logger.info("resuming %s at epoch %d", last_path, start_epoch + 1)
     # find_unused_parameters: with few tokens the mask ratio can round to zero masked tokens, leaving the
@@ -190,13 +198,15 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
             record.update({f"val_{k}": v for k, v in scores.items()})
             score = selection_score(scores)
             improved, best_score = score > best_score, max(best_score, score)
+            since_best = 0 if improved else since_best + 1
             state = checkpoint_state(
                 model, config, epoch,
-                meta={"history": history, "best_score": best_score, "version": __version__,
+                meta={"history": history, "best_score": best_score, "since_best": since_best,
+                      "version": __version__,
                       "presence_cut": scores.get("presence_cut"),
                       "data_dir": str(data_dir), "train_clips": len(train_clips), "val_clips": len(val_clips),
                       "world_size": world_size()},
-                **stepper.state())
+                recipe=recipe.state_dict(), **stepper.state())
             save_checkpoint(last_path, state)
             if improved:
                 save_checkpoint(best_path, state)
@@ -205,6 +215,10 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
                 on_epoch(record)
         if is_distributed():
             torch.distributed.barrier()
+        if _out_of_patience(is_main and 0 < config.train.patience <= since_best):
+            if is_main:
+                logger.info("stopping after epoch %d: no better val score for %d epochs", epoch + 1, since_best)
+            break
         if max_minutes is not None and (time.monotonic() - started) / 60 > max_minutes:
             if is_main:
                 logger.info("stopping after epoch %d: time budget of %g min reached", epoch + 1, max_minutes)
@@ -213,6 +227,24 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
         logger.warning(failures.summary())
     cleanup_distributed()
     return TrainResult(out_dir, best_path, last_path, history, len(failures))
+
+
+def check_resumable(state: dict, path: Path, model_name: str, config: JSARConfig, override: bool = False) -> None:
+    """Refuse to resume `path` (a last.pt) as another method, or under another configuration unless `override`:
+    a ValueError whose one line names the first field that differs."""
+    if state["model_name"] != model_name:
+        raise ValueError(f"{path} was trained as {state['model_name']!r}, not {model_name!r}")
+    difference = None if override else first_difference(state["config"], config.to_dict())
+    if difference is not None:
+        name, saved, current = difference
+        raise ValueError(f"{path} was trained with {name} = {saved!r}, this run has {current!r}: resume with the "
+                         "same settings, or pass --override to continue under the new ones")
+
+
+def _out_of_patience(stop_here: bool) -> bool:
+    """Whether every rank stops now: the main rank, which validates, decides."""
+    vote = torch.tensor([1.0 if stop_here else 0.0])
+    return bool(all_reduce_sum_(vote).item() > 0)
 
 
 def _seed_everything(seed: int) -> int:
