@@ -12,6 +12,16 @@ from PIL import Image
 torch.set_num_threads(2)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip, saying why, where torch sees no CUDA device (CI prints the reason with -rs)."""
+    if torch.cuda.is_available():
+        return
+    no_cuda = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(no_cuda)
+
+
 def write_image(path: Path, size: int = 64, mode: str = "RGB", seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)

@@ -110,6 +110,7 @@ def test_jsar_eval_reproduce_rejects_an_unknown_run_in_one_line(tiny_data, tmp_p
     assert done.returncode != 0 and "unknown or no runs" in done.stderr and done.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_seeds_table_gives_mean_and_sample_std_in_percent(tiny_data, tmp_path):
     reports = [run_experiment(tiny_data, tmp_path / f"s{seed}", tiny_config(), epochs=1, seed=seed, runs=("ezvsl",),
                               progress=False) for seed in (0, 1)]

@@ -8,7 +8,10 @@ import shutil
 import pytest
 
 pytest.importorskip("fastapi", reason="the service needs the [serve] extra")
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+try:
+    from playwright import sync_api
+except ImportError:
+    sync_api = None
 
 from indexing.service.app import ServeConfig, create_app  # noqa: E402
 from helpers import TOKEN, live_server  # noqa: E402
@@ -16,9 +19,17 @@ from helpers import TOKEN, live_server  # noqa: E402
 CHROMIUM = next((path for path in (os.environ.get("JSAR_CHROMIUM"), shutil.which("chromium"),
                                    shutil.which("chromium-browser"), "/usr/bin/chromium") if path and os.path.isfile(path)),
                 None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary (Debian: apt-get install -y chromium; "
-                                "or set JSAR_CHROMIUM)")
+MISSING = ("playwright is not installed (pip install playwright)" if sync_api is None else
+           "no Chromium binary (Debian: apt-get install -y chromium; or set JSAR_CHROMIUM)" if CHROMIUM is None else None)
+REQUIRED = os.environ.get("JSAR_REQUIRE_BROWSER") == "1"  # CI sets it: a missing browser fails instead of skipping
+pytestmark = pytest.mark.skipif(MISSING is not None and not REQUIRED, reason=MISSING or "")
 K = 6
+
+
+@pytest.fixture(scope="module", autouse=True)
+def browser_is_there():
+    if MISSING is not None:
+        pytest.fail(f"JSAR_REQUIRE_BROWSER=1 and {MISSING}", pytrace=False)
 
 
 @pytest.fixture(scope="module")
