@@ -1,22 +1,25 @@
 """`jsar index` / `jsar query` / `jsar localize` on a tiny synthetic set with a small random model."""
 import json
 
+import av
 import h5py
 import numpy as np
 import pytest
+import soundfile
 from click.testing import CliRunner
 from PIL import Image
 
 from indexing.embed import index_dataset
 from indexing.engine import Engine
 from indexing.store import EmbeddingStore, FingerprintMismatch, StoreWriter
+from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.cli import cli
 from jsa_retrieval.dataset import load_image_tensor, load_spectrogram
 from jsa_retrieval.localize_files import localize_pair
 from jsa_retrieval.maps import localize
-from jsa_retrieval.pictures import spectrogram_picture
+from jsa_retrieval.pictures import overlay_picture, spectrogram_picture
 from jsa_retrieval.synth import SynthConfig, generate
-from helpers import tiny_checkpoint
+from helpers import brute_force_top_k, tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -159,13 +162,57 @@ def test_hit_map_equals_localize_on_the_same_pair(setup):
     np.testing.assert_allclose(on_demand, direct, atol=1e-5)
 
 
-def test_image_query_returns_sounds_with_thumbnails(setup):
+def test_image_query_returns_the_exact_top_sounds_with_thumbnails(setup):
     root, data, _, _ = setup
     engine = Engine.open(root / "index")
     result = engine.search_image(data / "frames" / "synth_000004.jpg", k=3)
     engine.write_outputs(result, root / "sounds")
-    assert len(result.hits) == 3
+    query = engine.embed_image(data / "frames" / "synth_000004.jpg").vector.numpy()
+    with EmbeddingStore.open(root / "index") as store:
+        ids, sounds = store.ids(), store.read_rows("audio_vectors", np.arange(len(store)))
+    scores, rows = brute_force_top_k(sounds, query, 3)
+    assert [hit.id for hit in result.hits] == [ids[row] for row in rows[0]]
+    np.testing.assert_allclose([hit.score for hit in result.hits], scores[0], atol=1e-5)
     assert all(Image.open(hit.picture).height == 160 + 32 for hit in result.hits)
+
+
+def write_video(path, wav_path, frames: int = 5, size: int = 32):
+    """A .mkv whose sound track is `wav_path`'s samples (lossless PCM) under a few grey mpeg4 frames."""
+    samples, rate = soundfile.read(wav_path, dtype="int16")
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mpeg4", rate=5)
+        video.width = video.height = size
+        video.pix_fmt = "yuv420p"
+        audio = container.add_stream("pcm_s16le", rate=rate)
+        audio.layout = "mono"
+        for k in range(frames):
+            for packet in video.encode(av.VideoFrame.from_ndarray(np.full((size, size, 3), 40 * k, np.uint8),
+                                                                  format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = rate
+        for packet in [*audio.encode(frame), *audio.encode()]:
+            container.mux(packet)
+    return path
+
+
+def test_cli_query_by_video_searches_with_its_sound_track(setup, tmp_path):
+    root, data, _, _ = setup
+    wav = data / "audio" / "synth_000002.wav"
+    video = write_video(tmp_path / "clip.mkv", wav)
+    runner = CliRunner()
+    answers = {flag: runner.invoke(cli, ["query", "--index", str(root / "index"), flag, str(path), "-k", "4",
+                                         "--json"]) for flag, path in (("--video", video), ("--audio", wav))}
+    assert all(answer.exit_code == 0 for answer in answers.values()), answers["--video"].output
+    by_video, by_audio = (json.loads(answers[flag].output) for flag in ("--video", "--audio"))
+    assert by_video["kind"] == "video" and by_audio["kind"] == "audio"
+    assert [hit["id"] for hit in by_video["hits"]] == [hit["id"] for hit in by_audio["hits"]]
+    np.testing.assert_allclose([hit["score"] for hit in by_video["hits"]],
+                               [hit["score"] for hit in by_audio["hits"]], atol=1e-4)
+    with pytest.raises(ValueError, match="not a video file"):
+        Engine.open(root / "index").search_video(wav, k=4)
 
 
 def test_another_models_checkpoint_is_refused(setup):
@@ -175,11 +222,19 @@ def test_another_models_checkpoint_is_refused(setup):
         Engine.open(root / "index", checkpoint=other)
 
 
-def test_localize_pair_writes_an_overlay_of_the_image_size(setup, tmp_path):
+def test_localize_pair_draws_the_refined_map_of_localize_over_the_image(setup, tmp_path):
     _, data, checkpoint, _ = setup
-    out = localize_pair(data / "frames" / "synth_000001.jpg", data / "audio" / "synth_000001.wav", checkpoint,
-                        tmp_path / "o.png", iqr=True)
-    assert Image.open(out).size == (64, 64)
+    image_path, audio_path = data / "frames" / "synth_000001.jpg", data / "audio" / "synth_000001.wav"
+    out = localize_pair(image_path, audio_path, checkpoint, tmp_path / "o.png", iqr=True)
+    model, config, _ = load_model(checkpoint)
+    image = load_image_tensor(image_path, config.data).unsqueeze(0)
+    audio = load_spectrogram(audio_path, config.data).unsqueeze(0)
+    drawn = np.asarray(Image.open(out).convert("RGB"))
+    refined = overlay_picture(Image.open(image_path), localize(model, image, audio, iqr=True).coarse[0].numpy())
+    plain = overlay_picture(Image.open(image_path), localize(model, image, audio).coarse[0].numpy())
+    assert drawn.shape == (64, 64, 3)
+    np.testing.assert_array_equal(drawn, np.asarray(refined.convert("RGB")))
+    assert not np.array_equal(drawn, np.asarray(plain.convert("RGB")))  # iqr=True is not ignored
 
 
 def test_cli_query_prints_a_table_and_bad_input_is_one_line(setup, tmp_path):
@@ -194,6 +249,7 @@ def test_cli_query_prints_a_table_and_bad_input_is_one_line(setup, tmp_path):
     assert both.exit_code != 0 and "exactly one" in both.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["jsa", "ezvsl", "alignment"])
 def test_every_trained_model_indexes_and_answers_both_queries(setup, tmp_path, model_name):
     """The checkpoint `jsar train` writes for each model goes through index -> query -> maps (the alignment

@@ -53,12 +53,14 @@ def test_resume_continues_the_same_run(tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("model_name", ["ezvsl", "alignment"])
-def test_baselines_train_and_load(tiny_data, tmp_path, model_name):
-    config = tiny_config(epochs=2)
+def test_baselines_lower_their_loss_and_load(tiny_data, tmp_path, model_name):
+    config = tiny_config(epochs=4)
+    config.train.lr, config.train.warmup_steps = 3e-3, 0  # 3 steps an epoch: a 60-step warm-up would not move
     result = train(tiny_data, config, model_name, tmp_path / model_name, progress=False)
     model, _, _ = load_model(result.last_path)
     assert model.model_name == model_name
-    assert all(torch.isfinite(torch.tensor(r["loss_total"])) for r in result.history)
+    losses = [record["loss_total"] for record in result.history]
+    assert len(losses) == 4 and losses[-1] < losses[0] - 0.3, losses  # measured: 9.06 -> 6.04, 6.47 -> 5.64
 
 
 def test_two_process_ddp_stays_in_sync(tiny_data, tmp_path):
