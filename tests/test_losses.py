@@ -288,12 +288,24 @@ def test_jsa_objective_excludes_reciprocal_false_negatives_only_when_asked():
     assert mined["ctr"].item() < plain["ctr"].item()
 
 
-def test_jsa_objective_backpropagates_but_not_into_stop_gradient_inputs():
-    out = clustered_forward()
+def test_jsa_objective_gradients_are_the_weighted_terms_and_skip_stop_gradient_inputs():
+    out = clustered_forward()  # 9 items, ca_av over 5 image tokens, reconstructions of 5 tokens x 6 features
     jsa_objective(out, CONFIG)["total"].backward()
-    assert out.image_target.grad is not None and out.ca_av.grad is not None
-    assert out.image_reconstruction.grad is not None
+    # lambda_match x d/dca of mean_b mean_x (ca - sg(ia))^2 = lambda_match x 2 (ca - ia) / (5 tokens x 9 items)
+    torch.testing.assert_close(out.ca_av.grad, CONFIG.lambda_match * 2 * (out.ca_av - out.ia_vv).detach() / 45)
+    # lambda_recon x d/dr of the mean over 9 x 5 x 6 squared errors against sg(features)
+    torch.testing.assert_close(out.image_reconstruction.grad,
+                               CONFIG.lambda_recon * 2 * (out.image_reconstruction - out.image_features).detach() / 270)
     assert out.ia_vv.grad is None and out.ia_aa.grad is None and out.image_features.grad is None
+    # a small step against the target slots' gradient lowers the objective (ctr + div): the gradient points uphill
+    def total_after_step(size: float) -> float:
+        moved = clustered_forward()
+        with torch.no_grad():
+            moved.image_target -= size * out.image_target.grad
+            moved.audio_target -= size * out.audio_target.grad
+        return jsa_objective(moved, CONFIG)["total"].item()
+
+    assert total_after_step(1e-2) < total_after_step(0.0) < total_after_step(-1e-2)
 
 
 def test_ezvsl_and_alignment_objectives_wrap_their_losses():
