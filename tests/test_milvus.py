@@ -16,10 +16,10 @@ from pymilvus import MilvusClient  # noqa: E402
 
 from indexing.engine import Engine  # noqa: E402
 from indexing.faiss_index import build_indexes, open_indexes  # noqa: E402
-from indexing.milvus_backend import (EXTRA_HINT, FINGERPRINT_PROPERTY, PUSH_STATE, MilvusIndexes,  # noqa: E402
-                                     MilvusNotInstalled, MilvusTarget, collection_names, connect,
-                                     open_milvus_indexes, push_store)
-from indexing.store import EmbeddingStore, FingerprintMismatch  # noqa: E402
+from indexing.milvus_backend import (EXTRA_HINT, FINGERPRINT_PROPERTY, MAX_TOP_K, PUSH_STATE,  # noqa: E402
+                                     MilvusError, MilvusIndexes, MilvusNotInstalled, MilvusTarget, collection_names,
+                                     connect, open_milvus_indexes, push_store)
+from indexing.store import EmbeddingStore, FingerprintMismatch, StoreRecords, StoreWriter  # noqa: E402
 from jsa_retrieval.cli import cli  # noqa: E402
 
 
@@ -171,3 +171,60 @@ def test_jsar_index_backend_milvus_embeds_and_pushes_without_faiss_files(pushed,
     expected_scores, expected_rows = open_milvus_indexes(index_dir).audio_to_image(audio, 5)
     np.testing.assert_array_equal(rows, expected_rows)
     np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+def pushed_copy(pushed, tmp_path, prefix: str):
+    """A copy of the pushed index folder, pushed again under collections of its own (`prefix`) in the same Lite
+    file, so a test may break it without touching the module's index."""
+    index_dir, _, uri = pushed
+    copy = tmp_path / prefix
+    shutil.copytree(index_dir, copy)
+    push_store(copy, MilvusTarget(uri, prefix=prefix), progress=False)
+    return copy, json.loads((copy / "index.json").read_text())["milvus"]["collections"]
+
+
+def test_a_search_milvus_fails_is_one_line_naming_the_collection(pushed, tmp_path):
+    index_dir, _, uri = pushed
+    copy, collections = pushed_copy(pushed, tmp_path, "unloaded")
+    indexes = open_milvus_indexes(copy)
+    MilvusClient(uri).drop_collection(collections["image"])  # gone under a client that had it loaded
+    audio, _, _ = store_vectors(index_dir)
+    with pytest.raises(MilvusError) as raised:
+        indexes.audio_to_image(audio[:2], 3)
+    message = str(raised.value)
+    assert message.startswith(f"Milvus failed to search {collections['image']}: ") and "\n" not in message
+
+
+def test_a_missing_collection_is_refused_saying_to_push_again(pushed, tmp_path):
+    _, _, uri = pushed
+    copy, collections = pushed_copy(pushed, tmp_path, "dropped")
+    MilvusClient(uri).drop_collection(collections["audio"])
+    with pytest.raises(MilvusError, match=f"has no collection {collections['audio']}; push the store"):
+        open_milvus_indexes(copy)
+
+
+def test_a_store_changed_since_the_push_is_refused(pushed, tmp_path):
+    copy, _ = pushed_copy(pushed, tmp_path, "changed")
+    with EmbeddingStore.open(copy) as store:
+        meta, dim = store.meta, store.dim
+    vectors = np.eye(2, dim, dtype=np.float32)
+    writer = StoreWriter(copy, meta)
+    writer.write(StoreRecords(ids=["new0", "new1"], labels=[None] * 2, image_paths=["x"] * 2, audio_paths=["y"] * 2,
+                              image_vectors=vectors, audio_vectors=vectors), positions=range(2))
+    writer.finalize()
+    with pytest.raises(FingerprintMismatch, match=r"push it again \(jsar index --push milvus"):
+        open_milvus_indexes(copy)
+
+
+def test_k_above_milvus_limit_is_a_one_line_error(pushed):
+    index_dir, data, _ = pushed
+    audio, _, _ = store_vectors(index_dir)
+    with pytest.raises(ValueError, match=f"k must be between 1 and {MAX_TOP_K} with Milvus, got {MAX_TOP_K + 1}"):
+        open_milvus_indexes(index_dir).audio_to_image(audio[:1], MAX_TOP_K + 1)
+    result = CliRunner().invoke(cli, ["query", "--index", str(index_dir), "--audio",  # in process: Lite is one
+                                      str(data / "audio" / "synth_000003.wav"), "-k", str(MAX_TOP_K + 1)])
+    assert result.exit_code == 1 and isinstance(result.exception, ValueError)  # `jsar` prints it as one line
+    assert str(result.exception).startswith(f"k must be between 1 and {MAX_TOP_K} with Milvus")
