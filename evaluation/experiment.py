@@ -41,6 +41,7 @@ from jsa_retrieval.collect import collect_outputs
 from .localization import has_ground_truth, iqr_alpha_for
 from jsa_retrieval.metrics import THRESHOLD_MODES
 from .reports import ARROWS, git_commit, markdown_table
+from .schedules import Schedule, choose_schedules, schedule_config
 from .scoring import score_outputs, summary_dict
 
 logger = logging.getLogger(__name__)
@@ -253,6 +254,7 @@ class ExperimentRow:
     localization_by_group: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
     presence_auroc: float | None = None
     presence_auroc_hits: float | None = None
+    lr: float | None = None  # the learning rate it trained at (its method's val-chosen one with a ladder)
 
 
 @dataclass
@@ -303,6 +305,7 @@ def experiment_table(rows: Sequence[ExperimentRow], threshold: str, retrieval: b
             for direction, arrow in ARROWS.items():
                 for k in KS:
                     record[f"{arrow} R@{k}"] = (row.retrieval or {}).get(direction, {}).get(k)
+        record["lr"] = row.lr
         record["train minutes"] = row.train_minutes
         record["epochs"] = row.epochs
         record["best epoch"] = row.best_epoch
@@ -318,6 +321,7 @@ def _display(frame: pd.DataFrame) -> pd.DataFrame:
                           for value in frame[heading]]
     shown["train minutes"] = [None if value is None or value != value else f"{value:.1f}"
                               for value in frame["train minutes"]]
+    shown["lr"] = [None if value is None or value != value else f"{value:.0e}" for value in frame["lr"]]
     return shown
 
 
@@ -384,7 +388,8 @@ def _switches(model_name: str, config: dict[str, Any]) -> dict[str, bool | None]
 def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str | JSARConfig = "cpu",
                    epochs: int | None = None, max_minutes_per_run: float | None = None, seed: int = 0,
                    runs: Sequence[str] = DEFAULT_RUNS, threshold: str = "fixed", progress: bool = True,
-                   device: str | None = None, test_split: str = "test") -> ExperimentReport:
+                   device: str | None = None, test_split: str = "test", lrs: Sequence[float] = (),
+                   patience: int = 0, schedules: dict[str, Schedule] | None = None) -> ExperimentReport:
     """Train every run in `runs` (names from `RUNS`) under one config, seed and budget, then score each best.pt
     on `test_split` and write OUT/experiment.md, .csv and .json.
 
@@ -392,6 +397,11 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
     `max_minutes_per_run` stops a run after the epoch that crosses it. `threshold` is the main table's
     localization threshold mode; the second table uses the other convention (median, or fixed when the main
     one is median). Re-running with the same arguments skips finished runs and resumes interrupted ones.
+
+    `lrs`, a learning-rate ladder, gives each method its own schedule chosen on val first (evaluation.schedules:
+    one run per rate, early stop after `patience` epochs, the same epoch and minute caps); `schedules` passes
+    ones chosen earlier (run_seeds chooses once for every seed). Without either every run trains at the config's
+    rate, with early stop only if `patience` is set.
     """
     unknown = [name for name in runs if name not in RUNS]
     if unknown or not runs:
@@ -402,10 +412,7 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
         raise ValueError(f"max_minutes_per_run must be positive, got {max_minutes_per_run}")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = get_config(config_name) if isinstance(config_name, str) else JSARConfig.from_dict(config_name.to_dict())
-    base.train.seed = seed
-    if epochs is not None:
-        base.train.epochs = epochs
+    base = _base_config(config_name, seed, epochs)
 
     train_clips, val_clips = split_train_val(data_dir)
     test_clips = read_dataset(data_dir, test_split).clips
@@ -424,6 +431,14 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
                  "test_labelled": sum(1 for clip in test_clips if clip.label)},
         "runs": list(runs),
     }
+    trained_methods = list(dict.fromkeys(RUNS[name].model_name for name in runs if RUNS[name].checkpoint_of is None))
+    if lrs and schedules is None:
+        schedules = choose_schedules(data_dir, out_dir, base, trained_methods, lrs, max(1, patience),
+                                     max_minutes_per_run, device, progress)
+    if schedules:
+        header["schedules"] = {name: {"lr": s.lr, "val_score": s.val_score, "tried": s.tried, "seed": s.seed}
+                               for name, s in schedules.items()}
+        header["budget"]["patience"] = max(1, patience)
     report = ExperimentReport(out_dir, threshold, other, header)
 
     trained_by_name: dict[str, TrainedRun] = {}
@@ -436,8 +451,16 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
             trained_by_name[name] = TrainedRun(spec, source.run_dir, source.best_path, "shared", None,
                                                source.epochs_trained)
         else:
-            trained_by_name[name] = train_run(spec, data_dir, out_dir / name, spec.configure(base, seed, None),
-                                              max_minutes_per_run, device, progress)
+            run_dir, config = out_dir / name, spec.configure(base, seed, None)
+            schedule = (schedules or {}).get(spec.model_name)
+            if schedule is not None:
+                config = spec.configure(schedule_config(base, schedule.lr, max(1, patience)), seed, None)
+                if spec.name == spec.model_name and schedule.seed == seed:  # the ladder's run is this row's
+                    run_dir = Path(schedule.run_dir)
+            elif patience:
+                config.train.patience = patience
+            trained_by_name[name] = train_run(spec, data_dir, run_dir, config, max_minutes_per_run, device,
+                                              progress)
     trained = [trained_by_name[name] for name in runs]
     workers = min(2, base.train.num_workers)
     for run in trained:
@@ -453,18 +476,28 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
             checkpoint_sha=scores["checkpoint_sha"], localization=scores["localization"],
             retrieval=scores["retrieval"], n_localization=scores["n_localization"],
             n_retrieval=scores["n_retrieval"], localization_by_group=scores["localization_by_group"],
-            presence_auroc=scores["presence_auroc"], presence_auroc_hits=scores["presence_auroc_hits"]))
+            presence_auroc=scores["presence_auroc"], presence_auroc_hits=scores["presence_auroc_hits"],
+            lr=scores["config"]["train"]["lr"]))
     write_experiment(report)
     logger.info("wrote %s", report.files["markdown"])
     return report
+
+
+def _base_config(config_name: str | JSARConfig, seed: int, epochs: int | None) -> JSARConfig:
+    """The experiment's config: a preset, a .json config or a copy of a JSARConfig, at `seed` and epoch cap."""
+    base = get_config(config_name) if isinstance(config_name, str) else JSARConfig.from_dict(config_name.to_dict())
+    base.train.seed = seed
+    if epochs is not None:
+        base.train.epochs = epochs
+    return base
 
 
 def seeds_table(reports: Sequence[ExperimentReport], threshold: str | None = None) -> pd.DataFrame:
     """One row per method: mean ± sample std over the seeds' reports of every score (in %) and of the train
     minutes; switches as in `experiment_table`. Formatted strings, ready for markdown."""
     frames = [report.table(threshold) for report in reports]
-    keys = ["method"] + [ablation.column for ablation in REPORTED_ABLATIONS]
-    numeric = [column for column in frames[0].columns if column not in keys + ["epochs", "best epoch"]]
+    keys = ["method"] + [ablation.column for ablation in REPORTED_ABLATIONS] + ["lr"]
+    numeric = [column for column in frames[0].columns if column not in keys + ["best epoch"]]
     stacked = pd.concat(frames, keys=range(len(frames)), names=["seed", "row"]).reset_index(level=0)
     records = []
     for method in frames[0]["method"]:
@@ -472,7 +505,7 @@ def seeds_table(reports: Sequence[ExperimentReport], threshold: str | None = Non
         record = {key: rows[key].iloc[0] for key in keys}
         for column in numeric:
             values = pd.to_numeric(rows[column], errors="coerce").dropna().to_numpy(dtype=float)
-            scale = 1.0 if column == "train minutes" else 100.0
+            scale = 1.0 if column in ("train minutes", "epochs") else 100.0
             record[column] = (None if values.size == 0 else
                               f"{values.mean() * scale:.1f} ± {values.std(ddof=1) * scale if values.size > 1 else 0:.1f}")
         records.append(record)
@@ -485,12 +518,20 @@ def seeds_table(reports: Sequence[ExperimentReport], threshold: str | None = Non
 def run_seeds(data_dir: str | Path, out_dir: str | Path, seeds: Sequence[int], config_name: str | JSARConfig = "cpu",
               epochs: int | None = None, max_minutes_per_run: float | None = None,
               runs: Sequence[str] = DEFAULT_RUNS, threshold: str = "fixed", progress: bool = True,
-              device: str | None = None) -> tuple[list[ExperimentReport], Path]:
+              device: str | None = None, lrs: Sequence[float] = (),
+              patience: int = 0) -> tuple[list[ExperimentReport], Path]:
     """`run_experiment` once per seed into OUT/seed<N>/, then OUT/experiment_seeds.md: mean ± std over the seeds
-    (one seed moved AP50 on the synthetic set by more than the ablations did)."""
+    (one seed moved AP50 on the synthetic set by more than the ablations did). With `lrs` each method's schedule
+    is chosen once, on val at the first seed (OUT/schedule/), and every seed trains with it."""
     out_dir = Path(out_dir)
+    schedules = None
+    if lrs:
+        methods = list(dict.fromkeys(RUNS[name].model_name for name in runs if RUNS[name].checkpoint_of is None))
+        schedules = choose_schedules(Path(data_dir), out_dir, _base_config(config_name, seeds[0], epochs), methods,
+                                     lrs, max(1, patience), max_minutes_per_run, device, progress)
     reports = [run_experiment(data_dir, out_dir / f"seed{seed}", config_name, epochs, max_minutes_per_run, seed,
-                              runs, threshold, progress, device) for seed in seeds]
+                              runs, threshold, progress, device, patience=patience, schedules=schedules)
+               for seed in seeds]
     header = reports[0].header
     lines = [f"# JSA: methods and ablations, mean ± std over seeds {', '.join(map(str, seeds))}", "",
              f"- config {header['config']['name']}; data {header['data']['data_dir']}: {header['data']['train']} "
