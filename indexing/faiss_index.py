@@ -37,7 +37,8 @@ from jsa_retrieval.files import replace_atomically
 from jsa_retrieval.machine import usable_cores
 from jsa_retrieval.metrics import rank_by_similarity
 
-from indexing.index_choice import QUANTIZER_TRAIN_SIZE, IndexChoice, choose_index
+from indexing.index_choice import (QUANTIZER_EF_SEARCH, QUANTIZER_TRAIN_SIZE, IndexChoice, choose_index,
+                                   coupled_search_params)
 from indexing.scann_index import ScannIndex, build_scann_index, is_scann_factory, load_scann_index
 from indexing.store import VECTOR_FIELDS, EmbeddingStore, FingerprintMismatch, l2_normalise
 
@@ -135,7 +136,7 @@ def calibrated_search_params(index: faiss.Index, store: EmbeddingStore, field: s
     fixed = dict(fixed or {})
     grid = calibration_grid(index, fixed)
     if not grid or len(store) <= k:
-        params = {**choice.search_params, **fixed}
+        params = effective_search_params(index, {**choice.search_params, **fixed})
         apply_search_params(index, params)
         return {"search_params": params}
     rows = np.sort(np.random.default_rng([seed, 2]).choice(len(store), min(CALIBRATION_QUERIES, len(store)),
@@ -145,7 +146,8 @@ def calibrated_search_params(index: faiss.Index, store: EmbeddingStore, field: s
     point, recall = calibrate(index, grid, queries, exact)
     logger.info("%s over %s: %s reaches recall@%d %.3f on %d paired queries", choice.factory, field, point, k, recall,
                 rows.size)
-    return {"search_params": {**choice.search_params, **fixed, **point}, "calibration_recall": round(recall, 4)}
+    return {"search_params": effective_search_params(index, {**choice.search_params, **fixed, **point}),
+            "calibration_recall": round(recall, 4)}
 
 
 def calibration_ladder(index: faiss.Index) -> tuple[str | None, tuple[int, ...]]:
@@ -184,6 +186,7 @@ def query_cost(index: faiss.Index, params: dict[str, int], k: int = 10) -> float
     REFINE_NS_PER_BYTE); HNSW's cost is its efSearch."""
     if isinstance(index, ScannIndex):
         return index.query_cost(params, k, SCAN_NS_PER_CODE_BYTE, REFINE_NS_PER_BYTE)
+    params = effective_search_params(index, params)  # the shortlist the search will really re-rank
     cost = 0.0
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
@@ -274,16 +277,22 @@ def search_parameters(index: faiss.Index, params: dict[str, int]) -> faiss.Searc
         inner.nprobe = int(params.get("nprobe", first.nprobe))
         if isinstance(inner, faiss.IVFRaBitQSearchParameters):
             inner.qb, inner.centered = first.qb, first.centered
+        if _hnsw_quantizer(first) is not None:  # the graph's walk follows the lists asked for
+            walk = faiss.SearchParametersHNSW()
+            walk.efSearch = effective_search_params(first, {"nprobe": inner.nprobe, **params})["quantizer_efSearch"]
+            inner.quantizer_params = walk
+            inner.referenced_objects = [walk]
     elif isinstance(first, faiss.IndexHNSW):
         inner = faiss.SearchParametersHNSW()
         inner.efSearch = int(params.get("efSearch", first.hnsw.efSearch))
     if refine is None:
         return inner
     outer = faiss.IndexRefineSearchParameters()
-    outer.k_factor = float(params.get("k_factor_rf", refine.k_factor))
+    shortlist = effective_search_params(index, {"k_factor_rf": int(refine.k_factor), **params})["k_factor_rf"]
+    outer.k_factor = float(shortlist)
     if inner is not None:
         outer.base_index_params = inner
-        outer.referenced_objects = [inner]
+        outer.referenced_objects = [inner]  # inner keeps its own quantizer parameters alive
     return outer
 
 
@@ -366,14 +375,43 @@ def _train(index: faiss.Index, sample: np.ndarray) -> None:
 
 
 def apply_search_params(index: faiss.Index, search_params: dict[str, int] | None) -> faiss.Index:
-    """Set nprobe / efSearch / k_factor_rf / quantizer_efSearch explicitly (files and GPU clones may not keep them)."""
+    """Set nprobe / efSearch / k_factor_rf / quantizer_efSearch explicitly (files and GPU clones may not keep them),
+    with the parameters that follow others set from them (`effective_search_params`)."""
     if isinstance(index, ScannIndex):
         index.set_params(search_params)
     elif search_params:
         space = faiss.GpuParameterSpace() if num_gpus() > 0 else faiss.ParameterSpace()
-        for name, value in search_params.items():
+        for name, value in effective_search_params(index, search_params).items():
             space.set_index_parameter(index, name, float(value))
     return index
+
+
+def effective_search_params(index: faiss.Index, search_params: dict[str, int]) -> dict[str, int]:
+    """`search_params` as `index` must be searched with them: where its IVF lists are found through an HNSW graph
+    and the call sets nprobe or the graph's efSearch, `quantizer_efSearch` (QUANTIZER_EF_SEARCH unless given) is
+    raised to nprobe (index_choice.coupled_search_params: a walk shorter than nprobe hands some queries fewer
+    lists, and fast-scan then scores all their codes alike). The one rule both `apply_search_params` (the index
+    as `jsar query`, `jsar serve`, the Engine and the bench search it) and `search_parameters` (per call, as
+    calibration searches) follow."""
+    params = dict(search_params)
+    if isinstance(index, ScannIndex) or not {"nprobe", "quantizer_efSearch"} & params.keys():
+        return params
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return params
+    params.setdefault("nprobe", int(ivf.nprobe))
+    if _hnsw_quantizer(ivf) is not None:
+        params.setdefault("quantizer_efSearch", QUANTIZER_EF_SEARCH)
+    refine = _refine_stage(index)
+    if refine is not None:
+        params.setdefault("k_factor_rf", int(refine.k_factor))
+    return coupled_search_params(params)
+
+
+def _hnsw_quantizer(ivf: faiss.Index) -> Any:
+    """The HNSW graph over the lists' centroids of IVF index `ivf`, or None (a flat quantizer)."""
+    quantizer = faiss.downcast_index(faiss.downcast_index(ivf).quantizer)
+    return quantizer if isinstance(quantizer, faiss.IndexHNSW) else None
 
 
 def to_cpu(index: faiss.Index) -> faiss.Index:
@@ -570,7 +608,8 @@ def build_indexes(index_dir: str | Path, factory: str | None = None, memory_budg
                 file_name = Path(file_name).with_suffix(".scann").name  # a folder of ScaNN's files
             index = build_index(store, field, choice, chunk_rows, seed, progress)
             searched = (calibrated_search_params(index, store, field, choice, chunk_rows, seed, fixed=fixed_params)
-                        if calibrate else {"search_params": {**choice.search_params, **(fixed_params or {})}})
+                        if calibrate else {"search_params": effective_search_params(
+                            index, {**choice.search_params, **(fixed_params or {})})})
             save_index(index, index_dir / file_name)
             entries[name] = {"file": file_name, "field": field, "ntotal": int(index.ntotal),
                              "answers": "audio queries" if name == "image" else "image queries", **searched,

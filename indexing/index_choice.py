@@ -6,20 +6,22 @@ alone. All indexes use inner product on L2-normalised vectors (= cosine similari
 - Exact `Flat` while a brute-force scan is cheap (<= 100k vectors; <= 1M on a GPU) and fits the budget.
 - Beyond that on CPU, `IVF{nlist}_HNSW32,PQ{d/2}x4fsr,{rerank}`: inverted lists of 4-bit fast-scan PQ codes (SIMD
   look-ups, d/4 bytes per vector) of each vector's residual from its list's centroid (`fsr`: the residual is
-  shorter than the vector, so the same codes estimate scores more closely and a shorter shortlist suffices: at
-  1M x 512, nprobe 24-48 and k_factor 32-48 for the vectors' own codes, 16-32 and 16 for residuals), whose top
-  k * k_factor candidates are re-ranked against a second copy of the vectors: `CPU_RERANKS` in order, the first
+  shorter than the vector, so the same codes estimate scores more closely and a shorter shortlist suffices:
+  docs/benchmarks.md, "Search at 1M × 512: the last factor"), whose top k * k_factor candidates are re-ranked
+  against a second copy of the vectors: `CPU_RERANKS` in order, the first
   whose copy fits the budget (`REFINE_BYTES_PER_DIM`: 4 for RFlat, 2 for Refine(SQfp16), 1 for Refine(SQ8)).
   The lists' centroids are found through a small HNSW graph (`CPU_COARSE_QUANTIZER`) rather than a scan of all
   of them. On GPU, `IVF{nlist},Flat`. nlist ~ 2 sqrt(n) on CPU, 4 sqrt(n) on GPU; nprobe = nlist / 20 and
   k_factor 64 here, which `build_indexes` then calibrates jointly per modality on the store's own paired vectors
   (indexing.faiss_index.calibrated_search_params: the cheapest point reaching recall@10 0.955 on 1,000 queries).
+  Parameters that follow nprobe are set from it wherever search parameters are set (`coupled_search_params`):
+  the HNSW graph's efSearch (never below nprobe) and the shortlist (k_factor at least nprobe / 2), so that
+  probing more lists never gets worse hits (docs/scaling.md, "More lists, worse hits").
 - ScaNN only when named (`ScaNN{leaves},AH2,RFlat`, indexing.scann_index, the [scann] extra): at 1M it matched
-  the FAISS index on one query, its batches swung between 1.2 x and 0.6-0.9 x FAISS's over two runs, and its
-  repeatable build took 3.7-3.9 x as long (448-470 s against 120 s, over the 300 s goal) and 1.9 GiB more memory
-  (docs/benchmarks.md, "ScaNN").
+  the FAISS index on one query, but its batches were not steadily faster and its repeatable build took several
+  times as long, over the 300 s goal, and more memory (docs/benchmarks.md, "ScaNN", with the figures).
 - Graphs (HNSW) only when named: a cross-modal query's neighbours lie spread over the indexed modality, which a
-  graph walk reaches badly (plain HNSW32: recall@10 0.65 / 0.44 at 1M); the query-guided graph that repairs
+  graph walk reaches badly (plain HNSW32's recall at 1M: docs/benchmarks.md); the query-guided graph that repairs
   part of it trails the calibrated IVF above both ways (indexing.experimental.query_guided, with its figures).
 - When the flat vectors exceed the budget: `IVF{nlist},SQ8` (1 byte per dimension, recall close to exact)
   if that fits, else `OPQ{m},IVF{nlist},PQ{m}` (m bytes per vector) with the largest m that fits. A refine
@@ -40,26 +42,28 @@ from typing import Any
 
 FLAT_MAX_VECTORS = 100_000
 GPU_FLAT_MAX_VECTORS = 1_000_000
-CPU_IVF_LISTS_PER_SQRT = 2  # k-means is the slow part of a CPU build: 2 sqrt(n) built 1M x 512 in ~100 s a modality
+CPU_IVF_LISTS_PER_SQRT = 2  # k-means is the slow part of a CPU build (its time at 1M x 512: docs/benchmarks.md)
 GPU_IVF_LISTS_PER_SQRT = 4
 IVF_PROBE_FRACTION = 20  # visit 1/20 of the lists (see the module docstring)
 HNSW_M = 32
 HNSW_EF_SEARCH = 128
-HNSW_EF_CONSTRUCTION = 40  # 80 doubled 1M builds (4-8 min a modality)
-QUANTIZER_EF_SEARCH = 64  # HNSW over 2,000 centroids: 2,000 queries' nearest 24 lists with recall 1.000 at ef 48,
-# 36 ms (flat scan: 30 ms, ef 128: 84 ms); faiss searches at least ef = nprobe, so a larger nprobe still gets its lists
+HNSW_EF_CONSTRUCTION = 40  # 80 doubled 1M builds (docs/benchmarks.md)
+QUANTIZER_EF_SEARCH = 64  # the HNSW coarse quantizer's walk for the calibrated nprobe (16-48 at 1M); raised to
+# nprobe beyond that by `quantizer_ef_search` (why, and the timings behind 64: docs/benchmarks.md)
 REFINE_K_FACTOR = 64  # shortlist k * 64 for the re-ranking of a refine stage, until calibration says otherwise
-CPU_RERANKS = ("RFlat", "Refine(SQfp16)")  # re-ranking stages of the CPU choice, by preference: RFlat kept the
-# higher batch throughput at 1M x 512, float16 half the memory (the figures: docs/benchmarks.md)
-CPU_COARSE_QUANTIZER = "HNSW32"  # a scan of 2,000 x 512 float centroids read 4 MB a query (0.43 ms of a 1.3 ms
-# single query at 1M x 512); an HNSW graph over them finds a query's lists in 0.06-0.11 ms (docs/benchmarks.md)
+SHORTLIST_PER_LIST = 0.5  # a refine stage's k_factor is at least nprobe / 2 (`shortlist_factor`): below the points
+# calibrated at 1M (docs/benchmarks.md), so it changes only searches that probe more lists than those
+CPU_RERANKS = ("RFlat", "Refine(SQfp16)")  # re-ranking stages of the CPU choice, by preference: RFlat the faster,
+# float16 half the memory (docs/benchmarks.md)
+CPU_COARSE_QUANTIZER = "HNSW32"  # a flat scan of all centroids was a third of a single query at 1M x 512; a graph
+# over them finds a query's lists in a fraction of that (docs/benchmarks.md, "Search at 1M × 512: the last factor")
 REFINE_BYTES_PER_DIM = {"RFlat": 4, "Refine(Flat)": 4, "Refine(SQfp16)": 2, "Refine(SQ8)": 1}
 IVF_TRAIN_PER_LIST = 64  # FAISS wants 39..256 training points per centroid
 QUANTIZER_TRAIN_SIZE = 65_536  # PQ/SQ codebooks: 256 centroids per sub-quantizer need >= 9,984 points
 IVF_ID_BYTES = 8
 SCANN_FACTORY = re.compile(r"^ScaNN(\d+),AH(\d+),RFlat$")  # leaves, dimensions per 4-bit block
-SCANN_TRAIN_PER_LEAF = 128  # ScaNN's k-means sample a leaf: at 1M, 64 a leaf left image->audio at recall 0.930 with 32
-#                             leaves searched, 125 a leaf 0.954-0.957 (FAISS's IVF lists gained nothing from 128 a list)
+SCANN_TRAIN_PER_LEAF = 128  # ScaNN's k-means sample a leaf: 64 a leaf cost recall at 1M, FAISS's IVF lists gained
+#                             nothing from 128 a list (docs/benchmarks.md, "ScaNN")
 CPU_PQ_BYTES = (64, 48, 32, 24, 16, 8, 4)
 GPU_PQ_BYTES = (48, 32, 24, 16, 12, 8, 4)  # GpuIndexIVFPQ code sizes usable without float16 lookup tables
 GPU_PQ_SUB_DIMS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 28, 32)
@@ -95,6 +99,37 @@ def ivf_nlist(num_vectors: int, gpu: bool = False) -> int:
 def ivf_nprobe(nlist: int) -> int:
     """Lists visited per query: 1/20 of them but at least 16 (recall@10 >= 0.95 for cross-modal queries)."""
     return int(min(nlist, max(16, nlist // IVF_PROBE_FRACTION)))
+
+
+def quantizer_ef_search(nprobe: int, ef_search: int = QUANTIZER_EF_SEARCH) -> int:
+    """efSearch of an HNSW coarse quantizer asked for `nprobe` lists: never below nprobe.
+
+    FAISS sizes the graph walk's queue max(efSearch, nprobe) but stops the walk after efSearch steps, so with
+    efSearch < nprobe some queries get fewer lists than asked, padded with id -1 and score -3.4e38. An inner-product
+    fast-scan index of residuals takes each list's score as that list's bias when it quantizes the query's look-up
+    tables; a bias span of 3.4e38 sets their scale to 0, every code then scores the same, and the query's shortlist
+    is arbitrary: recall fell as nprobe rose (docs/scaling.md, "More lists, worse hits")."""
+    return int(max(ef_search, nprobe))
+
+
+def shortlist_factor(nprobe: int, k_factor: int) -> int:
+    """k_factor of a refine stage searched over `nprobe` lists: at least nprobe * SHORTLIST_PER_LIST. Each list
+    probed adds codes whose approximate scores can push a true neighbour past a fixed shortlist (recall at a held
+    k_factor wavered as nprobe rose); a shortlist that grows with the lists keeps room for them."""
+    return int(max(k_factor, math.ceil(nprobe * SHORTLIST_PER_LIST)))
+
+
+def coupled_search_params(params: dict[str, int]) -> dict[str, int]:
+    """`params` with the parameters that depend on nprobe set from it: an HNSW coarse quantizer's efSearch (where
+    `quantizer_efSearch` is present) raised to nprobe (`quantizer_ef_search`), and a refine stage's k_factor
+    (where `k_factor_rf` is present) raised with it (`shortlist_factor`). Every place that sets an index's search
+    parameters goes through this, so asking for more lists never gets worse hits."""
+    coupled = dict(params)
+    if "nprobe" in coupled and "quantizer_efSearch" in coupled:
+        coupled["quantizer_efSearch"] = quantizer_ef_search(coupled["nprobe"], coupled["quantizer_efSearch"])
+    if "nprobe" in coupled and "k_factor_rf" in coupled:
+        coupled["k_factor_rf"] = shortlist_factor(coupled["nprobe"], coupled["k_factor_rf"])
+    return coupled
 
 
 def estimate_bytes(kind: str, num_vectors: int, dim: int, nlist: int = 0, code_bytes: int = 0,
@@ -185,7 +220,7 @@ def choice_for_factory(factory: str, num_vectors: int, reason: str = "") -> Inde
         search_params["nprobe"] = ivf_nprobe(nlist)
         train_size = IVF_TRAIN_PER_LIST * nlist
         if hnsw:  # IVF with an HNSW coarse quantizer, e.g. 'IVF65536_HNSW32,Flat'
-            search_params["quantizer_efSearch"] = QUANTIZER_EF_SEARCH
+            search_params["quantizer_efSearch"] = quantizer_ef_search(search_params["nprobe"])
     elif hnsw:
         search_params["efSearch"] = HNSW_EF_SEARCH
         build_params["efConstruction"] = HNSW_EF_CONSTRUCTION

@@ -12,7 +12,7 @@ from indexing import faiss_index
 from indexing.faiss_index import (CALIBRATION_RECALL, INDEX_JSON, build_index, build_indexes, load_index, num_gpus, open_indexes,
                                   save_index, search, to_gpu)
 from jsa_retrieval.metrics import rank_by_similarity
-from indexing.index_choice import choose_index, ivf_nlist
+from indexing.index_choice import CPU_COARSE_QUANTIZER, QUANTIZER_EF_SEARCH, choose_index, ivf_nlist
 from indexing.store import EmbeddingStore, FingerprintMismatch, StoreMeta, StoreRecords, StoreWriter, l2_normalise
 
 from helpers import brute_force_top_k, clustered_pairs, recall_at_10, write_store
@@ -40,14 +40,14 @@ def test_choose_index_by_size() -> None:
     assert choose_index(50_000, 512).train_size == 0
     middle = choose_index(500_000, 512)  # CPU: fast-scan PQ + exact re-ranking, HNSW only over the centroids
     assert middle.factory == "IVF1414_HNSW32,PQ256x4fsr,RFlat"
-    assert middle.search_params == {"nprobe": 70, "quantizer_efSearch": 64, "k_factor_rf": 64}
+    assert middle.search_params == {"nprobe": 70, "quantizer_efSearch": 70, "k_factor_rf": 64}
     assert middle.train_size == 64 * 1414 and middle.build_params == {}
     million = choose_index(1_000_000, 512)
     assert million.factory == "IVF2000_HNSW32,PQ256x4fsr,RFlat" and million.search_params["nprobe"] == 100
     ivf = choose_index(4_000_000, 512)
     assert ivf.factory == "IVF4000_HNSW32,PQ256x4fsr,RFlat" and ivf_nlist(1_000_000) == 2000
     assert ivf_nlist(1_000_000, gpu=True) == 4000
-    assert ivf.search_params == {"nprobe": 200, "quantizer_efSearch": 64, "k_factor_rf": 64}
+    assert ivf.search_params == {"nprobe": 200, "quantizer_efSearch": 200, "k_factor_rf": 64}  # walk >= nprobe
     assert ivf.train_size == 64 * 4000
     assert choose_index(1_000_000, 129).factory == "IVF2000,Flat"  # fast-scan PQ needs an even dimension
     assert choose_index(500_000, 512, gpu=True).factory == "Flat"
@@ -353,3 +353,58 @@ def test_residual_codes_estimate_scores_more_closely_than_codes_of_the_vectors(
         errors[codes] = float(np.std(estimates - exact))
         assert faiss.downcast_index(index).by_residual == (codes == "fsr")
     assert errors["fsr"] < 0.8 * errors["fs"], errors  # 0.016 against 0.024 here
+
+
+LADDER_NUM, LADDER_DIM, LADDER_LISTS = 6000, 32, 150  # 150 lists: a ladder long enough to run past the walk
+
+
+@pytest.fixture(scope="module")
+def ladder_pairs() -> tuple[np.ndarray, np.ndarray]:
+    return clustered_pairs(LADDER_NUM, LADDER_DIM, seed=3)
+
+
+@pytest.fixture(scope="module")
+def hnsw_quantized_index(tmp_path_factory: pytest.TempPathFactory,
+                         ladder_pairs: tuple[np.ndarray, np.ndarray]) -> faiss.Index:
+    """The CPU choice's kind (fast-scan residual PQ in lists found through an HNSW graph of their centroids,
+    re-ranked on the flat vectors), with enough lists that the nprobe ladder runs past the graph's efSearch of 64."""
+    index_dir = tmp_path_factory.mktemp("ladder")
+    write_store(index_dir, *ladder_pairs)
+    factory = f"IVF{LADDER_LISTS}_{CPU_COARSE_QUANTIZER},PQ{LADDER_DIM // 2}x4fsr,RFlat"
+    with EmbeddingStore.open(index_dir) as store:
+        return build_index(store, "image_vectors", choose_index(LADDER_NUM, LADDER_DIM, factory=factory))
+
+
+def test_recall_never_falls_along_the_nprobe_ladder(
+        hnsw_quantized_index: faiss.Index, ladder_pairs: tuple[np.ndarray, np.ndarray]) -> None:
+    """Probing more lists never loses hits, set on the index (`jsar query`, `jsar serve`, the Engine, the bench's
+    sweep) or per call (calibration). Before the HNSW quantizer's efSearch followed nprobe, its walk stopped after
+    64 steps and handed a fifth of these queries fewer than 150 lists, padded with score -3.4e38; fast-scan took
+    that score as a list's bias, scaled every look-up table to 0, and those queries' shortlists were arbitrary
+    (recall 0.79 at 150 lists against 0.98 at 128)."""
+    image, audio = ladder_pairs
+    queries = audio[::12]
+    exact_scores, exact = brute_force_top_k(image, queries, 11)
+    tie_free = exact_scores[:, 9] - exact_scores[:, 10] > 1e-5  # the 10th hit decided by more than rounding
+    queries, exact = queries[tie_free], exact[tie_free, :10]
+    assert len(queries) >= 400
+    name, ladder = faiss_index.calibration_ladder(hnsw_quantized_index)
+    assert name == "nprobe" and ladder[-1] == LADDER_LISTS and ladder[-2] > QUANTIZER_EF_SEARCH
+    on_index, per_call = [], []
+    for nprobe in ladder:
+        faiss_index.apply_search_params(hnsw_quantized_index, {"nprobe": nprobe, "k_factor_rf": 4})
+        on_index.append(recall_at_10(search(hnsw_quantized_index, queries, 10)[1], exact))
+        params = faiss_index.search_parameters(hnsw_quantized_index, {"nprobe": nprobe, "k_factor_rf": 4})
+        per_call.append(recall_at_10(hnsw_quantized_index.search(queries, 10, params=params)[1], exact))
+    assert np.all(np.diff(on_index) >= 0), dict(zip(ladder, on_index))
+    assert np.all(np.diff(per_call) >= 0), dict(zip(ladder, per_call))
+    assert on_index[-1] >= on_index[0] + 0.1, dict(zip(ladder, on_index))  # and searching harder does find more
+
+
+def test_the_coarse_graph_walks_at_least_as_far_as_the_lists_asked_for(hnsw_quantized_index: faiss.Index) -> None:
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(hnsw_quantized_index).quantizer)
+    for nprobe, walk in ((16, QUANTIZER_EF_SEARCH), (128, 128), (150, 150)):
+        faiss_index.apply_search_params(hnsw_quantized_index, {"nprobe": nprobe})
+        assert quantizer.hnsw.efSearch == walk
+    assert choose_index(4_000_000, 512).search_params["quantizer_efSearch"] == 200  # nprobe 200 there
+    assert faiss_index.effective_search_params(hnsw_quantized_index, {"k_factor_rf": 8}) == {"k_factor_rf": 8}
