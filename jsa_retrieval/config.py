@@ -318,6 +318,7 @@ def get_config(name: str) -> JSARConfig:
 
 TRAIN_OVERRIDES: dict[str, str] = {
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "seed": "train.seed",
+    "patience": "train.patience",
     "workers": "train.num_workers", "image_weights": "model.image_weights", "image_encoder": "model.image_encoder",
     "freeze_image": "model.freeze_image", "audio_encoder": "model.audio_encoder",
     "audio_weights": "model.audio_weights", "freeze_audio": "model.freeze_audio",

@@ -1,4 +1,5 @@
 """The command line: help everywhere, and bad input ends in one line on stderr with a non-zero exit."""
+import json
 import subprocess
 import sys
 
@@ -73,6 +74,42 @@ def test_train_options_build_the_config_config_with_overrides_builds(tmp_path, m
     expected = config_with_overrides("cpu", {"epochs": 3, "workers": 0, "audio_encoder": "yamnet", "target_slots": 2},
                                      ["use_match", "share_initial_slots"])
     assert seen["config"].to_dict() == expected.to_dict()
+
+
+def test_resume_passes_override_and_patience_and_override_alone_is_a_usage_error(tmp_path, monkeypatch):
+    import training.trainer
+
+    seen = {}
+
+    def record(data_dir, config, *args, **kwargs):
+        seen.update(config=config, **kwargs)
+        return type("Result", (), {"best_path": tmp_path / "best.pt"})()
+
+    monkeypatch.setattr(training.trainer, "train", record)
+    result = CliRunner().invoke(cli, ["train", str(tmp_path), "--resume", "--override", "--patience", "3"])
+    assert result.exit_code == 0, result.output
+    assert seen["resume"] and seen["override"] and seen["config"].train.patience == 3
+    alone = CliRunner().invoke(cli, ["train", str(tmp_path), "--override"])
+    assert alone.exit_code == 2 and "--override only applies with --resume" in alone.output
+
+
+def test_resume_under_another_config_is_refused_in_one_line(tmp_path):
+    from jsa_retrieval.synth import SynthConfig, generate
+    from training.trainer import train
+
+    from conftest import tiny_config
+
+    data = tmp_path / "data"
+    generate(data, SynthConfig(n_clips=24, seed=0, image_size=64, seconds=1.0), progress=False)
+    config = tiny_config(epochs=1)
+    train(data, config, "ezvsl", tmp_path / "run", progress=False)
+    config_file = tmp_path / "tiny.json"
+    config_file.write_text(json.dumps(config.to_dict()))
+    result = run_jsar("train", data, "--config", config_file, "--model", "ezvsl", "--out", tmp_path / "run",
+                      "--resume", "--lr", "0.01")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert "trained with train.lr = 0.0005, this run has 0.01" in result.stderr and "--override" in result.stderr
 
 
 def test_version():

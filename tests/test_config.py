@@ -7,7 +7,7 @@ from jsa_retrieval.config import TRAIN_OVERRIDES, config_field, config_with_over
 def test_each_override_sets_its_field_and_none_leaves_the_preset():
     values = {"epochs": 3, "batch_size": 8, "lr": 1e-3, "seed": 7, "workers": 0, "image_weights": "none",
               "image_encoder": "efficientnet-lite0", "freeze_image": "early", "audio_weights": "none",
-              "freeze_audio": "all", "target_slots": 2, "off_target_slots": 3}
+              "freeze_audio": "all", "target_slots": 2, "off_target_slots": 3, "patience": 2}
     config = config_with_overrides("cpu", values)
     assert {key: config_field(config, TRAIN_OVERRIDES[key]) for key in values} == values
     assert config_with_overrides("cpu", {key: None for key in TRAIN_OVERRIDES}).to_dict() == \

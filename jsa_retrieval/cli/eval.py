@@ -206,24 +206,33 @@ def eval_figures(data_dir: Path, out_path: Path, models: tuple[str, ...], split:
               "checkpoint under the JSA release's inference settings).")
 @click.option("--threshold", type=click.Choice(["median", "fixed", "adaptive"]), default="fixed", show_default=True,
               help="Main table's threshold mode (the second table uses the other convention).")
+@click.option("--lrs", multiple=True, help="A learning-rate ladder, comma-separated (e.g. 1.5e-4,5e-4,1.5e-3): each "
+              "method first trains once per rate at the first seed and keeps the rate with the best val score "
+              "(OUT/schedule/); without it every run trains at the config's rate.")
+@click.option("--patience", type=click.IntRange(0), default=0, show_default=True,
+              help="Stop a run after this many epochs without a better val score (at least 1 with --lrs).")
 @device_option()
 def eval_reproduce(data_dir: Path, out_dir: Path, config_name: str, epochs: int | None,
                    minutes_per_run: float | None, seed: int, seeds: tuple[str, ...], runs: tuple[str, ...],
-                   threshold: str, device: str | None) -> None:
+                   threshold: str, lrs: tuple[str, ...], patience: int, device: str | None) -> None:
     from evaluation.experiment import DEFAULT_RUNS, run_experiment, run_seeds
 
     quiet = is_quiet()
 
     names = list_option(runs) or list(DEFAULT_RUNS)
+    try:
+        ladder = [float(value) for value in list_option(lrs)]
+    except ValueError as error:
+        raise click.BadParameter("takes numbers separated by commas", param_hint="--lrs") from error
     if seeds:
         try:
             seed_list = [int(value) for value in list_option(seeds)]
         except ValueError as error:
             raise click.BadParameter("takes integers separated by commas", param_hint="--seeds") from error
         _, path = run_seeds(data_dir, out_dir, seed_list, config_name, epochs, minutes_per_run, names, threshold,
-                            progress=not quiet, device=device)
+                            progress=not quiet, device=device, lrs=ladder, patience=patience)
         click.echo(path.read_text())
         return
     report = run_experiment(data_dir, out_dir, config_name, epochs, minutes_per_run, seed, names, threshold,
-                            progress=not quiet, device=device)
+                            progress=not quiet, device=device, lrs=ladder, patience=patience)
     click.echo(report.files["markdown"].read_text())

@@ -27,8 +27,13 @@ def ablation_options(function: Callable) -> Callable:
 @click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="jsa",
               show_default=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/jsa"), show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (refused if it was trained under another "
+              "configuration; the epoch count, patience and workers may change).")
+@click.option("--override", is_flag=True, help="With --resume: continue even though the configuration differs from "
+              "OUT/last.pt's; the new one applies from the next epoch.")
 @click.option("--epochs", type=int, help="Override the configuration's number of epochs.")
+@click.option("--patience", type=click.IntRange(0), help="Stop after this many epochs without a better val score "
+              "(0: never early).")
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
 @click.option("--seed", type=int)
@@ -54,14 +59,16 @@ def ablation_options(function: Callable) -> Callable:
 @ablation_options
 @click.option("--target-slots", type=click.IntRange(1), help="Number of target slots (appendix Tables 8, 12).")
 @click.option("--off-target-slots", type=click.IntRange(1), help="Number of off-target slots.")
-def train(data_dir: Path, config_name: str, model_name: str, out_dir: Path, resume: bool, max_minutes: float | None,
-          device: str | None, feature_cache: Path | None, **overrides) -> None:
+def train(data_dir: Path, config_name: str, model_name: str, out_dir: Path, resume: bool, override: bool,
+          max_minutes: float | None, device: str | None, feature_cache: Path | None, **overrides) -> None:
     from training.trainer import train as run_training
 
     ablations = [ablation.key for ablation in ABLATIONS if overrides.pop(f"without_{ablation.key}")]
     config = config_with_overrides(config_name, overrides, ablations)
+    if override and not resume:
+        raise click.UsageError("--override only applies with --resume")
     result = run_training(data_dir, config, model_name, out_dir, resume=resume, max_minutes=max_minutes,
-                          device=device, feature_cache=feature_cache, progress=not is_quiet())
+                          device=device, feature_cache=feature_cache, progress=not is_quiet(), override=override)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"best checkpoint: {result.best_path}")
 
