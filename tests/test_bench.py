@@ -1,7 +1,9 @@
-"""Benchmarks at toy sizes: the numbers they report are sane (positive rates, recall in [0, 1], exact = 1)."""
+"""Benchmarks at toy sizes: the numbers they report are sane (rates whose times fit in the run, recall in [0, 1],
+exact = 1)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import h5py
@@ -58,18 +60,25 @@ def test_random_checkpoint_loads_in_the_trainer_format(clips_and_checkpoint: tup
     assert model.model_name == "jsa" and config.model.embed_dim == 32 and config.model.image_weights == "none"
 
 
-def test_run_benchmarks_reports_positive_rates_and_exact_recall_of_one(
+def test_run_benchmarks_reports_rates_that_fit_in_its_own_time_and_exact_recall_of_one(
         clips_and_checkpoint: tuple[Path, Path], tmp_path: Path) -> None:
     data, checkpoint = clips_and_checkpoint
     config = BenchConfig(data_dir=data, checkpoint=checkpoint, work_dir=tmp_path / "work", batch_size=4, workers=0,
                          json_path=tmp_path / "bench.json",
                          faiss=FaissSettings(vectors=1500, dim=48, latency_queries=8, batch_queries=40,
                                              recall_queries=30))
+    started = time.perf_counter()
     report = run_benchmarks(config)
+    wall = time.perf_counter() - started
     indexing = report.indexing
-    assert indexing.clips == 12 and indexing.workers == 0
-    for rate in (indexing.index_rate, indexing.bare_rate, indexing.decode_rate, indexing.decode_ms_per_clip):
-        assert rate > 0
+    assert indexing.clips == 12 and indexing.workers == 0 and indexing.seconds <= wall
+    # each rate is clips over a stretch of time spent inside the benchmark, one after the other: a rate off by a
+    # unit (ms for s) or inverted gives times that do not fit in the benchmark's own seconds
+    assert 12 / indexing.index_rate + 12 / indexing.decode_rate + 2 * 4 / indexing.bare_rate <= indexing.seconds
+    assert 12 * indexing.decode_ms_per_clip / 1000 <= indexing.seconds
+    stages_ms = (indexing.image_decode_ms + indexing.image_resize_ms + indexing.audio_decode_ms + indexing.normalise_ms
+                 + indexing.spectrogram_ms + indexing.store_write_ms)
+    assert 0 < 4 * stages_ms / 1000 <= indexing.seconds  # the stages are timed on one batch of 4 clips
     assert indexing.ratio == pytest.approx(indexing.index_rate / indexing.bare_rate)
     assert 0 < indexing.shared_core_ceiling < 1
     scale = report.faiss_scale
@@ -81,10 +90,12 @@ def test_run_benchmarks_reports_positive_rates_and_exact_recall_of_one(
         assert direction.recall_vs_flat == 1.0 and direction.flat_vs_numpy == 1.0
         assert direction.recall_vs_numpy == 1.0
         assert direction.median_ms > 0 and direction.p95_ms >= direction.median_ms
-        assert direction.batch_qps > 0 and direction.flat_qps > 0 and direction.numpy_qps > 0
+        assert 8 / 2 * direction.median_ms / 1000 <= scale.seconds  # half of the 8 timed queries took the median
+        assert 40 / direction.batch_qps + 30 / direction.flat_qps + 30 / direction.numpy_qps <= scale.seconds
         assert direction.batch_size == 40 and direction.sweep == []
     assert all(phase["peak"] > 0 for phase in scale.rss.values())
-    assert scale.build_seconds > 0 and scale.index_bytes > 1500 * 48 * 4 * 2
+    assert 0 < scale.build_seconds <= scale.seconds <= report.seconds <= wall
+    assert scale.index_bytes > 1500 * 48 * 4 * 2
     assert not (tmp_path / "work" / "scale-index").exists()  # gigabytes at full size: removed after the run
     table = report.table()
     assert "ratio index / bare" in table and "audio->image recall@10 vs flat / vs numpy" in table
