@@ -127,11 +127,11 @@ class CachedImageFeatures:
     augmentations of its image would. failures: position -> reason for clips whose image could not be decoded;
     they have no features, and reading one raises DecodeError as decoding the image would.
 
-    The arrays may be tensors, arrays, or memory-mapped .npy files (np.load(mmap_mode="r")). A mapped file's
-    rows are read with pread: the file's pages then stay in the kernel's page cache, shared and reclaimable,
-    instead of piling up in this process's RSS as indexing the map does (3.8 GiB after one epoch over 20k clips,
-    evaluation.bench_trunk_cache). A mapped file pickles as its path, so a worker process opens the file instead
-    of receiving a copy of it.
+    The arrays may be tensors, arrays, or memory-mapped .npy files (np.load(mmap_mode="r")). A mapped file's rows
+    are read with pread: the file's pages then stay in the kernel's page cache, shared and reclaimable, instead of
+    piling up in this process's RSS as indexing the map does (3.8 GiB after one epoch over 20k clips,
+    evaluation.probes.bench_trunk_cache). A mapped file pickles as its path, so a worker process opens the file
+    instead of receiving a copy of it.
     """
 
     def __init__(self, views: np.ndarray | torch.Tensor, crops: np.ndarray | None = None,

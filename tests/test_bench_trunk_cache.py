@@ -1,11 +1,11 @@
-"""evaluation.bench_trunk_cache on a few clips: both caches measured, the same features, a table of both. The
+"""evaluation.probes.bench_trunk_cache on a few clips: both caches measured, the same features, a table of both. The
 features are made large (12 clips x 2 views x 2048 x 16 x 16 float16 = 24 MiB) so that the memory each cache
 costs stands out of the pytest process's own."""
 from __future__ import annotations
 
 import time
 
-from evaluation import bench_trunk_cache as bench
+from evaluation.probes import bench_trunk_cache as bench
 
 CLIPS, CHANNELS, GRID = 12, 2048, 16
 CACHE_BYTES = CLIPS * 2 * CHANNELS * GRID * GRID * 2

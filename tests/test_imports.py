@@ -3,7 +3,7 @@
 
 Every module's imports are read from its source (function-level imports too), so a lazy import cannot hide a
 dependency that runs backwards. Only the CLI (`jsa_retrieval/cli/`) reaches every package, lazily. No two
-files import each other at module level (evaluation.house_stats finds the cycles).
+files import each other at module level (evaluation.probes.house_stats finds the cycles).
 """
 from __future__ import annotations
 
@@ -52,13 +52,13 @@ def test_the_walk_sees_lazy_imports(tmp_path):
 
 
 def test_no_two_files_import_each_other_at_module_level():
-    from evaluation.house_stats import import_cycles
+    from evaluation.probes.house_stats import import_cycles
 
     assert import_cycles(ROOT) == [], "module-level import cycles between files"
 
 
 def test_the_cycle_finder_sees_a_cycle(tmp_path):
-    from evaluation.house_stats import import_cycles
+    from evaluation.probes.house_stats import import_cycles
 
     package = tmp_path / "jsa_retrieval"
     package.mkdir()

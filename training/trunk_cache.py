@@ -16,12 +16,12 @@ What is kept, under the user's cache folder (`default_cache_dir`), per set of cl
 
 The arrays are never loaded whole (at 245 KiB a clip, VGGSound's 144k clips would take 35 GB of RAM): they are
 opened memory-mapped and training reads them row by row (`CachedImageFeatures`), so a run's memory stays flat at any
-number of clips (evaluation.bench_trunk_cache). They are written row by row under a temporary name, then renamed, so
-a killed run never leaves a half-written cache that a later run trusts. The key covers everything that decides the
-features: the trunk's kind and its weights' content (a .pth overwritten at the same path changes it), the image size
-and grid, `TRUNK_INPUT_VERSION` (the code that turns a file into trunk input), and each image file's path, size,
-mtime, inode and ctime (ctime changes on every write and no tool can set it back, so an edit that restores size and
-mtime still changes the key).
+number of clips (evaluation.probes.bench_trunk_cache). They are written row by row under a temporary name, then
+renamed, so a killed run never leaves a half-written cache that a later run trusts. The key covers everything that
+decides the features: the trunk's kind and its weights' content (a .pth overwritten at the same path changes it),
+the image size and grid, `TRUNK_INPUT_VERSION` (the code that turns a file into trunk input), and each image file's
+path, size, mtime, inode and ctime (ctime changes on every write and no tool can set it back, so an edit that
+restores size and mtime still changes the key).
 """
 from __future__ import annotations
 

@@ -1,7 +1,12 @@
-"""Memory of the trunk-feature cache at scale: the old in-memory cache against the memory-mapped one.
+"""Probe (not shipped). Question: what does the trunk-feature cache cost in memory at scale, the old in-memory
+cache against the memory-mapped one read with pread? Answer: the in-memory cache's anonymous RSS grows by the whole
+feature array (2 x 1280 x 7 x 7 float16 = 245 KiB a clip, 4.7 GiB at 20k clips), the mapped one's stays flat and
+its file pages stay out of the RSS (tests/test_bench_trunk_cache.py asserts both on 12 clips); indexing the map
+instead of pread had reached 3.8 GiB of RSS after one epoch over 20k clips. Feeds the memory claims of
+training/trunk_cache.py and jsa_retrieval/dataset.py (`CachedImageFeatures`); no doc holds its 20k-clip table.
 
-    python -m evaluation.bench_trunk_cache                    # 20,000 clips, EfficientNet-Lite0's 1280 x 7 x 7
-    python -m evaluation.bench_trunk_cache --clips 2000 --channels 256
+    python -m evaluation.probes.bench_trunk_cache                 # 20,000 clips, EfficientNet-Lite0's 1280 x 7 x 7
+    python -m evaluation.probes.bench_trunk_cache --clips 2000 --channels 256
 
 The features' size per clip is what matters, not the trunk, so a stand-in trunk (average-pool to the grid, a
 1x1 convolution to the real channel count) runs on small synthetic images: 20k clips cost about a minute
@@ -173,7 +178,7 @@ def run(clips: int = 20_000, channels: int = 1280, grid: int = 7, workdir: Path 
         records = []
         for mode in modes:
             for run_name in ("first", "later"):
-                command = [sys.executable, "-m", "evaluation.bench_trunk_cache", "--child", mode,
+                command = [sys.executable, "-m", "evaluation.probes.bench_trunk_cache", "--child", mode,
                            "--workdir", str(workdir), "--clips", str(clips), "--channels", str(channels),
                            "--grid", str(grid)]
                 output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout

@@ -1,7 +1,11 @@
-"""A lone sound's audio-encoder pass on a worker thread, with or without a second OpenMP team in the process.
+"""Probe (not shipped). Question: is a lone sound's audio-encoder pass on a worker thread slower when a second
+OpenMP team (the model-loading main thread's) lives in the process? Answer (2 shared cores, three rounds): yes,
+1.55-1.75x as slow (8.4-8.8 ms against 4.8-5.7 ms), which is why `jsar serve` loads the model on a thread that then
+ends (`indexing.service.app`). Kept while that design rests on it: a torch upgrade can change the answer. Feeds
+docs/service.md, "One OpenMP team".
 
-    python -m evaluation.bench_torch_teams                 # a random cpu-config JSA, 100 passes a case, 2 rounds
-    python -m evaluation.bench_torch_teams --checkpoint runs/realsound/seed0/jsa/best.pt
+    python -m evaluation.probes.bench_torch_teams                 # a random cpu-config JSA, 100 passes, 2 rounds
+    python -m evaluation.probes.bench_torch_teams --checkpoint runs/realsound/seed0/jsa/best.pt
 
 torch's OpenMP threads belong to the thread that starts a parallel region and live as long as it does. Each case
 runs in its own process (a team cannot be removed once made) and encodes one spectrogram on a worker thread 100
@@ -89,7 +93,7 @@ def main() -> None:
         for round_ in range(1, args.rounds + 1):
             ms = {}
             for case in CASES:
-                answer = subprocess.run([sys.executable, "-m", "evaluation.bench_torch_teams", "--case", case,
+                answer = subprocess.run([sys.executable, "-m", "evaluation.probes.bench_torch_teams", "--case", case,
                                          "--checkpoint", checkpoint], check=True, capture_output=True, text=True)
                 ms[case] = json.loads(answer.stdout.strip().splitlines()[-1])["ms"]
             print(f"{round_:>5}  {ms['main-loads']:>8.2f} ms  {ms['loader-ends']:>8.2f} ms  "

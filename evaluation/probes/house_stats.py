@@ -1,5 +1,7 @@
-"""Figures of the house (`python -m evaluation.house_stats`): how large its rooms are and how its files lean on
-each other, read from the source alone (nothing is imported).
+"""Probe (not shipped). Question: how large are the house's rooms and how do its files lean on each other, read
+from the source alone (nothing is imported)? Answer: what `python -m evaluation.probes.house_stats` prints today;
+the one figure that must stay at zero, module-level import cycles between files, is asserted by
+tests/test_imports.py through `import_cycles`. Feeds docs/house.md, "The import rule".
 
 - lines per module, the largest five;
 - functions (and methods) longer than `LONG_FUNCTION_LINES`, from `def` to their last line;
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 PACKAGES = ("jsa_retrieval", "training", "indexing", "evaluation")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LONG_FUNCTION_LINES = 60
 MANY_ARGUMENTS = 8
 
