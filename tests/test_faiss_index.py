@@ -236,6 +236,7 @@ def test_to_gpu_without_gpus_returns_the_cpu_index() -> None:
     assert to_gpu(index) is index
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(num_gpus() == 0, reason="needs faiss-gpu and a GPU")
 def test_gpu_search_matches_cpu(store: EmbeddingStore, pairs: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
     choice = choose_index(NUM, DIM, factory="IVF64,Flat")

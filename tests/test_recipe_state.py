@@ -31,6 +31,7 @@ def _last(run: Path) -> dict:
     return torch.load(run / "last.pt", weights_only=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["jsa", "ezvsl", "alignment"])
 def test_a_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_ends(tiny_data, tmp_path, model_name):
     config = tiny_config(epochs=2)
