@@ -228,10 +228,6 @@ def use_listening_maps(config: JSARConfig) -> JSARConfig:
     return apply_settings(config, LISTENING_METHOD)
 
 
-MODEL_NAMES = ("jsa", "ezvsl", "alignment")
-"""The methods jsar trains: JSA and the two baselines (one recipe each in training/recipes.py)."""
-
-
 @dataclass(frozen=True)
 class Ablation:
     """A part of JSA that an ablation removes (the paper's Tables 5-6): a boolean config field, True in the full

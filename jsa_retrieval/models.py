@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import MODEL_NAMES, JSARConfig, check_config
+from .config import JSARConfig, check_config
 from .encoders import AudioEncoder, ImageEncoder
 from .slot_attention import JointSlotAttention, SlotAttentionOutput, slot_attention_weights
 
@@ -446,15 +446,20 @@ class AlignmentModel(_CosineMapModel):
         )
 
 
-_MODELS = {"jsa": JSAModel, "ezvsl": EZVSLModel, "alignment": AlignmentModel}
+MODELS: dict[str, type[nn.Module]] = {model.model_name: model for model in (JSAModel, EZVSLModel, AlignmentModel)}
+"""The methods jsar trains, by name: JSA and the two baselines. The one list of methods: `jsar train --model`, the
+checkpoints' `model_name` and training's recipes (training/recipes.py, one per entry; tests/test_recipes.py checks
+them against this) all read it. A new method is a model class here and its recipe (docs/house.md, "Add a method")."""
+
+MODEL_NAMES = tuple(MODELS)
 
 
 def create_model(config: JSARConfig, model_name: str = "jsa", image_weights: str | None = None,
                  audio_weights: str | None = None) -> nn.Module:
     """Build `model_name` for `config`; `image_weights` / `audio_weights` override config.model's for this build
     only (load_model passes 'none' because the checkpoint supplies every weight)."""
-    if model_name not in _MODELS:
+    if model_name not in MODELS:
         raise ValueError(f"unknown model {model_name!r}; choose one of {MODEL_NAMES}")
     check_config(config)
-    return _MODELS[model_name](config, image_weights, audio_weights)
+    return MODELS[model_name](config, image_weights, audio_weights)
 

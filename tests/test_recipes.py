@@ -7,15 +7,15 @@ from click.testing import CliRunner
 
 from evaluation.experiment import DEFAULT_RUNS, REPORTED_ABLATIONS, RUNS
 from jsa_retrieval.cli import cli
-from jsa_retrieval.config import ABLATIONS, MODEL_NAMES, config_field
-from jsa_retrieval.models import AlignmentForward
+from jsa_retrieval.config import ABLATIONS, config_field
+from jsa_retrieval.models import MODEL_NAMES, MODELS, AlignmentForward, create_model
 from training.recipes import RECIPES, conceptual_partners, make_recipe, split_views
 
 from conftest import tiny_config
 
 
 def test_there_is_one_recipe_per_method_and_only_jsa_has_switches():
-    assert tuple(RECIPES) == MODEL_NAMES
+    assert tuple(RECIPES) == MODEL_NAMES == ("jsa", "ezvsl", "alignment")
     config = tiny_config()
     recipes = {name: make_recipe(name, config) for name in MODEL_NAMES}
     assert recipes["jsa"].ablations == ABLATIONS
@@ -24,6 +24,25 @@ def test_there_is_one_recipe_per_method_and_only_jsa_has_switches():
     assert recipes["alignment"].audio_shift == float("inf") and recipes["jsa"].audio_shift is None
     with pytest.raises(ValueError, match="unknown model"):
         make_recipe("clip", config)
+
+
+def test_each_recipe_names_its_methods_model_class_and_an_objective_that_scores_its_output():
+    """The model registry and the recipes are kept in step here (jsa_retrieval cannot import training): every
+    method has exactly one recipe, and the recipe's model class is the one create_model builds for its name."""
+    assert set(RECIPES) == set(MODELS)
+    config = tiny_config()
+    for name, recipe_class in RECIPES.items():
+        assert recipe_class.model_class is MODELS[name] and recipe_class.model_class.model_name == name
+        recipe = make_recipe(name, config)
+        model = create_model(config, name)
+        assert type(model) is recipe.model_class
+        views = recipe.views
+        items = 6  # over reciprocal_k + 1, so JSA's false-negative mining runs
+        images = torch.rand(items * views, 3, config.data.image_size, config.data.image_size)
+        spectrograms = torch.randn(items * views, 1, *config.data.spectrogram_shape)
+        recipe.begin_epoch(items, 0)
+        terms, _ = recipe.loss_terms(model(images, spectrograms), views, epoch_progress=1.0)
+        assert torch.isfinite(terms["total"]) and terms["total"].requires_grad
 
 
 def test_each_ablation_run_switches_off_exactly_its_field_and_the_full_run_none():

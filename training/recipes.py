@@ -1,23 +1,26 @@
 """One recipe per method: what training does differently for JSA, EZ-VSL and the alignment baseline.
 
-A recipe says how a step sees a clip (views, audio window), which
-objective the model's output feeds, and what is kept between steps and epochs (the alignment baseline's embedding
-banks and conceptual partners). `trainer.train()` is set-up plus an epoch loop over a recipe, so a new method is
-a new recipe here (open_clip keeps one task object per method the same way). A recipe object holds one training
-run's state: make a fresh one per run with `make_recipe`.
+A recipe names its model class (`model_class`, from jsa_retrieval.models.MODELS, whose `model_name` is the
+method's name) and its objective (`objective`, training/objectives.py), and says how a step sees a clip (views,
+audio window) and what is kept between steps and epochs (the alignment baseline's embedding banks and conceptual
+partners). `trainer.train()` is set-up plus an epoch loop over a recipe, so a new method is a model class and a
+recipe here (open_clip keeps one task object per method the same way; docs/house.md, "Add a method"). A recipe
+object holds one training run's state: make a fresh one per run with `make_recipe`.
 """
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from jsa_retrieval.config import ABLATIONS, MODEL_NAMES, Ablation, JSARConfig
+from jsa_retrieval.config import ABLATIONS, Ablation, JSARConfig
 from jsa_retrieval.distributed import all_reduce_sum_
+from jsa_retrieval.models import MODEL_NAMES, AlignmentModel, EZVSLModel, JSAModel
 
 from .objectives import alignment_objective, ezvsl_objective, jsa_objective
 
@@ -25,9 +28,10 @@ Terms = dict[str, torch.Tensor]
 
 
 class Recipe(ABC):
-    """A method's training: its data views, its objective, and its hooks around steps and epochs."""
+    """A method's training: its model class, its objective, its data views, and its hooks around steps and epochs."""
 
-    name: str
+    model_class: type[nn.Module]  # the method's model; its `model_name` is the recipe's key in RECIPES
+    objective: Callable[..., Terms]  # the method's loss: the model's forward output (per view) in, named terms out
     views: int = 1  # image-audio views of a clip per item (stacked into one forward pass)
     audio_shift: float | None = None  # ClipDataset's audio window jitter (None: the centred window)
     ablations: tuple[Ablation, ...] = ()  # the parts of the method an ablation can switch off
@@ -63,27 +67,30 @@ class Recipe(ABC):
 class JSARecipe(Recipe):
     """JSA (Eq. 11): one view, the centred audio window; the ablation switches of Tables 5-6."""
 
-    name = "jsa"
+    model_class = JSAModel
+    objective = staticmethod(jsa_objective)
     ablations = ABLATIONS
 
     def loss_terms(self, output: Any, views: int, epoch_progress: float) -> tuple[Terms, Any]:
-        return jsa_objective(output, self.config.train, gate_weight(self.config, epoch_progress)), output
+        return self.objective(output, self.config.train, gate_weight(self.config, epoch_progress)), output
 
 
 class EZVSLRecipe(Recipe):
     """EZ-VSL: one view, the centred audio window, multiple-instance InfoNCE."""
 
-    name = "ezvsl"
+    model_class = EZVSLModel
+    objective = staticmethod(ezvsl_objective)
 
     def loss_terms(self, output: Any, views: int, epoch_progress: float) -> tuple[Terms, Any]:
-        return ezvsl_objective(output, self.config.train), output
+        return self.objective(output, self.config.train), output
 
 
 class AlignmentRecipe(Recipe):
     """Senocak et al. (ICCV 2023): two augmented views (random crops, a wide audio time shift) plus a conceptual
     positive drawn from the previous epoch's embeddings, kept in per-item banks."""
 
-    name = "alignment"
+    model_class = AlignmentModel
+    objective = staticmethod(alignment_objective)
     views = 2
     audio_shift = math.inf
 
@@ -103,7 +110,7 @@ class AlignmentRecipe(Recipe):
 
     def loss_terms(self, output: Any, views: int, epoch_progress: float) -> tuple[Terms, Any]:
         split = split_views(output, views)
-        return alignment_objective(split, self.config.train), split[0]
+        return self.objective(split, self.config.train), split[0]
 
     def after_step(self, batch: dict, output: Any) -> None:
         self.banks["image"][batch["index"]] = output.image_projection.detach().float().cpu()
@@ -122,8 +129,9 @@ class AlignmentRecipe(Recipe):
             self.banks = {name: bank.clone() for name, bank in state["banks"].items()}
 
 
-RECIPES: dict[str, type[Recipe]] = {recipe.name: recipe for recipe in (JSARecipe, EZVSLRecipe, AlignmentRecipe)}
-assert tuple(RECIPES) == MODEL_NAMES, "one recipe per method of config.MODEL_NAMES"
+RECIPES: dict[str, type[Recipe]] = {recipe.model_class.model_name: recipe
+                                     for recipe in (JSARecipe, EZVSLRecipe, AlignmentRecipe)}
+"""One recipe per method of jsa_retrieval.models.MODELS, keyed by its model's name (tests/test_recipes.py)."""
 
 
 def make_recipe(model_name: str, config: JSARConfig) -> Recipe:

@@ -7,8 +7,22 @@ from typing import Callable
 
 import click
 
-from ..config import ABLATIONS, MODEL_NAMES, PRESETS, config_with_overrides
+from ..config import ABLATIONS, PRESETS, config_with_overrides
 from .options import EXAMPLE, device_option, is_quiet, workers_option
+
+
+class MethodChoice(click.Choice):
+    """click.Choice over the methods of jsa_retrieval.models.MODELS, read when click first needs them (parsing
+    --model, `jsar train --help`), so that importing the CLI does not import torch (tests/test_cli.py)."""
+
+    def __init__(self) -> None:
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from ..models import MODEL_NAMES
+
+        return MODEL_NAMES
 
 
 def ablation_options(function: Callable) -> Callable:
@@ -24,7 +38,7 @@ def ablation_options(function: Callable) -> Callable:
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--config", "config_name", default="cpu", show_default=True,
               help=f"A preset ({', '.join(sorted(PRESETS))}) or a JSON config file.")
-@click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="jsa",
+@click.option("--model", "model_name", type=MethodChoice(), default="jsa",
               show_default=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/jsa"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (refused if it was trained under another "
