@@ -1,4 +1,5 @@
-"""Search in Milvus instead of FAISS: for collections that outgrow one machine (DESIGN.md section 6).
+"""Search in Milvus instead of FAISS: for collections that outgrow one machine (docs/scaling.md, "Search in
+Milvus"; how a back end plugs in: docs/house.md, "Add an index back end").
 
 The HDF5 store stays the source of truth. `push_store` upserts its rows into two collections named after the
 store's fingerprint, `{prefix}_{fingerprint[:16]}_image` (image vectors: answers audio queries) and `..._audio`

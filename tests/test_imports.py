@@ -1,4 +1,4 @@
-"""The house rule (STYLE.md, "Our house, by room"): `jsa_retrieval` imports none of the other packages,
+"""The house rule (docs/house.md, "The import rule"): `jsa_retrieval` imports none of the other packages,
 `training` and `indexing` import only `jsa_retrieval` (neither the other), `evaluation` may import them all.
 
 Every module's imports are read from its source (function-level imports too), so a lazy import cannot hide a
@@ -42,7 +42,7 @@ def test_no_module_imports_a_package_its_room_never_imports():
                 continue
             for target in sorted(imported_packages(path) & forbidden):
                 wrong.append(f"{relative} imports {target}")
-    assert not wrong, "imports against the house's rooms (STYLE.md): " + "; ".join(wrong)
+    assert not wrong, "imports against the house's rooms (docs/house.md): " + "; ".join(wrong)
 
 
 def test_the_walk_sees_lazy_imports(tmp_path):
