@@ -297,7 +297,7 @@ def test_a_500_is_one_line_and_its_traceback_is_logged_once(engine):
             records.append(record)
 
     handler = Collect()
-    loggers = [logging.getLogger(name) for name in ("jsar.serve", "uvicorn.error", "uvicorn", "")]
+    loggers = [logging.getLogger(name) for name in ("indexing.service", "uvicorn.error", "uvicorn", "")]
     for each in loggers:
         each.addHandler(handler)
     try:

@@ -417,3 +417,108 @@ def test_cli_query_with_no_server_listening_is_one_line(tiny_index):
                                       str(tiny_index[1] / "audio" / "synth_000001.wav")])
     assert result.exit_code != 0 and isinstance(result.exception, JsarError)
     assert "no jsar service" in str(result.exception) and "\n" not in str(result.exception)
+
+
+# ------------------------------------------------------------------------------------------------ logging, uvicorn
+def test_the_services_messages_go_through_jsars_logging_set_up(capsys):
+    """Every service module logs under `indexing`, which `configure_logging` sets up: its one-line format, -v and
+    -q reach the service's warnings (a `jsar.serve` logger once bypassed them)."""
+    import logging
+
+    from indexing.service import app, batcher, connections, limits, uploads
+    from jsa_retrieval.cli import PACKAGES, configure_logging
+
+    saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).level,
+                    logging.getLogger(name).propagate) for name in PACKAGES}
+    modules = (app, batcher, connections, limits, uploads)
+    try:
+        configure_logging(0)
+        for module in modules:
+            module.logger.warning("from %s", module.__name__)
+        printed = capsys.readouterr().err.splitlines()
+        assert printed == [f"warning: from {module.__name__}" for module in modules]
+        configure_logging(-1)  # -q: warnings only
+        connections.logger.info("not shown")
+        limits.logger.warning("shown")
+        assert capsys.readouterr().err.splitlines() == ["warning: shown"]
+    finally:
+        for name, (handlers, level, propagate) in saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
+
+
+class _FakeTransport:
+    """What uvicorn's protocol asks of an asyncio transport while a connection opens and closes."""
+
+    def __init__(self) -> None:
+        self.closed, self.written = False, b""
+
+    def get_extra_info(self, name: str, default=None):
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_the_uvicorn_internals_the_bounded_protocol_relies_on_are_there():
+    """connections.BoundedH11Protocol subclasses uvicorn's private H11Protocol (uvicorn is pinned in setup.cfg to
+    the minor release this was tested on). A new uvicorn must keep: the four methods it overrides with their
+    signatures; `uvicorn.Config(http=...)` taking its factory; and, on a protocol made as uvicorn's server makes
+    one, the attributes it reads (loop, connections, conn, cycle, transport, flow.read_paused)."""
+    import asyncio
+    import inspect
+
+    import h11
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.server import ServerState
+
+    from indexing.service.connections import BoundedH11Protocol, ConnectionLimits, protocol_factory
+
+    overridden = {"connection_made": ["self", "transport"], "data_received": ["self", "data"],
+                  "on_response_complete": ["self"], "connection_lost": ["self", "exc"]}
+    for name, parameters in overridden.items():
+        assert list(inspect.signature(getattr(H11Protocol, name)).parameters) == parameters, name
+        assert name in vars(BoundedH11Protocol)
+    assert list(inspect.signature(H11Protocol.__init__).parameters)[:4] == ["self", "config", "server_state",
+                                                                            "app_state"]
+
+    async def asgi_app(scope, receive, send):
+        pass
+
+    closed: list[str] = []
+    limits = ConnectionLimits(max_connections=1, on_close=closed.append)
+    config = uvicorn.Config(asgi_app, http=protocol_factory(limits), log_level="warning")
+    config.load()
+    loop, state = asyncio.new_event_loop(), ServerState()
+    try:
+        def connect() -> tuple[BoundedH11Protocol, _FakeTransport]:  # as uvicorn.server's create_protocol does
+            protocol = config.http_protocol_class(config=config, server_state=state, app_state={}, _loop=loop)
+            transport = _FakeTransport()
+            protocol.connection_made(transport)
+            return protocol, transport
+
+        first, first_transport = connect()
+        assert isinstance(first, BoundedH11Protocol) and first.loop is loop and first in state.connections
+        assert first.conn.their_state is h11.IDLE and first.cycle is None and first.transport is first_transport
+        assert first.flow.read_paused is False
+        assert first.idle() and first._timer_kind == "head"  # the head deadline is armed on uvicorn's loop
+        second, _ = connect()  # one over the cap: the oldest idle connection is closed for it
+        assert first_transport.closed and closed == ["evicted"]
+        for protocol in (first, second):
+            protocol.connection_lost(None)
+        assert not state.connections and first._timer is None and second._timer is None
+    finally:
+        loop.close()

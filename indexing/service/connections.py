@@ -26,7 +26,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .config import ServeError
 
-logger = logging.getLogger("jsar.serve")
+logger = logging.getLogger(__name__)
 
 SERVICE_UNAVAILABLE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
                        b"content-length: 54\r\n\r\n" + b'{"error": "too many connections in progress; retry"}  ')

@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect
 
 from .uploads import UploadError
 
-logger = logging.getLogger("jsar.serve")
+logger = logging.getLogger(__name__)
 UNBOUNDED_PATHS = ("/health", "/favicon.ico", "/favicon.svg")  # answered whatever else is in progress
 
 

@@ -19,7 +19,7 @@ from jsa_retrieval.decode import DecodeError
 from jsa_retrieval.errors import JsarError
 
 Decoded = TypeVar("Decoded")
-logger = logging.getLogger("jsar.serve")
+logger = logging.getLogger(__name__)
 UPLOAD_PREFIX = "jsar-upload-"
 STALE_AFTER_S = 24 * 3600  # a folder whose owner cannot be told is stale after this
 
