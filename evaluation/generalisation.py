@@ -4,8 +4,8 @@
 Per checkpoint and split, from one model pass over the split (`collect_outputs`): class Recall@1/10 both ways
 over the whole split, AP50 at the fixed 0.6 threshold overall and by scene kind (`silent_object_in_view`), and the
 AUROC of the model's presence score on each sound's top-k hits over the whole split's sound x picture matrix
-(`evaluation.presence.hit_presence`'s rule: present = the picture's sounding object is the sound's class, absent =
-no object of that class in the picture).
+(`scoring.score_outputs`, the rule of `evaluation.presence`: present = the picture's sounding object is the sound's
+class, absent = no object of that class in the picture).
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from jsa_retrieval.collect import collect_outputs
 from jsa_retrieval.files import write_atomically
 
 from .localization import iqr_alpha_for, load_evaluated_model
-from .presence import hit_presence
 from .scoring import score_outputs
 
 GROUP_FIELD = "silent_object_in_view"
@@ -79,17 +78,16 @@ def score_split(checkpoint: str | Path, data_dir: Path, split: str, k: int = 10,
     clips = read_dataset(Path(data_dir), split).clips
     model, config, _, _, where = load_evaluated_model(checkpoint, device)
     outputs = collect_outputs(model, clips, config.data, where, 32, num_workers,
-                              iqr_alpha_for(model, config), progress=progress)
-    scores = score_outputs(clips, outputs, ("fixed",), (1, 10), group_by=GROUP_FIELD)
+                              iqr_alpha_for(model, config), progress=progress,
+                              presence=hasattr(model, "presence_matrix"))
+    scores = score_outputs(clips, outputs, ("fixed",), (1, 10), group_by=GROUP_FIELD, presence_hits=k)
     plain = scores.localization.get("fixed", {}).get("plain")
     groups = scores.localization_by_group.get("fixed", {})
     by_group = {str(value): 100 * columns["plain"].ap50 for value, columns in groups.items() if "plain" in columns}
     recall = {direction: {int(kk): 100 * value for kk, value in table.items()}
               for direction, table in (scores.retrieval or {}).items()}
-    presence = hit_presence(checkpoint, data_dir, split, k, device) if hasattr(model, "presence_matrix") else None
     return SplitScores(str(checkpoint), split, len(clips), recall, None if plain is None else 100 * plain.ap50,
-                       by_group, None if presence is None else presence["auroc"],
-                       (0, 0) if presence is None else (presence["n_present"], presence["n_absent"]))
+                       by_group, scores.presence_auroc_hits, scores.n_presence_hits)
 
 
 def evaluate_generalisation(checkpoints: Sequence[str | Path], data_dir: str | Path,

@@ -11,6 +11,13 @@ Two stages, so that `jsar eval compare` can reuse the first for retrieval too:
 
 Columns: "plain" (cross map), "+IQR" (refined map; JSA only, the baselines have no image query), "+OGL"
 (plain fused with the object prior), "+IQR+OGL" (refined map fused with the object prior).
+
+With `negatives`, the field's extended protocol (SLAVC, Mo & Morgado, NeurIPS 2022: extended Flickr-SoundNet and
+VGG-SS) is scored too: every evaluated picture also appears in a negative pair, with the sound of a clip whose
+class is not in the picture (`negative_partners`, fixed by a seed); each pair's confidence is the model's presence
+score (model.presence_matrix: the peak of the raw cosine map for EZ-VSL and the location head, SLAVC's "map
+maximum"; JSA's target-slot cosine without a head), and AP and max-F1 over confidence thresholds count a positive
+as found only when confident and its cIoU >= 0.5 (`metrics.extended_ap`, `metrics.extended_max_f1`).
 """
 from __future__ import annotations
 
@@ -57,6 +64,8 @@ class ColumnScores:
     `ap50` is what papers print as "cIoU". Mask datasets (AVSBench) add `miou` and `f_score_binary` on the
     map binarised with the report's threshold mode, and `f_score` (AVSBench's max-over-thresholds F on the
     continuous map); they are None when no clip has a mask. `n_masks` counts the clips they are over.
+    `negatives_ap` / `negatives_max_f1`: the extended protocol's AP and max-F1 over the `n` positive pairs and
+    `n_negatives` negative ones (None unless negatives were asked for).
     """
 
     column: str
@@ -69,6 +78,9 @@ class ColumnScores:
     f_score: float | None = None
     f_score_binary: float | None = None
     n_masks: int = 0
+    negatives_ap: float | None = None
+    negatives_max_f1: float | None = None
+    n_negatives: int = 0
 
 
 @dataclass
@@ -111,6 +123,7 @@ class LocalizationReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
     group_by: str | None = None
     groups: dict[str, dict[str, ColumnScores]] = field(default_factory=dict)
+    negatives_seed: int | None = None  # the seed of the negative pairs; None: not scored with negatives
 
     kind = "localization"
 
@@ -119,7 +132,7 @@ class LocalizationReport:
         values = {name: getattr(self, name) for name in (
             "model_name", "checkpoint", "checkpoint_sha", "config", "data_dir", "layout", "split", "threshold",
             "upsample_mode", "eval_size", "iqr_alpha", "ogl", "ogl_weight", "n_clips", "n_evaluated",
-            "n_skipped_no_gt", "n_skipped_unreadable", "n_missing_files", "per_clip")}
+            "n_skipped_no_gt", "n_skipped_unreadable", "n_missing_files", "per_clip", "negatives_seed")}
         values["kind"] = self.kind
         values["columns"] = {name: asdict(scores) for name, scores in self.columns.items()}
         values["failures"] = [list(failure) for failure in self.failures]
@@ -350,6 +363,54 @@ def _add_f_curve(scores: dict[str, ColumnScores], outputs: ModelOutputs, masks: 
         column_scores.f_score = metrics.f_score_curve(full, masks)
 
 
+def negative_partners(labels: Sequence[Any], silent_labels: Sequence[Any], pictures: Sequence[int],
+                      seed: int = 0) -> np.ndarray:
+    """For each row in `pictures`, the row of a sound whose source is not in that picture: a labelled clip whose
+    class is neither the picture's sounding class nor its silent one (`labels`, `silent_labels` per row; None or
+    '': unknown), drawn uniformly with numpy's Generator(`seed`) in the order of `pictures`. An unlabelled
+    picture cannot be judged, so it raises; so does a picture no other class can pair with."""
+    def known(value: Any) -> str | None:
+        return None if value in (None, "") else str(value)
+
+    label_array = np.array([known(label) for label in labels], dtype=object)
+    rng = np.random.default_rng(seed)
+    candidates_for: dict[tuple[str, str | None], np.ndarray] = {}
+    partners = []
+    for row in pictures:
+        held = (known(labels[row]), known(silent_labels[row]))
+        if held[0] is None:
+            raise ValueError(f"negative pairs need a class label on every picture (row {row} has none)")
+        if held not in candidates_for:
+            candidates_for[held] = np.flatnonzero((label_array != None) & (label_array != held[0])  # noqa: E711
+                                                  & (label_array != held[1]))
+        candidates = candidates_for[held]
+        if candidates.size == 0:
+            raise ValueError(f"no clip of a class other than {held[0]!r} to pair picture row {row} with")
+        partners.append(int(candidates[rng.integers(candidates.size)]))
+    return np.array(partners, dtype=int)
+
+
+def score_negatives(scores: dict[str, ColumnScores], clips: Sequence[Clip], outputs: ModelOutputs,
+                    per_clip: dict[str, Any], seed: int = 0) -> None:
+    """Add the extended protocol's AP and max-F1 to every column of `scores`: positives are the evaluated clips
+    (`per_clip` ids and cIoUs), each with one negative pair (its picture, `negative_partners`' sound); the
+    confidence of pair (sound i, picture j) is `outputs.presence[i, j]` (collected with presence=True)."""
+    if outputs.presence is None:
+        raise ValueError("negatives need the presence matrix: collect_outputs(..., presence=True)")
+    row_of = {clips[int(position)].id: row for row, position in enumerate(outputs.positions)}
+    pictures = np.array([row_of[clip_id] for clip_id in per_clip["ids"]], dtype=int)
+    kept = [clips[int(position)] for position in outputs.positions]
+    partners = negative_partners([clip.label for clip in kept], [clip.extra.get("silent_class") for clip in kept],
+                                 pictures.tolist(), seed)
+    confidence = np.r_[outputs.presence[pictures, pictures], outputs.presence[partners, pictures]]
+    positive = np.r_[np.ones(pictures.size, dtype=bool), np.zeros(pictures.size, dtype=bool)]
+    for column, column_scores in scores.items():
+        cious = np.r_[np.asarray(per_clip["ciou"][column], dtype=np.float64), np.zeros(pictures.size)]
+        column_scores.negatives_ap = metrics.extended_ap(confidence, cious, positive)
+        column_scores.negatives_max_f1 = metrics.extended_max_f1(confidence, cious, positive)
+        column_scores.n_negatives = int(pictures.size)
+
+
 def _example(clip: Clip, gt: np.ndarray, maps: dict[str, np.ndarray], size: int) -> LocalizationExample | None:
     """The clip's frame as the model saw it (squashed to size x size) with its maps, for figures."""
     try:
@@ -370,7 +431,8 @@ def evaluate_localization(checkpoint: str | Path | tuple[nn.Module, JSARConfig],
                           threshold: str = "median", upsample_mode: str = "bicubic", iqr_alpha: float | None = None,
                           ogl: str | None = None, ogl_weights: str | Path | None = None, batch_size: int = 32,
                           num_workers: int = 2, keep_examples: int = 8, eval_size: int = EVAL_SIZE,
-                          device: str | torch.device | None = None, group_by: str | None = None) -> LocalizationReport:
+                          device: str | torch.device | None = None, group_by: str | None = None,
+                          negatives: bool = False, negatives_seed: int = 0) -> LocalizationReport:
     """Localization scores of a checkpoint (or a (model, config) pair) on an annotated dataset.
 
     `threshold` is 'median' (EZ-VSL et al.), 'fixed' (0.6, the JSA release) or 'adaptive' (the ground
@@ -378,6 +440,9 @@ def evaluate_localization(checkpoint: str | Path | tuple[nn.Module, JSARConfig],
     `ogl` names the object-prior backbone ('resnet18' or 'efficientnet-lite0', `ogl_weights` a local
     ResNet-18 .pth) or None for no OGL columns. Clips without ground truth are skipped and counted.
     `group_by` names an extra key of the annotation records (or `class`): every column is scored per value too.
+    `negatives` adds the extended protocol's AP and max-F1 to every column (module docstring; the negative pairs
+    are drawn with `negatives_seed`; needs a class label on every clip, and keeps the split's whole
+    sound x picture presence matrix in memory).
     """
     if threshold not in metrics.THRESHOLD_MODES:
         raise ValueError(f"unknown threshold mode {threshold!r}; choose one of {metrics.THRESHOLD_MODES}")
@@ -391,8 +456,11 @@ def evaluate_localization(checkpoint: str | Path | tuple[nn.Module, JSARConfig],
     model, config, checkpoint_path, checkpoint_sha, device = load_evaluated_model(checkpoint, device)
     alpha = iqr_alpha_for(model, config, iqr_alpha)
     prior = load_object_prior(ogl, ogl_weights, device) if ogl else None
-    outputs = collect_outputs(model, annotated, config.data, device, batch_size, num_workers, alpha, prior)
+    outputs = collect_outputs(model, annotated, config.data, device, batch_size, num_workers, alpha, prior,
+                              presence=negatives)
     scored = score_localization(annotated, outputs, threshold, upsample_mode, eval_size, keep_examples)
+    if negatives:
+        score_negatives(scored.columns, annotated, outputs, scored.per_clip, negatives_seed)
     groups = score_by_group(annotated, outputs, group_by, threshold, upsample_mode, eval_size) if group_by else {}
     failures = list(outputs.failures.failures) + scored.unreadable
     if failures:
@@ -406,4 +474,5 @@ def evaluate_localization(checkpoint: str | Path | tuple[nn.Module, JSARConfig],
         n_skipped_no_gt=len(collection) - len(annotated), n_skipped_unreadable=len(failures),
         n_missing_files=len(collection.missing), columns=scored.columns, per_clip=scored.per_clip,
         examples=scored.examples, failures=failures, group_by=group_by, groups=groups,
+        negatives_seed=negatives_seed if negatives else None,
     )

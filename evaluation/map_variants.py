@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from jsa_retrieval.clips import Clip, read_dataset
-from jsa_retrieval.collect import presence_pairs
+from jsa_retrieval.collect import split_presence_targets
 from jsa_retrieval.inference import pick_device
 from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.maps import upsample_and_normalise
-from jsa_retrieval.metrics import ap50, ciou, presence_auroc, threshold_map, vggss_gt_map
+from jsa_retrieval.metrics import ap50, ciou, presence_auroc, presence_scores, threshold_map, vggss_gt_map
 
 from .localization import EVAL_SIZE, group_value
 from .presence import encode_split
@@ -61,9 +61,7 @@ def score_variants(checkpoint: str | Path, clips: Sequence[Clip], device: str | 
     where = pick_device(device)
     model, config, _ = load_model(checkpoint, map_location=where)
     image, audio, kept = encode_split(model, clips, config, where, num_workers)
-    presence, similarity = model.presence_matrix(audio, image).numpy(), (audio.vector @ image.vector.T).numpy()
-    blocks = [(np.arange(start, min(start + 32, len(kept))), presence[start:start + 32, start:start + 32],
-               similarity[start:start + 32, start:start + 32]) for start in range(0, len(kept), 32)]
+    presence = model.presence_matrix(audio, image).numpy()  # every sound against every picture of the split
     scenes = np.array([group_value(clip, SCENE_FIELD) for clip in kept])
     truths = [vggss_gt_map(clip.boxes, EVAL_SIZE) for clip in kept]
     variants = variants or default_variants(image.location_keys is not None)
@@ -78,7 +76,7 @@ def score_variants(checkpoint: str | Path, clips: Sequence[Clip], device: str | 
         cious = np.array([ciou(threshold_map(m, "fixed"), truth) for m, truth in zip(full, truths)])
         results[variant.name] = {"all": ap50(cious), **{value: ap50(cious[scenes == value])
                                                         for value in sorted(set(scenes.tolist()))}}
-    present, absent = presence_pairs(kept, blocks)
+    present, absent = presence_scores(presence, split_presence_targets(kept))
     return {"variants": results, "presence_auroc": presence_auroc(present, absent) if absent.size else None,
             "n": len(kept), "n_by_scene": {value: int((scenes == value).sum()) for value in sorted(set(scenes.tolist()))}}
 

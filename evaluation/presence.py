@@ -3,7 +3,10 @@ presence (model.presence_matrix) against the checkpoint's calibrated cut. A hit 
 the sound's class as the sounding object, absent when the picture holds no object of that class at all (pictures
 that show the class only as a silent object are left out).
 
-    python -m evaluation.presence runs/real/best.pt data/realsound --split test -k 10
+Every number comes from the whole split's sound x picture matrices (one collect pass), so it does not depend on
+the batch size or on the clips' order.
+
+    python -m evaluation.presence runs/real/calibrated.pt data/realsound --split test -k 10
 """
 from __future__ import annotations
 
@@ -14,36 +17,45 @@ import numpy as np
 import torch
 
 from jsa_retrieval.checkpoints import load_model
-from jsa_retrieval.clips import read_dataset
+from jsa_retrieval.clips import Clip, read_dataset
+from jsa_retrieval.collect import collect_outputs, concatenate_sides, split_presence_targets
 from jsa_retrieval.dataset import ClipDataset, make_loader
 from jsa_retrieval.inference import iter_embeddings, pick_device
-from jsa_retrieval.collect import presence_pairs
-from jsa_retrieval.metrics import presence_auroc
+from jsa_retrieval.metrics import SERVED_HITS, cut_rates, presence_auroc, presence_scores, top_k_hits
+
+
+def hit_presence_scores(presence: np.ndarray, similarity: np.ndarray, targets: np.ndarray, k: int,
+                        cut: float | None) -> dict:
+    """{'auroc', 'auroc_retrieval_score', 'cut', 'absent_flagged', 'present_kept', 'n_present', 'n_absent'} of
+    the (A, I) presence and retrieval-similarity matrices over each sound's top-k pictures (pure: arrays in)."""
+    shown = top_k_hits(similarity, k)
+    present, absent = presence_scores(presence, targets, shown)
+    kept, flagged = (None, None) if cut is None else cut_rates(present, absent, cut)
+    return {"auroc": presence_auroc(present, absent),
+            "auroc_retrieval_score": presence_auroc(*presence_scores(similarity, targets, shown)),
+            "cut": cut, "n_present": int(present.size), "n_absent": int(absent.size),
+            "absent_flagged": flagged, "present_kept": kept}
 
 
 @torch.no_grad()
-def hit_presence(checkpoint: str | Path, data_dir: str | Path, split: str, k: int = 10,
-                 device: str | None = None) -> dict:
-    """{'auroc', 'auroc_retrieval_score', 'cut', 'absent_flagged', 'present_kept', 'n_present', 'n_absent'} over
-    every labelled sound's top-k image hits among the split's pictures (exact search, own pair included)."""
+def hit_presence(checkpoint: str | Path, data_dir: str | Path, split: str, k: int = SERVED_HITS,
+                 device: str | None = None, batch_size: int = 32, num_workers: int = 2) -> dict:
+    """`hit_presence_scores` over every labelled sound's top-k image hits among the split's pictures (exact
+    search, own pair included), with the checkpoint's calibrated cut (None when it has none) and, when the
+    checkpoint records one, how it was calibrated ('calibration')."""
     where = pick_device(device)
     model, config, meta = load_model(checkpoint, map_location=where)
     clips = read_dataset(Path(data_dir), split).clips
-    image, audio, kept = encode_split(model, clips, config, where)
-    similarity = (audio.vector @ image.vector.T).numpy()
-    presence = model.presence_matrix(audio, image).numpy()
-    positions = np.arange(len(kept))  # the whole split as one block
-    present, absent = presence_pairs(kept, [(positions, presence, similarity)], top_k=k)
-    by_retrieval = presence_pairs(kept, [(positions, similarity, similarity)], top_k=k)
-    cut = meta.get("presence_cut")
-    return {"auroc": presence_auroc(present, absent), "auroc_retrieval_score": presence_auroc(*by_retrieval),
-            "cut": cut, "n_present": int(present.size), "n_absent": int(absent.size),
-            "absent_flagged": None if cut is None else float(np.mean(absent <= cut)),
-            "present_kept": None if cut is None else float(np.mean(present > cut))}
+    outputs = collect_outputs(model, clips, config.data, where, batch_size, num_workers, progress=False,
+                              presence=True)
+    kept = [clips[int(p)] for p in outputs.positions]
+    result = hit_presence_scores(outputs.presence, outputs.audio_vectors @ outputs.image_vectors.T,
+                                 split_presence_targets(kept), k, meta.get("presence_cut"))
+    return {**result, "calibration": meta.get("presence_calibration")}
 
 
 @torch.no_grad()
-def encode_split(model: torch.nn.Module, clips: list, config, device: torch.device, num_workers: int = 2):
+def encode_split(model: torch.nn.Module, clips: list[Clip], config, device: torch.device, num_workers: int = 2):
     """(ImageSide, AudioSide, the clips that decoded) of every clip, each side one batch over the whole split."""
     loader = make_loader(ClipDataset(clips, config.data), 32, num_workers=num_workers, device=device)
     images, audios, positions = [], [], []
@@ -55,27 +67,22 @@ def encode_split(model: torch.nn.Module, clips: list, config, device: torch.devi
     return concatenate_sides(images), concatenate_sides(audios), [clips[int(p)] for p in np.concatenate(positions)]
 
 
-def concatenate_sides(sides: list):
-    """One ImageSide / AudioSide from a list of batches (tensor fields concatenated, the grid kept)."""
-    first = sides[0]
-    return type(first)(**{name: (torch.cat([getattr(side, name) for side in sides])
-                                 if isinstance(value, torch.Tensor) else value)
-                          for name, value in vars(first).items()})
-
-
 @click.command(help="How a checkpoint's presence score and cut do on its top-k search hits over a split.")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--split", default="test", show_default=True)
-@click.option("-k", "k", default=10, show_default=True)
+@click.option("-k", "k", default=SERVED_HITS, show_default=True)
+@click.option("--workers", "num_workers", default=2, show_default=True)
 @click.option("--device", default=None)
-def main(checkpoint: Path, data_dir: Path, split: str, k: int, device: str | None) -> None:
-    result = hit_presence(checkpoint, data_dir, split, k, device)
+def main(checkpoint: Path, data_dir: Path, split: str, k: int, num_workers: int, device: str | None) -> None:
+    result = hit_presence(checkpoint, data_dir, split, k, device, num_workers=num_workers)
     click.echo(f"{checkpoint} on {split}, top-{k} hits: {result['n_present']} present, {result['n_absent']} absent; "
                f"presence AUROC {result['auroc']:.3f} (retrieval score alone {result['auroc_retrieval_score']:.3f})")
     if result["cut"] is not None:
-        click.echo(f"cut {result['cut']:.4f}: {100 * result['absent_flagged']:.1f} % of absent hits marked 'source not "
-                   f"visible', {100 * result['present_kept']:.1f} % of present hits kept")
+        calibration = result["calibration"] or {}
+        click.echo(f"cut {result['cut']:.4f} (calibrated on {calibration.get('split', '?')}, top-"
+                   f"{calibration.get('top_k', '?')} hits): {100 * result['absent_flagged']:.1f} % of absent hits "
+                   f"marked 'source not visible', {100 * result['present_kept']:.1f} % of present hits kept")
 
 
 if __name__ == "__main__":

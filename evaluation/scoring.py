@@ -11,8 +11,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from jsa_retrieval.clips import Clip, read_dataset
-from jsa_retrieval.collect import PRESENCE_HITS, ModelOutputs, collect_outputs, presence_pairs
-from jsa_retrieval.metrics import THRESHOLD_MODES, presence_auroc
+from jsa_retrieval.collect import ModelOutputs, collect_outputs, split_presence_targets
+from jsa_retrieval.metrics import SERVED_HITS, THRESHOLD_MODES, presence_auroc, presence_scores, top_k_hits
 
 from .localization import (
     EVAL_SIZE, ColumnScores, has_ground_truth, iqr_alpha_for, load_evaluated_model, score_by_group,
@@ -36,15 +36,18 @@ class OutputScores:
     localization_by_group: dict[str, dict[str, dict[str, ColumnScores]]] = field(default_factory=dict)
     presence_auroc: float | None = None
     n_presence: tuple[int, int] = (0, 0)
-    presence_auroc_hits: float | None = None  # over each sound's top PRESENCE_HITS pictures of its batch
+    presence_auroc_hits: float | None = None  # over each sound's top-k hits among the whole split's pictures
+    n_presence_hits: tuple[int, int] = (0, 0)
 
 
 def score_outputs(clips: Sequence[Clip], outputs: ModelOutputs, thresholds: Sequence[str],
                   ks: Sequence[int] = (1, 5, 10), upsample_mode: str = "bicubic",
-                  eval_size: int = EVAL_SIZE, group_by: str | None = None) -> OutputScores:
+                  eval_size: int = EVAL_SIZE, group_by: str | None = None,
+                  presence_hits: int = SERVED_HITS) -> OutputScores:
     """Localization of the clips with ground truth under each threshold mode (and per value of `group_by`),
-    exact Recall@K both ways of the labelled clips, and, when `outputs` holds presence blocks, the AUROC of
-    source presence (present vs absent pairs). `clips` is the list `outputs.positions` indexes."""
+    exact Recall@K both ways of the labelled clips, and, when `outputs` holds the presence matrix, the AUROC of
+    source presence over every (sound, picture) pair of the whole set and over each sound's top `presence_hits`
+    pictures by retrieval score (what a search shows). `clips` is the list `outputs.positions` indexes."""
     for threshold in thresholds:
         if threshold not in THRESHOLD_MODES:
             raise ValueError(f"unknown threshold mode {threshold!r}; choose one of {THRESHOLD_MODES}")
@@ -65,14 +68,23 @@ def score_outputs(clips: Sequence[Clip], outputs: ModelOutputs, thresholds: Sequ
         directions = recall_from_vectors(outputs.audio_vectors, outputs.image_vectors, labels, ks)
         scores.retrieval = {name: {int(k): float(v) for k, v in d.recall.items()} for name, d in directions.items()}
         scores.n_retrieval = sum(1 for label in labels if label)
-    present, absent = presence_pairs(clips, outputs.presence)
+    if outputs.presence is not None:
+        add_presence_scores(scores, [clips[int(p)] for p in outputs.positions], outputs, presence_hits)
+    return scores
+
+
+def add_presence_scores(scores: OutputScores, kept: Sequence[Clip], outputs: ModelOutputs, hits: int) -> None:
+    """Fill `scores`' presence AUROCs from the whole-set presence matrix (`kept`: the clips of its rows)."""
+    targets = split_presence_targets(kept)
+    present, absent = presence_scores(outputs.presence, targets)
     if present.size and absent.size:
         scores.presence_auroc = presence_auroc(present, absent)
         scores.n_presence = (int(present.size), int(absent.size))
-    present, absent = presence_pairs(clips, outputs.presence, top_k=PRESENCE_HITS)
+    shown = top_k_hits(outputs.audio_vectors @ outputs.image_vectors.T, hits)
+    present, absent = presence_scores(outputs.presence, targets, shown)
     if present.size and absent.size:
         scores.presence_auroc_hits = presence_auroc(present, absent)
-    return scores
+        scores.n_presence_hits = (int(present.size), int(absent.size))
 
 
 def compare_runs(checkpoints: Sequence[str | Path], data_dir: str | Path, split: str | Path | None = None,

@@ -6,7 +6,8 @@ only the scoring differs. Coarse maps are 7 x 7 floats, so even 100k clips fit i
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import dataclass, fields, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ from .inference import iter_embeddings
 from .errors import JsarError
 from .maps import coarse_map
 from .metrics import presence_targets
+from .models import AudioSide, ImageSide
 
 
 class NothingDecoded(JsarError, ValueError):
@@ -33,8 +35,9 @@ class ModelOutputs:
 
     positions (n,) index into the clip list; image_vectors / audio_vectors (n, d) float32; plain, refined and
     objects (n, h, w) coarse maps (refined None without IQR, objects None without an object prior);
-    presence: per batch, (positions (B,), model.presence_matrix (B, B) of every sound against every picture of
-    that batch, their retrieval similarity (B, B)), when asked for (source-presence calibration and AUROC).
+    presence (n, n) float32, when asked for: model.presence_matrix of every sound (rows) against every picture
+    (columns) of the whole collection, in the same order, for source-presence calibration and AUROC; it does
+    not depend on the batch size or on which clips share a batch.
     """
 
     positions: np.ndarray
@@ -44,11 +47,11 @@ class ModelOutputs:
     refined: torch.Tensor | None
     objects: torch.Tensor | None
     failures: FailureLog
-    presence: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    presence: np.ndarray | None = None
 
     def subset(self, rows: np.ndarray) -> "ModelOutputs":
-        """The outputs at `rows` (indices into this object's arrays, not clip positions; presence blocks are
-        not carried over)."""
+        """The outputs at `rows` (indices into this object's arrays, not clip positions; the presence matrix
+        is not carried over)."""
         index = torch.as_tensor(rows, dtype=torch.long)
         return ModelOutputs(self.positions[rows], self.image_vectors[rows], self.audio_vectors[rows],
                             self.plain[index], None if self.refined is None else self.refined[index],
@@ -69,13 +72,14 @@ def collect_outputs(model: nn.Module, clips: Sequence[Clip], data_config: DataCo
 
     `iqr_alpha` (JSA only) adds the refined maps; `object_prior` (anything with `object_map(images, grid)`,
     e.g. evaluation's OGL prior) adds object maps; `image_features` is a frozen trunk's cached output for
-    `clips` (training's trunk cache), used instead of decoding the images. `presence` keeps each batch's
-    sound-by-picture presence matrix.
+    `clips` (training's trunk cache), used instead of decoding the images. `presence` adds the sound-by-picture
+    presence matrix of all the clips (every clip's encoded sides are kept until the end for it: n x hw x d floats
+    per key tensor, fine for a validation or test split).
     """
     loader = make_loader(ClipDataset(clips, data_config, train=False, image_features=image_features), batch_size,
                          num_workers=num_workers, device=device)
     failures = FailureLog()
-    positions, image_vectors, audio_vectors, plain, refined, objects, presence_blocks = [], [], [], [], [], [], []
+    positions, image_vectors, audio_vectors, plain, refined, objects, sides = [], [], [], [], [], [], []
     with_iqr = has_iqr(model) and iqr_alpha is not None
     batches = iter_embeddings(model, loader, device, keep_images=object_prior is not None)
     for batch in tqdm(batches, total=len(loader), desc="encoding clips", leave=False, disable=not progress):
@@ -87,9 +91,7 @@ def collect_outputs(model: nn.Module, clips: Sequence[Clip], data_config: DataCo
         audio_vectors.append(batch.audio.vector.numpy())
         plain.append(coarse_map(model, batch.audio, batch.image).float().cpu())
         if presence:
-            presence_blocks.append((batch.indices.numpy(),
-                                    model.presence_matrix(batch.audio, batch.image).float().cpu().numpy(),
-                                    (batch.audio.vector @ batch.image.vector.T).float().cpu().numpy()))
+            sides.append((batch.audio, batch.image))
         if with_iqr:
             refined.append(coarse_map(model, batch.audio, batch.image, iqr=True, alpha=iqr_alpha).float().cpu())
         if object_prior is not None:
@@ -107,35 +109,46 @@ def collect_outputs(model: nn.Module, clips: Sequence[Clip], data_config: DataCo
         refined=torch.cat(refined)[index] if refined else None,
         objects=torch.cat(objects)[index] if objects else None,
         failures=failures,
-        presence=presence_blocks,
+        presence=whole_presence_matrix(model, sides, order) if presence else None,
     )
 
 
-PRESENCE_HITS = 3
-"""The pairs a search returns, for presence: each sound's top 3 pictures of its batch by retrieval score (the
-cut that marks search hits is calibrated on these, and scored on them)."""
+def concatenate_sides(sides: Sequence[AudioSide | ImageSide]) -> AudioSide | ImageSide:
+    """One AudioSide / ImageSide from a list of batches (tensor fields concatenated; None fields, grid kept)."""
+    first = sides[0]
+    return replace(first, **{f.name: torch.cat([getattr(side, f.name) for side in sides]) for f in fields(first)
+                             if isinstance(getattr(first, f.name), torch.Tensor)})
 
 
-def presence_pairs(clips: Sequence[Clip], blocks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                   top_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(present scores, absent scores) from presence blocks (ModelOutputs.presence: clip positions, their
-    sound-by-picture presence matrix and retrieval similarity). With `top_k` only each sound's top_k pictures of
-    its batch by retrieval similarity count: the pairs a search returns, whose absent ones look most like the
-    sound (the cut that marks search hits is calibrated on these). Present where the picture shows the
-    sound's class as its sounding object, absent where it holds no object of that class (a clip's silent
-    object's class, `extra["silent_class"]`, counts as held); undecided pairs are left out."""
-    present, absent = [], []
-    for positions, matrix, similarity in blocks:
-        batch = [clips[int(p)] for p in positions]
-        classes = [{clip.label, clip.extra.get("silent_class")} - {None, ""} for clip in batch]
-        targets = presence_targets([clip.label for clip in batch], [clip.label for clip in batch], classes)
-        if top_k is not None:
-            ranked = np.argsort(-similarity, axis=1, kind="stable")[:, :top_k]
-            kept = np.zeros_like(targets, dtype=bool)
-            np.put_along_axis(kept, ranked, True, axis=1)
-            targets = np.where(kept, targets, np.nan)
-        present.append(matrix[targets == 1.0])
-        absent.append(matrix[targets == 0.0])
-    if not present:
-        return np.zeros(0), np.zeros(0)
-    return np.concatenate(present), np.concatenate(absent)
+def side_rows(side: AudioSide | ImageSide, rows: slice | torch.Tensor) -> AudioSide | ImageSide:
+    """The rows `rows` of a side (every tensor field indexed alike)."""
+    return replace(side, **{f.name: getattr(side, f.name)[rows] for f in fields(side)
+                            if isinstance(getattr(side, f.name), torch.Tensor)})
+
+
+_PRESENCE_ROWS = 64  # sounds scored against every picture at once: 64 x n x hw floats in presence_matrix
+
+
+@torch.no_grad()
+def whole_presence_matrix(model: nn.Module, sides: Sequence[tuple[AudioSide, ImageSide]],
+                          order: np.ndarray) -> np.ndarray:
+    """(n, n) model.presence_matrix of every collected sound against every collected picture, rows and columns
+    in `order` (the permutation that puts the batches' concatenated clips in clip-list order)."""
+    index = torch.as_tensor(order)
+    audio = side_rows(concatenate_sides([pair[0] for pair in sides]), index)
+    image = side_rows(concatenate_sides([pair[1] for pair in sides]), index)
+    return np.concatenate([model.presence_matrix(side_rows(audio, slice(start, start + _PRESENCE_ROWS)), image)
+                           .float().cpu().numpy() for start in range(0, len(order), _PRESENCE_ROWS)])
+
+
+def split_presence_targets(clips: Sequence[Clip]) -> np.ndarray:
+    """(n, n) `metrics.presence_targets` of every clip's sound (rows) against every clip's picture (columns): a
+    picture's silent object's class is `extra["silent_class"]` (realsound's vggss.json)."""
+    labels = [clip.label or None for clip in clips]
+    return presence_targets(labels, labels, [clip.extra.get("silent_class") or None for clip in clips])
+
+
+def calibration_folds(clips: Sequence[Clip]) -> np.ndarray:
+    """(n,) 0/1 fold of each clip's sound for `metrics.calibrate_presence_cut`: the parity of the CRC-32 of its id,
+    so that the folds, and with them the chosen depth, do not depend on the clips' order."""
+    return np.array([zlib.crc32(clip.id.encode()) % 2 for clip in clips], dtype=int)

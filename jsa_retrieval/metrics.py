@@ -361,21 +361,44 @@ def recall_by_category(ranked_labels: Any, query_labels: Any,
 # Source presence: does the picture show the sound's source at all?
 # --------------------------------------------------------------------------------------------------------------
 
+PRESENCE_K_LADDER = (1, 3, 5, 10)
+"""The calibration depths tried on val: the cut is calibrated on each sound's top k hits for one k of these."""
+
+SERVED_HITS = 10
+"""The hits per sound a search shows (`jsar query`'s default page): presence is scored, and a calibration depth
+judged, on each sound's top 10 pictures of the whole split."""
+
+
 def presence_targets(audio_labels: Sequence[Any], image_labels: Sequence[Any],
-                     image_classes: Sequence[set]) -> np.ndarray:
+                     image_silent_labels: Sequence[Any]) -> np.ndarray:
     """(A, I) float matrix: 1 where image j's sounding object is of audio i's class, 0 where image j holds no
-    object of that class at all, NaN where it is undecided (the class only as a silent object, or an audio
-    without a label). `image_classes[j]` is the set of sounding and silent classes in image j."""
-    targets = np.full((len(audio_labels), len(image_labels)), np.nan)
-    for i, label in enumerate(audio_labels):
-        if label is None:
-            continue
-        for j, (sounding, classes) in enumerate(zip(image_labels, image_classes)):
-            if sounding == label:
-                targets[i, j] = 1.0
-            elif label not in classes:
-                targets[i, j] = 0.0
+    object of that class at all, NaN where it is undecided (the class only as image j's silent object, or an
+    audio or image without a label). `image_silent_labels[j]` is the class of image j's silent object (None: none)."""
+    audio = np.array([("" if label is None else str(label)) for label in audio_labels], dtype=object)[:, None]
+    sounding = np.array([("" if label is None else str(label)) for label in image_labels], dtype=object)[None, :]
+    silent = np.array([("" if label is None else str(label)) for label in image_silent_labels], dtype=object)[None, :]
+    targets = np.where(audio == sounding, 1.0, np.where(audio == silent, np.nan, 0.0))
+    unknown = (audio == "") | (sounding == "")
+    targets[unknown] = np.nan
     return targets
+
+
+def top_k_hits(similarity: Any, k: int) -> np.ndarray:
+    """(A, I) bool: each sound's k best pictures by retrieval similarity (A, I), ties toward the lower picture
+    index, as `rank_by_similarity` and an exact search rank them."""
+    similarity = np.asarray(similarity)
+    hits = np.zeros(similarity.shape, dtype=bool)
+    np.put_along_axis(hits, rank_by_similarity(similarity, min(k, similarity.shape[1])), True, axis=1)
+    return hits
+
+
+def presence_scores(presence: Any, targets: Any, kept: Any | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(present scores, absent scores): the entries of the (A, I) presence matrix whose target (see
+    `presence_targets`) is 1 / 0, among the `kept` pairs (an (A, I) bool mask, e.g. `top_k_hits`) when given."""
+    presence, targets = np.asarray(presence, dtype=np.float64), np.asarray(targets, dtype=np.float64)
+    if kept is not None:
+        targets = np.where(np.asarray(kept, dtype=bool), targets, np.nan)
+    return presence[targets == 1.0], presence[targets == 0.0]
 
 
 def presence_auroc(present: Any, absent: Any) -> float:
@@ -401,3 +424,114 @@ def presence_cut(present: Any, absent: Any) -> float:
     tpr = 1.0 - np.searchsorted(present, candidates, side="right") / present.size
     fpr = 1.0 - np.searchsorted(absent, candidates, side="right") / absent.size
     return float(candidates[int(np.argmax(tpr - fpr))])
+
+
+def cut_rates(present: Any, absent: Any, cut: float) -> tuple[float, float]:
+    """(fraction of present pairs kept, above `cut`; fraction of absent pairs marked "source not visible", at or
+    below it): what a user sees of a cut. NaN for an empty side."""
+    present, absent = np.asarray(present, dtype=np.float64), np.asarray(absent, dtype=np.float64)
+    kept = float(np.mean(present > cut)) if present.size else float("nan")
+    flagged = float(np.mean(absent <= cut)) if absent.size else float("nan")
+    return kept, flagged
+
+
+@dataclass(frozen=True)
+class PresenceCalibration:
+    """A calibrated cut: `cut` from every sound's top `k` hits, `k` chosen from the ladder by `held_out`
+    ({k: mean over the two folds of the balanced accuracy, on the other fold's top SERVED_HITS hits, of the cut
+    calibrated on one fold's top k hits})."""
+
+    cut: float
+    k: int
+    held_out: dict[int, float]
+
+
+def calibrate_presence_cut(presence: Any, similarity: Any, targets: Any, folds: Any,
+                           ladder: Sequence[int] = PRESENCE_K_LADDER,
+                           served: int = SERVED_HITS) -> PresenceCalibration:
+    """Choose the calibration depth k and the cut on one split's whole sound x picture matrices (A, I):
+    `presence`, retrieval `similarity`, `targets` (`presence_targets`), and `folds` (A,) 0/1, a two-way split of
+    the sounds fixed by something other than their order (e.g. a hash of the clip id).
+
+    Why two folds: the cut is applied to the hits a search shows (each sound's top `served`), so a depth is
+    judged by how a cut calibrated on one fold's top-k hits sorts the *other* fold's shown hits (balanced
+    accuracy: the mean of present kept and absent marked); calibrated and judged on the same pairs, the deepest
+    rung would win by construction. Ties go to the smaller k. The cut returned is calibrated on all sounds'
+    top-k hits for the chosen k."""
+    presence, similarity = np.asarray(presence, dtype=np.float64), np.asarray(similarity, dtype=np.float64)
+    folds = np.asarray(folds).astype(int).ravel()
+    shown = top_k_hits(similarity, served)
+    held_out: dict[int, float] = {}
+    for k in ladder:
+        hits = top_k_hits(similarity, k)
+        accuracies = []
+        for fold in (0, 1):
+            calibrate_rows, judge_rows = folds == fold, folds != fold
+            present, absent = presence_scores(presence[calibrate_rows], targets[calibrate_rows], hits[calibrate_rows])
+            judged = presence_scores(presence[judge_rows], targets[judge_rows], shown[judge_rows])
+            if present.size and absent.size and judged[0].size and judged[1].size:
+                accuracies.append(float(np.mean(cut_rates(*judged, presence_cut(present, absent)))))
+        if accuracies:
+            held_out[int(k)] = float(np.mean(accuracies))
+    if held_out:
+        chosen = max(held_out, key=lambda k: (held_out[k], -k))
+    else:  # too few sounds for two folds: the depth a search shows
+        chosen = int(served)
+    present, absent = presence_scores(presence, targets, top_k_hits(similarity, chosen))
+    return PresenceCalibration(presence_cut(present, absent), chosen, held_out)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Localization with negatives: the extended benchmarks of SLAVC (Mo & Morgado, NeurIPS 2022)
+# --------------------------------------------------------------------------------------------------------------
+
+def extended_pr_curve(confidence: Any, ciou: Any, positive: Any,
+                      ciou_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(thresholds, precision, recall), thresholds every distinct confidence in descending order, on a set of
+    positive pairs (the picture shows the sound's source; `ciou` of its map) and negative pairs (it does not;
+    their `ciou` is ignored), one `confidence` per pair (SLAVC: the map's maximum).
+
+    At threshold t, as SLAVC's extended Flickr / VGG-SS evaluator counts (`calc_precision_recall`): a positive
+    with confidence >= t is a true positive when its cIoU >= `ciou_threshold` and a false positive when not (it
+    localized in the wrong place); a positive below t is a false negative; a negative at or above t is a false
+    positive. precision = TP / (TP + FP), recall = TP / (TP + FN), each 1 where its denominator is 0."""
+    confidence = np.asarray(confidence, dtype=np.float64).ravel()
+    ciou = np.asarray(ciou, dtype=np.float64).ravel()
+    positive = np.asarray(positive, dtype=bool).ravel()
+    if not confidence.size == ciou.size == positive.size:
+        raise ValueError(f"{confidence.size} confidences, {ciou.size} cIoUs and {positive.size} labels")
+    if confidence.size == 0:
+        raise ValueError("no pairs to score")
+    thresholds = np.unique(confidence)[::-1]
+    order = np.argsort(-confidence, kind="stable")
+    # cumulative counts over pairs in descending confidence, read at the last pair of each threshold
+    last = np.searchsorted(-confidence[order], -thresholds, side="right") - 1
+    correct = positive & (ciou >= ciou_threshold)
+    true_pos = np.cumsum(correct[order])[last]
+    false_pos = np.cumsum(~correct[order])[last]
+    false_neg = positive.sum() - np.cumsum(positive[order])[last]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(true_pos + false_pos == 0, 1.0, true_pos / (true_pos + false_pos))
+        recall = np.where(true_pos + false_neg == 0, 1.0, true_pos / (true_pos + false_neg))
+    return thresholds, precision.astype(np.float64), recall.astype(np.float64)
+
+
+def extended_ap(confidence: Any, ciou: Any, positive: Any, ciou_threshold: float = 0.5) -> float:
+    """Average precision over confidence thresholds (SLAVC's "AP"): the area under the interpolated
+    precision-recall curve (precision at recall r = the best precision at any lower threshold, PASCAL VOC's
+    all-point rule), sum over thresholds of (recall step) x (interpolated precision), from recall 0.
+
+    SLAVC's released code starts the curve at its second-highest confidence, so it leaves out the first recall
+    step (and thins thresholds to about 200 on large sets); docs/metrics.md gives the difference."""
+    _, precision, recall = extended_pr_curve(confidence, ciou, positive, ciou_threshold)
+    interpolated = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.diff(np.r_[0.0, recall])
+    return float(np.sum(steps * interpolated))
+
+
+def extended_max_f1(confidence: Any, ciou: Any, positive: Any, ciou_threshold: float = 0.5) -> float:
+    """The best F1 = 2PR / (P + R) over confidence thresholds (SLAVC's "max-F1"), 0 where P + R = 0."""
+    _, precision, recall = extended_pr_curve(confidence, ciou, positive, ciou_threshold)
+    total = precision + recall
+    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
+    return float(f1.max())

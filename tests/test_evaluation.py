@@ -431,3 +431,54 @@ def test_generalisation_scores_each_split_and_groups_by_scene_kind(tmp_path):
     assert "| tiny | test | 5 |" in text and "| tiny | unseen | 3 |" in text
     report.write(tmp_path / "out")
     assert json.loads((tmp_path / "out" / "generalisation.json").read_text())["rows"][1]["split"] == "unseen"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Localization with negatives (SLAVC's extended protocol)
+# ------------------------------------------------------------------------------------------------------------
+
+def test_negative_partners_pair_each_picture_with_a_sound_of_a_class_not_in_it():
+    from evaluation.localization import negative_partners
+
+    labels, silent = ["a", "b", "c", "a", None], [None, "a", None, "c", None]
+    partners = negative_partners(labels, silent, [0, 1, 2, 3], seed=0)
+    assert partners[1] == 2 and partners[3] == 1  # b with a silent a: only c; a with a silent c: only b
+    assert all(labels[p] not in (labels[row], silent[row]) and labels[p] is not None
+               for row, p in zip([0, 1, 2, 3], partners))
+    np.testing.assert_array_equal(negative_partners(labels, silent, [0, 1, 2, 3], seed=0), partners)
+    with pytest.raises(ValueError, match="label"):
+        negative_partners(labels, silent, [4], seed=0)
+    with pytest.raises(ValueError, match="other than"):
+        negative_partners(["a", "a"], [None, None], [0], seed=0)
+
+
+class UnsureBrightnessModel(BrightnessModel):
+    """Perfect maps, and the same presence for every (sound, picture) pair: no confidence to tell pairs apart."""
+
+    def presence_matrix(self, audio: AudioSide, image: ImageSide) -> torch.Tensor:
+        return torch.ones(audio.vector.shape[0], image.vector.shape[0])
+
+
+def test_negatives_with_perfect_maps_but_no_confidence_score_half_precision(vggss_root):
+    report = evaluate_localization((UnsureBrightnessModel(tiny_config()), tiny_config()), vggss_root, batch_size=4,
+                                   num_workers=0, threshold="fixed", negatives=True)
+    plain = report.columns["plain"]
+    # one threshold: the 8 positives all in place (TP 8), the 8 negatives all confident (FP 8): P 1/2 at R 1
+    assert (plain.n, plain.n_negatives, plain.ap50) == (8, 8, 1.0)
+    assert plain.negatives_ap == pytest.approx(0.5) and plain.negatives_max_f1 == pytest.approx(2 / 3)
+    assert report.negatives_seed == 0
+
+
+def test_negatives_add_ap_and_max_f1_to_every_column_reproducibly(checkpoint, vggss_root):
+    runs = [evaluate_localization(checkpoint, vggss_root, batch_size=batch_size, num_workers=0, negatives=True,
+                                  negatives_seed=3) for batch_size in (4, 8)]
+    for name, column in runs[0].columns.items():
+        assert column.n_negatives == column.n == 8
+        assert_unit_interval(column.negatives_ap)
+        assert_unit_interval(column.negatives_max_f1)
+        assert column.negatives_ap == pytest.approx(runs[1].columns[name].negatives_ap, abs=1e-6)
+    data = runs[0].to_dict()
+    assert data["negatives_seed"] == 3
+    assert data["columns"]["plain"]["negatives_ap"] == runs[0].columns["plain"].negatives_ap
+    plain_only = evaluate_localization(checkpoint, vggss_root, batch_size=4, num_workers=0)
+    assert plain_only.columns["plain"].negatives_ap is None and plain_only.negatives_seed is None

@@ -8,8 +8,11 @@ import torch
 
 from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.clips import read_dataset
+from jsa_retrieval.collect import collect_outputs
 from jsa_retrieval.config import check_config, cpu_config
-from jsa_retrieval.metrics import presence_auroc, presence_cut, presence_targets
+from jsa_retrieval.metrics import (
+    PRESENCE_K_LADDER, presence_auroc, presence_cut, presence_scores, presence_targets, top_k_hits,
+)
 from jsa_retrieval.models import create_model, fuse_maps, min_max
 from jsa_retrieval.slot_attention import slot_attention_weights, slot_softmax
 from jsa_retrieval.synth import SynthConfig, generate
@@ -17,6 +20,7 @@ from training.losses import audio_gated_target, off_target_mass
 from training.objectives import jsa_objective
 from training.recipes import gate_weight
 from training.trainer import train
+from training.validation import calibrate_presence
 
 from conftest import tiny_config
 
@@ -77,36 +81,37 @@ def test_inference_logit_scale_flattens_the_slot_softmax():
 
 
 def test_presence_targets_auroc_and_cut_by_hand():
-    targets = presence_targets(["dog", "cat", None], ["dog", "cat", "dog"], [{"dog"}, {"cat", "dog"}, {"dog", "cow"}])
+    targets = presence_targets(["dog", "cat", None], ["dog", "cat", "dog"], [None, "dog", "cow"])
     # audio "dog": pictures 0 and 2 sound a dog -> present, picture 1 holds a dog only as a silent one -> undecided
     np.testing.assert_array_equal(targets[0], [1.0, np.nan, 1.0])
     np.testing.assert_array_equal(targets[1], [0.0, 1.0, 0.0])
     assert np.isnan(targets[2]).all()
+    assert np.isnan(presence_targets(["dog"], [None], [None])).all()  # an unlabelled picture: undecided
     assert presence_auroc([0.9, 0.8], [0.1, 0.85]) == pytest.approx(0.75)
     assert presence_cut([0.9, 0.8, 0.7], [0.1, 0.2, 0.3]) == pytest.approx(0.5)
     # one absent pair above two present ones: the best cut keeps the two highest present pairs only
     assert presence_cut([0.9, 0.8, 0.1, 0.15], [0.0, 0.05, 0.2, 0.3, 0.4, 0.5, 0.6]) == pytest.approx(0.7)
 
 
-def test_presence_pairs_on_search_hits_keep_each_sounds_best_pictures_only():
+def test_split_presence_targets_read_labels_and_silent_classes_of_the_whole_split():
     from pathlib import Path
 
     from jsa_retrieval.clips import Clip
-    from jsa_retrieval.collect import presence_pairs
+    from jsa_retrieval.collect import split_presence_targets
 
     clips = [Clip(f"c{i}", Path("x.jpg"), Path("x.wav"), label=label, extra={"silent_class": silent})
              for i, (label, silent) in enumerate([("dog", None), ("cat", "dog"), ("cow", None)])]
     presence = np.array([[0.9, 0.8, 0.3], [0.2, 0.7, 0.1], [0.4, 0.5, 0.6]])
     similarity = np.array([[1.0, 0.5, 0.9], [0.1, 1.0, 0.2], [0.3, 0.2, 1.0]])
-    block = [(np.arange(3), presence, similarity)]
-    present, absent = presence_pairs(clips, block)
+    targets = split_presence_targets(clips)
+    present, absent = presence_scores(presence, targets)
     # dog: picture 0 present, 1 undecided (a silent dog), 2 absent; cat: 1 present, 0 and 2 absent; cow: 2 present
     assert sorted(present) == [0.6, 0.7, 0.9] and sorted(absent) == [0.1, 0.2, 0.3, 0.4, 0.5]
-    present, absent = presence_pairs(clips, block, top_k=2)
+    present, absent = presence_scores(presence, targets, top_k_hits(similarity, 2))
     # top 2 by similarity: dog -> 0, 2; cat -> 1, 2; cow -> 2, 0
     assert sorted(present) == [0.6, 0.7, 0.9] and sorted(absent) == [0.1, 0.3, 0.4]
     clips[2].label = "dog"  # a second dog picture is present for the dog sound, and the other way round
-    present, absent = presence_pairs(clips, block)
+    present, absent = presence_scores(presence, split_presence_targets(clips))
     assert sorted(present) == [0.3, 0.4, 0.6, 0.7, 0.9] and sorted(absent) == [0.1, 0.2]
 
 
@@ -180,7 +185,18 @@ def test_training_with_a_location_head_lowers_its_loss_and_calibrates_presence(s
     assert losses[-1] < losses[0]
     model, loaded, meta = load_model(result.best_path)
     assert loaded.model.location_head and model.location_head is not None
-    assert isinstance(meta["presence_cut"], float)
+    # the trainer's cut is the whole val split's: calibrate-presence on val gives it again (other batch size),
+    # at a depth from the ladder, and it sits between the presence scores it separates
+    cut = calibrate_presence(result.best_path, scene_data, tmp_path / "calibrated.pt", "val", "cpu")
+    assert meta["presence_cut"] == pytest.approx(cut, abs=1e-5)
+    _, _, calibrated = load_model(tmp_path / "calibrated.pt")
+    record = calibrated["presence_calibration"]
+    assert calibrated["presence_cut"] == cut and record["whole_split"] and record["top_k"] in PRESENCE_K_LADDER
+    assert set(record["held_out"]) <= set(PRESENCE_K_LADDER)
+    clips = read_dataset(scene_data, "val").clips
+    outputs = collect_outputs(model, clips, loaded.data, torch.device("cpu"), 5, 0, progress=False, presence=True)
+    scores = outputs.presence[outputs.presence == outputs.presence]
+    assert scores.min() < cut < scores.max()
 
 
 def test_clips_keep_extra_annotation_keys_and_scores_split_by_them(scene_data, tmp_path):
@@ -201,3 +217,48 @@ def test_clips_keep_extra_annotation_keys_and_scores_split_by_them(scene_data, t
     assert groups["true"]["plain"].ap50 == pytest.approx(float(np.mean(np.asarray(silent) >= 0.5)))
     text = (write_report(report, tmp_path / "report", "scenes") / "report.md").read_text()
     assert "### By silent_object_in_view" in text
+
+
+def test_whole_split_presence_does_not_depend_on_batch_size_or_clip_order(scene_data):
+    """The presence matrix, its AUROCs and the calibrated cut come from every sound against every picture of the
+    split: batches of 4 or 16, and the clips shuffled, give the same numbers."""
+    from evaluation.scoring import score_outputs
+    from training.validation import presence_calibration
+
+    torch.manual_seed(0)
+    config = listening_config()
+    model = create_model(config, "jsa").eval()
+    clips = read_dataset(scene_data, "test").clips + read_dataset(scene_data, "val").clips
+    order = np.random.default_rng(0).permutation(len(clips))
+    results = []
+    for batch_size, listed in ((4, clips), (16, clips), (16, [clips[i] for i in order])):
+        outputs = collect_outputs(model, listed, config.data, torch.device("cpu"), batch_size, 0, progress=False,
+                                  presence=True)
+        by_id = {listed[int(p)].id: row for row, p in enumerate(outputs.positions)}
+        rows = [by_id[clip.id] for clip in clips]
+        auroc, calibration = presence_calibration(outputs, listed)
+        scores = score_outputs(listed, outputs, ("fixed",), presence_hits=5)
+        results.append((outputs.presence[np.ix_(rows, rows)], auroc, calibration, scores))
+    (matrix, auroc, calibration, scores), others = results[0], results[1:]
+    assert scores.n_presence[0] > 0 and scores.n_presence[1] > 0 and calibration is not None
+    for other_matrix, other_auroc, other_calibration, other_scores in others:
+        np.testing.assert_allclose(other_matrix, matrix, atol=1e-5)
+        assert other_auroc == pytest.approx(auroc, abs=1e-9)
+        assert (other_calibration.cut, other_calibration.k) == pytest.approx((calibration.cut, calibration.k), abs=1e-5)
+        assert other_scores.presence_auroc == pytest.approx(scores.presence_auroc, abs=1e-9)
+        assert other_scores.presence_auroc_hits == pytest.approx(scores.presence_auroc_hits, abs=1e-9)
+        assert other_scores.n_presence_hits == scores.n_presence_hits
+
+
+def test_hit_presence_scores_the_top_k_hits_and_the_cut_by_hand():
+    from evaluation.presence import hit_presence_scores
+
+    presence = np.array([[0.9, 0.2, 0.6], [0.3, 0.8, 0.1], [0.7, 0.4, 0.5]])
+    similarity = np.array([[1.0, 0.8, 0.1], [0.2, 1.0, 0.9], [0.9, 0.1, 1.0]])
+    targets = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    result = hit_presence_scores(presence, similarity, targets, 2, cut=0.45)
+    # top 2: sound 0 -> 0 (.9 present), 1 (.2 absent); 1 -> 1 (.8), 2 (.1); 2 -> 2 (.5), 0 (.7 absent)
+    assert (result["n_present"], result["n_absent"]) == (3, 3)
+    assert result["auroc"] == pytest.approx(8 / 9)  # .9 and .8 beat all three absent (.2 .1 .7), .5 beats two
+    assert result["auroc_retrieval_score"] == pytest.approx(1.0)  # own pictures rank first by construction
+    assert result["present_kept"] == pytest.approx(1.0) and result["absent_flagged"] == pytest.approx(2 / 3)

@@ -3,10 +3,16 @@ import numpy as np
 import pytest
 
 from jsa_retrieval.metrics import (
+    PRESENCE_K_LADDER,
     LocalizationScores,
     ap50,
     auc,
+    calibrate_presence_cut,
     ciou,
+    cut_rates,
+    extended_ap,
+    extended_max_f1,
+    extended_pr_curve,
     f_score_binary,
     f_score_curve,
     flickr_gt_map,
@@ -14,11 +20,13 @@ from jsa_retrieval.metrics import (
     mean_ciou,
     miou,
     pointing_hit,
+    presence_scores,
     rank_by_similarity,
     recall_at_k,
     recall_by_category,
     summarise_localization,
     threshold_map,
+    top_k_hits,
     vggss_gt_map,
 )
 
@@ -332,3 +340,98 @@ def test_recall_by_category():
     assert per_class["cat"] == pytest.approx({1: 0.5, 3: 1.0, 5: 1.0})
     assert per_class["dog"] == pytest.approx({1: 0.0, 3: 0.0, 5: 1.0})
     assert per_class["bird"] == pytest.approx({1: 1.0, 3: 1.0, 5: 1.0})
+
+
+# ------------------------------------------------------------------- localization with negatives (SLAVC's extended)
+
+# (confidence, positive, cIoU): A found in place, B a negative, C confident but in the wrong place, D found, E negative
+EXTENDED = {"confidence": [0.9, 0.8, 0.7, 0.6, 0.5], "positive": [True, False, True, True, False],
+            "ciou": [0.8, 0.0, 0.3, 0.6, 0.0]}
+
+
+def test_extended_curve_counts_a_mislocated_confident_positive_as_a_false_positive_by_hand():
+    thresholds, precision, recall = extended_pr_curve(EXTENDED["confidence"], EXTENDED["ciou"], EXTENDED["positive"])
+    np.testing.assert_allclose(thresholds, [0.9, 0.8, 0.7, 0.6, 0.5])
+    # t 0.9: TP A, FN C D; t 0.8: + FP B; t 0.7: C confident but cIoU 0.3 -> FP, FN D; t 0.6: TP A D, FP B C, FN 0
+    np.testing.assert_allclose(precision, [1, 1 / 2, 1 / 3, 2 / 4, 2 / 5])
+    np.testing.assert_allclose(recall, [1 / 3, 1 / 3, 1 / 2, 1, 1])
+
+
+def test_extended_ap_and_max_f1_by_hand():
+    # interpolated precision [1, .5, .5, .5, .4]; recall steps [1/3, 0, 1/6, 1/2, 0] -> 1/3 + 1/12 + 1/4 = 2/3
+    assert extended_ap(EXTENDED["confidence"], EXTENDED["ciou"], EXTENDED["positive"]) == pytest.approx(2 / 3)
+    # F1 per threshold: .5, .4, .4, 2/3, 4/7
+    assert extended_max_f1(EXTENDED["confidence"], EXTENDED["ciou"], EXTENDED["positive"]) == pytest.approx(2 / 3)
+    # the wrong-place positive found in place instead: P [1, .5, 2/3, 3/4, 3/5], R [1/3, 1/3, 2/3, 1, 1]
+    found = [0.8, 0.0, 0.5, 0.6, 0.0]
+    # interpolated precision [1, .75, .75, .75, .6], recall steps [1/3, 0, 1/3, 1/3, 0] -> 1/3 + 1/2 = 5/6
+    assert extended_ap(EXTENDED["confidence"], found, EXTENDED["positive"]) == pytest.approx(5 / 6)
+    assert extended_max_f1(EXTENDED["confidence"], found, EXTENDED["positive"]) == pytest.approx(2 * 0.75 / 1.75)
+
+
+def test_extended_scores_treat_tied_confidences_as_one_threshold_and_ignore_negatives_cious():
+    # one threshold: TP 1, FP 1 -> precision 1/2 at recall 1
+    assert extended_ap([0.5, 0.5], [0.9, 0.7], [True, False]) == pytest.approx(0.5)
+    assert extended_max_f1([0.5, 0.5], [0.9, 0.0], [True, False]) == pytest.approx(2 / 3)
+    # only negatives: no true positive at any threshold
+    assert extended_ap([0.2, 0.1], [0, 0], [False, False]) == 0.0
+    with pytest.raises(ValueError):
+        extended_ap([0.5], [0.5, 0.5], [True])
+
+
+def test_extended_scores_do_not_depend_on_the_order_of_the_pairs():
+    order = [3, 0, 4, 2, 1]
+    shuffled = {name: np.asarray(values)[order] for name, values in EXTENDED.items()}
+    assert extended_ap(shuffled["confidence"], shuffled["ciou"], shuffled["positive"]) == pytest.approx(2 / 3)
+    assert extended_max_f1(shuffled["confidence"], shuffled["ciou"], shuffled["positive"]) == pytest.approx(2 / 3)
+
+
+# --------------------------------------------------------------------------------------- source presence, whole split
+
+def test_top_k_hits_and_presence_scores_by_hand():
+    similarity = np.array([[0.9, 0.5, 0.5], [0.1, 0.2, 0.3]])
+    hits = top_k_hits(similarity, 2)
+    # row 0: 0 then the tie 1 / 2 goes to the lower index; row 1: 2, 1
+    np.testing.assert_array_equal(hits, [[True, True, False], [False, True, True]])
+    assert top_k_hits(similarity, 10).all()
+    presence = np.array([[0.7, 0.6, 0.5], [0.4, 0.3, 0.2]])
+    targets = np.array([[1.0, 0.0, np.nan], [0.0, np.nan, 1.0]])
+    present, absent = presence_scores(presence, targets)
+    assert sorted(present) == [0.2, 0.7] and sorted(absent) == [0.4, 0.6]
+    present, absent = presence_scores(presence, targets, hits)
+    assert sorted(present) == [0.2, 0.7] and sorted(absent) == [0.6]
+    assert cut_rates([0.2, 0.7], [0.6, 0.1], 0.5) == (0.5, 0.5)
+
+
+def test_calibrate_presence_cut_on_held_out_sounds_by_hand():
+    # 4 sounds, picture i sounds sound i's class only; each sound's top 2 hits: its own picture, then picture i+1
+    presence = np.full((4, 4), 0.0)
+    presence[np.arange(4), np.arange(4)] = [0.9, 0.8, 0.7, 0.6]
+    presence[np.arange(4), (np.arange(4) + 1) % 4] = [0.5, 0.65, 0.3, 0.2]
+    similarity = np.eye(4) * 2 + np.roll(np.eye(4), 1, axis=1)
+    targets = np.where(np.eye(4) == 1, 1.0, 0.0)
+    folds = [0, 1, 0, 1]
+    calibration = calibrate_presence_cut(presence, similarity, targets, folds, ladder=(1, 2), served=2)
+    # k 1: only present pairs to calibrate on, so no held-out score. k 2: fold 0 (present .9 .7, absent .5 .3)
+    # cuts at 0.6 -> fold 1's hits (present .8 .6, absent .65 .2): kept 1/2, marked 1/2 -> 0.5; fold 1 cuts
+    # at 0.4 (first best J) -> fold 0's: kept 1, marked 1/2 -> 0.75; mean 0.625
+    assert calibration.held_out == pytest.approx({2: 0.625})
+    assert calibration.k == 2
+    # all four sounds' top 2: J 0.75 first at the midpoint of 0.5 and 0.6
+    assert calibration.cut == pytest.approx(0.55)
+
+
+def test_calibrate_presence_cut_does_not_depend_on_the_order_of_sounds_and_pictures():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 40)
+    targets = np.where(labels[:, None] == labels[None, :], 1.0, 0.0)
+    presence = targets * 0.3 + rng.normal(0, 0.2, (40, 40))
+    similarity = targets * 0.5 + rng.normal(0, 0.3, (40, 40))
+    folds = rng.integers(0, 2, 40)
+    first = calibrate_presence_cut(presence, similarity, targets, folds)
+    order = rng.permutation(40)
+    again = calibrate_presence_cut(presence[order][:, order], similarity[order][:, order], targets[order][:, order],
+                                   folds[order])
+    assert (again.cut, again.k) == pytest.approx((first.cut, first.k))
+    assert again.held_out == pytest.approx(first.held_out)
+    assert set(first.held_out) == set(PRESENCE_K_LADDER) and first.k == max(first.held_out, key=first.held_out.get)

@@ -12,13 +12,16 @@ import torch
 from torch import nn
 
 from jsa_retrieval.metrics import (
-    ap50, auc, ciou, presence_auroc, presence_cut, rank_by_similarity, recall_at_k, threshold_map, vggss_gt_map,
+    PresenceCalibration, ap50, auc, calibrate_presence_cut, ciou, presence_auroc, presence_scores,
+    rank_by_similarity, recall_at_k, threshold_map, vggss_gt_map,
 )
 from jsa_retrieval.checkpoints import load_model, read_checkpoint, save_checkpoint
 from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval.inference import pick_device
 from jsa_retrieval.config import JSARConfig
-from jsa_retrieval.collect import PRESENCE_HITS, ModelOutputs, NothingDecoded, collect_outputs, presence_pairs
+from jsa_retrieval.collect import (
+    ModelOutputs, NothingDecoded, calibration_folds, collect_outputs, split_presence_targets,
+)
 from jsa_retrieval.maps import upsample_and_normalise
 
 
@@ -29,7 +32,8 @@ def validate(model: nn.Module, clips: Sequence[Clip], config: JSARConfig, device
     """Scores of `model` on `clips`: r1_a2i, r1_i2a (class labels when known, else the clip's own pair),
     and ap50 / auc / mean_ciou over clips with VGG-SS-style boxes (fixed 0.6 threshold,
     as the JSA release evaluates; a median threshold cannot reach cIoU 0.5 on objects under a quarter of the frame),
-    and with class labels presence_auroc and the calibrated presence_cut (source visible above it).
+    and with class labels presence_auroc (every sound against every picture of the split) and the calibrated
+    presence_cut (source visible above it) with presence_k, the depth of hits it was calibrated on.
     `image_features`: a frozen trunk's cached output for `clips` (see trunk_cache), used instead of the images."""
     try:
         outputs = collect_outputs(model, clips, config.data, device, batch_size, num_workers, progress=False,
@@ -55,13 +59,36 @@ def validation_scores(outputs: ModelOutputs, clips: Sequence[Clip], size: int) -
         cious = [ciou(threshold_map(predicted, "fixed"), vggss_gt_map(clips[outputs.positions[row]].boxes, size))
                  for row, predicted in zip(boxed, maps)]
         scores.update(ap50=ap50(cious), auc=auc(cious), mean_ciou=float(np.mean(cious)))
-    present, absent = presence_pairs(clips, outputs.presence)
-    if present.size and absent.size:
-        scores["presence_auroc"] = presence_auroc(present, absent)
-    # the cut marks search hits, so it is calibrated on the pairs a search returns (each sound's best pictures)
-    present, absent = presence_pairs(clips, outputs.presence, top_k=PRESENCE_HITS)
-    if present.size and absent.size:
-        scores["presence_cut"] = presence_cut(present, absent)
+    if outputs.presence is not None:
+        scores.update(presence_calibration_scores(outputs, clips))
+    return scores
+
+
+def presence_calibration(outputs: ModelOutputs, clips: Sequence[Clip]
+                         ) -> tuple[float | None, PresenceCalibration | None]:
+    """(AUROC over every decided (sound, picture) pair of the whole split, the cut of
+    `metrics.calibrate_presence_cut`: depth k from the ladder chosen on held-out sounds), each None where the
+    split lacks present or absent pairs (among all pairs / among the sounds' hits). `outputs` must hold the
+    whole-split presence matrix; nothing here depends on the batch size or the clips' order."""
+    kept = [clips[int(p)] for p in outputs.positions]
+    targets = split_presence_targets(kept)
+    present, absent = presence_scores(outputs.presence, targets)
+    if not (present.size and absent.size):
+        return None, None
+    similarity = outputs.audio_vectors @ outputs.image_vectors.T
+    try:
+        calibration = calibrate_presence_cut(outputs.presence, similarity, targets, calibration_folds(kept))
+    except ValueError:  # no sound has both a present and an absent picture among its hits
+        calibration = None
+    return presence_auroc(present, absent), calibration
+
+
+def presence_calibration_scores(outputs: ModelOutputs, clips: Sequence[Clip]) -> dict[str, float]:
+    """`presence_calibration` as validation scores: presence_auroc, presence_cut and presence_k."""
+    auroc, calibration = presence_calibration(outputs, clips)
+    scores = {} if auroc is None else {"presence_auroc": auroc}
+    if calibration is not None:
+        scores.update(presence_cut=calibration.cut, presence_k=float(calibration.k))
     return scores
 
 
@@ -72,18 +99,22 @@ def selection_score(scores: dict[str, float]) -> float:
 
 def calibrate_presence(checkpoint: Path, data_dir: Path, out_path: Path, split: str = "val",
                        device: str | None = None) -> float:
-    """Calibrate a checkpoint's presence cut on `split` (as the trainer does after each epoch) and write the
+    """Calibrate a checkpoint's presence cut on `split`'s whole sound x picture matrix (as the trainer does after
+    each epoch; depth of hits chosen from metrics.PRESENCE_K_LADDER on held-out sounds) and write the
     checkpoint with it to `out_path`, atomically. A new file, because a store's fingerprint names the checkpoint
     file it was built with: indexes built with the old file need `jsar index` again with the new one."""
     where = pick_device(device)
     model, config, _ = load_model(checkpoint, map_location=where)
-    scores = validate(model, read_dataset(Path(data_dir), split).clips, config, where,
-                      num_workers=min(2, config.train.num_workers))
-    if "presence_cut" not in scores:
+    clips = read_dataset(Path(data_dir), split).clips
+    outputs = collect_outputs(model, clips, config.data, where, 64, min(2, config.train.num_workers),
+                              progress=False, presence=True)
+    auroc, calibration = presence_calibration(outputs, clips)
+    if calibration is None:
         raise ValueError(f"{data_dir} split {split!r} has no labelled clips of several classes to calibrate on")
     state = read_checkpoint(checkpoint)
-    state["meta"] = {**(state.get("meta") or {}), "presence_cut": scores["presence_cut"],
-                     "presence_calibration": {"data_dir": str(data_dir), "split": split,
-                                              "top_k": PRESENCE_HITS, "auroc": scores.get("presence_auroc")}}
+    state["meta"] = {**(state.get("meta") or {}), "presence_cut": calibration.cut,
+                     "presence_calibration": {"data_dir": str(data_dir), "split": split, "whole_split": True,
+                                              "top_k": calibration.k, "held_out": calibration.held_out,
+                                              "auroc": auroc}}
     save_checkpoint(Path(out_path), state)
-    return float(scores["presence_cut"])
+    return calibration.cut
