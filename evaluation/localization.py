@@ -411,6 +411,15 @@ def score_negatives(scores: dict[str, ColumnScores], clips: Sequence[Clip], outp
         column_scores.n_negatives = int(pictures.size)
 
 
+def negatives_lines(report: LocalizationReport) -> str:
+    """The extended protocol's scores of every column, as `jsar eval localization --negatives` prints them."""
+    lines = [f"with negatives (seed {report.negatives_seed}): each picture also paired with a sound not in it"]
+    lines += [f"{name}: AP {100 * scores.negatives_ap:.1f}, max-F1 {100 * scores.negatives_max_f1:.1f} "
+              f"({scores.n} positive, {scores.n_negatives} negative pairs)"
+              for name, scores in report.columns.items() if scores.negatives_ap is not None]
+    return "\n".join(lines)
+
+
 def _example(clip: Clip, gt: np.ndarray, maps: dict[str, np.ndarray], size: int) -> LocalizationExample | None:
     """The clip's frame as the model saw it (squashed to size x size) with its maps, for figures."""
     try:

@@ -6,13 +6,12 @@ that show the class only as a silent object are left out).
 Every number comes from the whole split's sound x picture matrices (one collect pass), so it does not depend on
 the batch size or on the clips' order.
 
-    python -m evaluation.presence runs/real/calibrated.pt data/realsound --split test -k 10
+    jsar eval presence runs/real/calibrated.pt data/realsound --split test -k 10
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import click
 import numpy as np
 import torch
 
@@ -67,23 +66,13 @@ def encode_split(model: torch.nn.Module, clips: list[Clip], config, device: torc
     return concatenate_sides(images), concatenate_sides(audios), [clips[int(p)] for p in np.concatenate(positions)]
 
 
-@click.command(help="How a checkpoint's presence score and cut do on its top-k search hits over a split.")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--split", default="test", show_default=True)
-@click.option("-k", "k", default=SERVED_HITS, show_default=True)
-@click.option("--workers", "num_workers", default=2, show_default=True)
-@click.option("--device", default=None)
-def main(checkpoint: Path, data_dir: Path, split: str, k: int, num_workers: int, device: str | None) -> None:
-    result = hit_presence(checkpoint, data_dir, split, k, device, num_workers=num_workers)
-    click.echo(f"{checkpoint} on {split}, top-{k} hits: {result['n_present']} present, {result['n_absent']} absent; "
-               f"presence AUROC {result['auroc']:.3f} (retrieval score alone {result['auroc_retrieval_score']:.3f})")
+def presence_lines(result: dict, checkpoint: str | Path, split: str, k: int) -> str:
+    """`hit_presence`'s result as the lines `jsar eval presence` prints."""
+    lines = [f"{checkpoint} on {split}, top-{k} hits: {result['n_present']} present, {result['n_absent']} absent; "
+             f"presence AUROC {result['auroc']:.3f} (retrieval score alone {result['auroc_retrieval_score']:.3f})"]
     if result["cut"] is not None:
         calibration = result["calibration"] or {}
-        click.echo(f"cut {result['cut']:.4f} (calibrated on {calibration.get('split', '?')}, top-"
-                   f"{calibration.get('top_k', '?')} hits): {100 * result['absent_flagged']:.1f} % of absent hits "
-                   f"marked 'source not visible', {100 * result['present_kept']:.1f} % of present hits kept")
-
-
-if __name__ == "__main__":
-    main()
+        lines.append(f"cut {result['cut']:.4f} (calibrated on {calibration.get('split', '?')}, top-"
+                     f"{calibration.get('top_k', '?')} hits): {100 * result['absent_flagged']:.1f} % of absent hits "
+                     f"marked 'source not visible', {100 * result['present_kept']:.1f} % of present hits kept")
+    return "\n".join(lines)

@@ -265,3 +265,26 @@ def test_eval_figures_writes_one_png_with_a_column_per_model(tiny_index, tmp_pat
     assert result.output == f"{out}\n" and Image.open(out).size[0] > Image.open(out).size[1]
     refused = CliRunner().invoke(cli, ["eval", "figures", str(data), str(out), "--model", str(checkpoint)])
     assert refused.exit_code == 2 and "each --model is LABEL=CHECKPOINT" in refused.output
+
+
+def test_eval_presence_prints_the_auroc_of_each_sounds_hits_over_the_split(tiny_index):
+    index_dir, data = tiny_index
+    checkpoint = index_dir.parent / "model.pt"
+    result = CliRunner().invoke(cli, ["eval", "presence", str(checkpoint), str(data), "--split", "test", "-k", "3",
+                                      "--workers", "0", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith(f"{checkpoint} on test, top-3 hits: ") and "presence AUROC" in lines[0]
+    assert len(lines) == 1  # an uncalibrated checkpoint has no cut to report
+
+
+def test_eval_localization_negatives_prints_and_writes_ap_and_max_f1(tiny_index, tmp_path):
+    _, data = tiny_index
+    out = tmp_path / "report"
+    result = CliRunner().invoke(cli, ["eval", "localization", str(data), "--checkpoint",
+                                      str(tiny_index[0].parent / "model.pt"), "--split", "test", "--workers", "0",
+                                      "--negatives", "--negatives-seed", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "with negatives (seed 2)" in result.output and "plain: AP " in result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["negatives_seed"] == 2 and 0 <= report["columns"]["plain"]["negatives_ap"] <= 1

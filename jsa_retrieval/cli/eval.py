@@ -47,16 +47,40 @@ def _echo_report(out_dir: Path) -> None:
               show_default=True)
 @click.option("--workers", default=2, show_default=True)
 @click.option("--group-by", help="Also score per value of this annotation key (e.g. silent_object_in_view, class).")
+@click.option("--negatives", is_flag=True, help="Also score SLAVC's extended protocol: each picture paired with the "
+                                                "sound of a clip of a class not in it; AP and max-F1 over "
+                                                "confidence thresholds (needs class labels).")
+@click.option("--negatives-seed", default=0, show_default=True, help="Seed of the negative pairs.")
 def eval_localization(data_dir: Path, checkpoint: Path, split: str | None, annotations: Path | None, threshold: str,
                       upsample_mode: str, ogl: str | None, ogl_weights: Path | None, iqr_alpha: float | None,
-                      out_dir: Path, workers: int, group_by: str | None) -> None:
-    from evaluation.localization import evaluate_localization
+                      out_dir: Path, workers: int, group_by: str | None, negatives: bool, negatives_seed: int) -> None:
+    from evaluation.localization import evaluate_localization, negatives_lines
     from evaluation.reports import write_report
 
     report = evaluate_localization(checkpoint, data_dir, split=split, annotations=annotations, threshold=threshold,
                                    upsample_mode=upsample_mode, ogl=ogl, ogl_weights=ogl_weights,
-                                   iqr_alpha=iqr_alpha, num_workers=workers, group_by=group_by)
+                                   iqr_alpha=iqr_alpha, num_workers=workers, group_by=group_by,
+                                   negatives=negatives, negatives_seed=negatives_seed)
     _echo_report(write_report(report, out_dir, f"Localization: {data_dir}"))
+    if negatives:
+        click.echo(negatives_lines(report))
+
+
+@eval_group.command("presence", help="How a checkpoint's presence score and calibrated cut sort each sound's top-k "
+                    "search hits over a whole split (present: the picture sounds the sound's class; absent: it holds "
+                    "no object of that class); from one collect pass, whatever the batch size." + EXAMPLE
+                    + "jsar eval presence runs/real/calibrated.pt data/realsound --split test -k 10")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", default="test", show_default=True)
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1), help="Hits per sound.")
+@workers_option()
+@device_option()
+def eval_presence(checkpoint: Path, data_dir: Path, split: str, k: int, workers: int, device: str | None) -> None:
+    from evaluation.presence import hit_presence, presence_lines
+
+    click.echo(presence_lines(hit_presence(checkpoint, data_dir, split, k, device, num_workers=workers),
+                              checkpoint, split, k))
 
 
 @eval_group.command("retrieval", help="Recall@K by category, audio->image and image->audio, through an index's FAISS indexes."
