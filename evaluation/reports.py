@@ -30,6 +30,7 @@ ARROWS = {"audio_to_image": "A→I", "image_to_audio": "I→A"}
 LOCALIZATION_METRICS = (  # (key in ColumnScores, table heading)
     ("ap50", "cIoU (AP50)"), ("auc", "AUC"), ("mean_ciou", "mean cIoU"), ("pointing_game", "pointing game"),
     ("miou", "mIoU"), ("f_score", "F-score"), ("f_score_binary", "F (binary)"),
+    ("negatives_ap", "AP, with negatives"), ("negatives_max_f1", "max-F1, with negatives"),  # SLAVC's protocol
 )
 
 
@@ -95,13 +96,17 @@ def _recall_value(recall: dict[Any, float] | None, k: int) -> float | None:
 
 
 def localization_table(report: dict[str, Any]) -> pd.DataFrame:
-    """One row per refinement column: cIoU (AP50), AUC, mean cIoU, pointing game [, mIoU, F-score, F (binary)]."""
+    """One row per refinement column: cIoU (AP50), AUC, mean cIoU, pointing game [, mIoU, F-score, F (binary)]
+    [, AP and max-F1 with negatives (SLAVC's protocol, `--negatives`)]."""
     rows = []
     has_masks = any(scores.get("n_masks") for scores in report["columns"].values())
+    has_negatives = any(scores.get("n_negatives") for scores in report["columns"].values())
     for name, scores in report["columns"].items():
         row: dict[str, Any] = {"column": name}
         for key, heading in LOCALIZATION_METRICS:
             if key in ("miou", "f_score", "f_score_binary") and not has_masks:
+                continue
+            if key.startswith("negatives_") and not has_negatives:
                 continue
             row[heading] = scores.get(key)
         row["n"] = scores["n"]

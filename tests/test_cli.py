@@ -288,3 +288,5 @@ def test_eval_localization_negatives_prints_and_writes_ap_and_max_f1(tiny_index,
     assert "with negatives (seed 2)" in result.output and "plain: AP " in result.output
     report = json.loads((out / "report.json").read_text())
     assert report["negatives_seed"] == 2 and 0 <= report["columns"]["plain"]["negatives_ap"] <= 1
+    table = (out / "report.md").read_text()
+    assert "AP, with negatives" in table and "max-F1, with negatives" in table  # the report's table has them

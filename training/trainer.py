@@ -203,7 +203,7 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
                 model, config, epoch,
                 meta={"history": history, "best_score": best_score, "since_best": since_best,
                       "version": __version__,
-                      "presence_cut": scores.get("presence_cut"),
+                      "presence_cut": scores.get("presence_cut"), "presence_k": scores.get("presence_k"),
                       "data_dir": str(data_dir), "train_clips": len(train_clips), "val_clips": len(val_clips),
                       "world_size": world_size()},
                 recipe=recipe.state_dict(), **stepper.state())
