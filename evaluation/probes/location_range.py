@@ -3,7 +3,7 @@ pairs? Answer (seed-0 `real` checkpoint, realsound val, first 120 clips): the ra
 is at least 0.065 (1st percentile 0.12, median 0.31); over mismatched pictures it reaches 0. It set
 models.FLAT_LOCATION_RANGE = 0.05 below every matched pair. Feeds docs/realsound.md, "Maps that listen".
 
-    python evaluation/probes/location_range.py runs/<run>/best.pt data/realsound
+    python -m evaluation.probes.location_range runs/<run>/best.pt data/realsound
 """
 import sys
 
