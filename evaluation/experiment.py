@@ -321,7 +321,7 @@ def _display(frame: pd.DataFrame) -> pd.DataFrame:
                           for value in frame[heading]]
     shown["train minutes"] = [None if value is None or value != value else f"{value:.1f}"
                               for value in frame["train minutes"]]
-    shown["lr"] = [None if value is None or value != value else f"{value:.0e}" for value in frame["lr"]]
+    shown["lr"] = [None if value is None or value != value else f"{value:g}" for value in frame["lr"]]
     return shown
 
 
@@ -510,6 +510,7 @@ def seeds_table(reports: Sequence[ExperimentReport], threshold: str | None = Non
                               f"{values.mean() * scale:.1f} ± {values.std(ddof=1) * scale if values.size > 1 else 0:.1f}")
         records.append(record)
     shown = pd.DataFrame(records)
+    shown["lr"] = [None if value is None or value != value else f"{value:g}" for value in shown["lr"]]
     for heading in (ablation.column for ablation in REPORTED_ABLATIONS):
         shown[heading] = ["–" if value is None or value != value else ("✓" if value else "") for value in shown[heading]]
     return shown
