@@ -17,7 +17,8 @@ import torch
 
 from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.clips import Clip, read_dataset
-from jsa_retrieval.collect import collect_outputs, concatenate_sides, split_presence_targets
+from jsa_retrieval.collect import collect_outputs, split_presence_targets
+from jsa_retrieval.models import AudioSide, ImageSide
 from jsa_retrieval.dataset import ClipDataset, make_loader
 from jsa_retrieval.inference import iter_embeddings, pick_device
 from jsa_retrieval.metrics import SERVED_HITS, cut_rates, presence_auroc, presence_scores, top_k_hits
@@ -63,7 +64,7 @@ def encode_split(model: torch.nn.Module, clips: list[Clip], config, device: torc
             images.append(batch.image)
             audios.append(batch.audio)
             positions.append(batch.indices.numpy())
-    return concatenate_sides(images), concatenate_sides(audios), [clips[int(p)] for p in np.concatenate(positions)]
+    return ImageSide.cat(images), AudioSide.cat(audios), [clips[int(p)] for p in np.concatenate(positions)]
 
 
 def presence_lines(result: dict, checkpoint: str | Path, split: str, k: int) -> str:

@@ -7,7 +7,7 @@ only the scoring differs. Coarse maps are 7 x 7 floats, so even 100k clips fit i
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -113,19 +113,6 @@ def collect_outputs(model: nn.Module, clips: Sequence[Clip], data_config: DataCo
     )
 
 
-def concatenate_sides(sides: Sequence[AudioSide | ImageSide]) -> AudioSide | ImageSide:
-    """One AudioSide / ImageSide from a list of batches (tensor fields concatenated; None fields, grid kept)."""
-    first = sides[0]
-    return replace(first, **{f.name: torch.cat([getattr(side, f.name) for side in sides]) for f in fields(first)
-                             if isinstance(getattr(first, f.name), torch.Tensor)})
-
-
-def side_rows(side: AudioSide | ImageSide, rows: slice | torch.Tensor) -> AudioSide | ImageSide:
-    """The rows `rows` of a side (every tensor field indexed alike)."""
-    return replace(side, **{f.name: getattr(side, f.name)[rows] for f in fields(side)
-                            if isinstance(getattr(side, f.name), torch.Tensor)})
-
-
 _PRESENCE_ROWS = 64  # sounds scored against every picture at once: 64 x n x hw floats in presence_matrix
 
 
@@ -135,9 +122,9 @@ def whole_presence_matrix(model: nn.Module, sides: Sequence[tuple[AudioSide, Ima
     """(n, n) model.presence_matrix of every collected sound against every collected picture, rows and columns
     in `order` (the permutation that puts the batches' concatenated clips in clip-list order)."""
     index = torch.as_tensor(order)
-    audio = side_rows(concatenate_sides([pair[0] for pair in sides]), index)
-    image = side_rows(concatenate_sides([pair[1] for pair in sides]), index)
-    return np.concatenate([model.presence_matrix(side_rows(audio, slice(start, start + _PRESENCE_ROWS)), image)
+    audio = AudioSide.cat([pair[0] for pair in sides]).rows(index)
+    image = ImageSide.cat([pair[1] for pair in sides]).rows(index)
+    return np.concatenate([model.presence_matrix(audio.rows(slice(start, start + _PRESENCE_ROWS)), image)
                            .float().cpu().numpy() for start in range(0, len(order), _PRESENCE_ROWS)])
 
 

@@ -8,6 +8,7 @@ is what lets retrieval store vectors once and compute a map for any (query, hit)
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,18 @@ class _BatchOfTensors:
 
     def row(self, index: int):
         """Row `index` as a batch of one, on the same device."""
-        return self._map_tensors(lambda tensor: tensor[index:index + 1])
+        return self.rows(slice(index, index + 1))
+
+    def rows(self, index: slice | torch.Tensor):
+        """The rows `index` (a slice or an index tensor) of every tensor field."""
+        return self._map_tensors(lambda tensor: tensor[index])
+
+    @classmethod
+    def cat(cls, sides: Sequence["_BatchOfTensors"]):
+        """One side from a list of batches: tensor fields concatenated, the rest (None fields, grid) the first's."""
+        first = sides[0]
+        return replace(first, **{f.name: torch.cat([getattr(side, f.name) for side in sides]) for f in fields(first)
+                                 if isinstance(getattr(first, f.name), torch.Tensor)})
 
 
 @dataclass
