@@ -431,9 +431,8 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
                  "test_labelled": sum(1 for clip in test_clips if clip.label)},
         "runs": list(runs),
     }
-    trained_methods = list(dict.fromkeys(RUNS[name].model_name for name in runs if RUNS[name].checkpoint_of is None))
     if lrs and schedules is None:
-        schedules = choose_schedules(data_dir, out_dir, base, trained_methods, lrs, max(1, patience),
+        schedules = choose_schedules(data_dir, out_dir, base, trained_methods(runs), lrs, max(1, patience),
                                      max_minutes_per_run, device, progress)
     if schedules:
         header["schedules"] = {name: {"lr": s.lr, "val_score": s.val_score, "tried": s.tried, "seed": s.seed}
@@ -483,6 +482,11 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
     return report
 
 
+def trained_methods(runs: Sequence[str]) -> list[str]:
+    """The methods (model names, in order) that `runs` train: each gets a schedule of its own."""
+    return list(dict.fromkeys(RUNS[name].model_name for name in runs if RUNS[name].checkpoint_of is None))
+
+
 def _base_config(config_name: str | JSARConfig, seed: int, epochs: int | None) -> JSARConfig:
     """The experiment's config: a preset, a .json config or a copy of a JSARConfig, at `seed` and epoch cap."""
     base = get_config(config_name) if isinstance(config_name, str) else JSARConfig.from_dict(config_name.to_dict())
@@ -527,9 +531,9 @@ def run_seeds(data_dir: str | Path, out_dir: str | Path, seeds: Sequence[int], c
     out_dir = Path(out_dir)
     schedules = None
     if lrs:
-        methods = list(dict.fromkeys(RUNS[name].model_name for name in runs if RUNS[name].checkpoint_of is None))
-        schedules = choose_schedules(Path(data_dir), out_dir, _base_config(config_name, seeds[0], epochs), methods,
-                                     lrs, max(1, patience), max_minutes_per_run, device, progress)
+        schedules = choose_schedules(Path(data_dir), out_dir, _base_config(config_name, seeds[0], epochs),
+                                     trained_methods(runs), lrs, max(1, patience), max_minutes_per_run, device,
+                                     progress)
     reports = [run_experiment(data_dir, out_dir / f"seed{seed}", config_name, epochs, max_minutes_per_run, seed,
                               runs, threshold, progress, device, patience=patience, schedules=schedules)
                for seed in seeds]
