@@ -130,7 +130,7 @@ def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_l
     from .connections import ConnectionLimits, connection_budget, protocol_factory
 
     config: ServeConfig = app.state.service.config
-    backlog = 128
+    backlog = 64  # the listen queue and asyncio's accept batch; a smaller batch leaves more of the budget to serve
     reserve = 64 + 2 * config.max_in_flight  # the process's own files, and a spool + temporary file per request
     limits = ConnectionLimits(connection_budget(config.max_connections, reserve, backlog), config.header_timeout_s,
                               config.body_timeout_s, config.keep_alive_s, backlog,
