@@ -39,7 +39,7 @@ from training.trainer import split_train_val, train
 from jsa_retrieval.collect import collect_outputs
 
 from .localization import has_ground_truth, iqr_alpha_for
-from jsa_retrieval.metrics import THRESHOLD_MODES
+from jsa_retrieval.metrics import THRESHOLD_MODES, PresenceMix
 from .reports import ARROWS, git_commit, markdown_table
 from .schedules import Schedule, choose_schedules, schedule_config
 from .scoring import score_outputs, summary_dict
@@ -222,7 +222,8 @@ def evaluate_checkpoint(checkpoint: Path, clips: Sequence[Clip], thresholds: Seq
     group_by = SCENE_FIELD if any(SCENE_FIELD in clip.extra for clip in clips) else None
     outputs = collect_outputs(model, clips, config.data, where, batch_size, num_workers, iqr_alpha_for(model, config),
                               presence=True)
-    scores = score_outputs(clips, outputs, thresholds, ks, group_by=group_by)
+    scores = score_outputs(clips, outputs, thresholds, ks, group_by=group_by,
+                           presence_mix=PresenceMix.from_dict(meta.get("presence_mix")))
     best_epoch = None if meta.get("epoch") is None else int(meta["epoch"]) + 1
     return {"model_name": model.model_name, "config": config.to_dict(),
             "checkpoint_sha": checkpoint_short_sha(checkpoint), "best_epoch": best_epoch, **summary_dict(scores)}

@@ -14,9 +14,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from jsa_retrieval.checkpoints import read_checkpoint
 from jsa_retrieval.clips import read_dataset
 from jsa_retrieval.collect import collect_outputs
 from jsa_retrieval.files import write_atomically
+from jsa_retrieval.metrics import PresenceMix
 
 from .localization import iqr_alpha_for, load_evaluated_model
 from .scoring import score_outputs
@@ -80,7 +82,9 @@ def score_split(checkpoint: str | Path, data_dir: Path, split: str, k: int = 10,
     outputs = collect_outputs(model, clips, config.data, where, 32, num_workers,
                               iqr_alpha_for(model, config), progress=progress,
                               presence=hasattr(model, "presence_matrix"))
-    scores = score_outputs(clips, outputs, ("fixed",), (1, 10), group_by=GROUP_FIELD, presence_hits=k)
+    mix = PresenceMix.from_dict((read_checkpoint(checkpoint).get("meta") or {}).get("presence_mix"))
+    scores = score_outputs(clips, outputs, ("fixed",), (1, 10), group_by=GROUP_FIELD, presence_hits=k,
+                           presence_mix=mix)
     plain = scores.localization.get("fixed", {}).get("plain")
     groups = scores.localization_by_group.get("fixed", {})
     by_group = {str(value): 100 * columns["plain"].ap50 for value, columns in groups.items() if "plain" in columns}

@@ -21,7 +21,9 @@ from jsa_retrieval.collect import collect_outputs, split_presence_targets
 from jsa_retrieval.models import AudioSide, ImageSide
 from jsa_retrieval.dataset import ClipDataset, make_loader
 from jsa_retrieval.inference import iter_embeddings, pick_device
-from jsa_retrieval.metrics import SERVED_HITS, cut_rates, presence_auroc, presence_scores, top_k_hits
+from jsa_retrieval.metrics import (
+    SERVED_HITS, PresenceMix, cut_rates, mixed_presence, presence_auroc, presence_scores, top_k_hits,
+)
 
 
 def hit_presence_scores(presence: np.ndarray, similarity: np.ndarray, targets: np.ndarray, k: int,
@@ -41,16 +43,18 @@ def hit_presence_scores(presence: np.ndarray, similarity: np.ndarray, targets: n
 def hit_presence(checkpoint: str | Path, data_dir: str | Path, split: str, k: int = SERVED_HITS,
                  device: str | None = None, batch_size: int = 32, num_workers: int = 2) -> dict:
     """`hit_presence_scores` over every labelled sound's top-k image hits among the split's pictures (exact
-    search, own pair included), with the checkpoint's calibrated cut (None when it has none) and, when the
-    checkpoint records one, how it was calibrated ('calibration')."""
+    search, own pair included), scored as the checkpoint's calibration says (its presence mix, when it records
+    one), with its calibrated cut (None when it has none) and, when recorded, how it was calibrated
+    ('calibration')."""
     where = pick_device(device)
     model, config, meta = load_model(checkpoint, map_location=where)
     clips = read_dataset(Path(data_dir), split).clips
     outputs = collect_outputs(model, clips, config.data, where, batch_size, num_workers, progress=False,
                               presence=True)
     kept = [clips[int(p)] for p in outputs.positions]
-    result = hit_presence_scores(outputs.presence, outputs.audio_vectors @ outputs.image_vectors.T,
-                                 split_presence_targets(kept), k, meta.get("presence_cut"))
+    similarity = outputs.audio_vectors @ outputs.image_vectors.T
+    presence = mixed_presence(outputs.presence, similarity, PresenceMix.from_dict(meta.get("presence_mix")))
+    result = hit_presence_scores(presence, similarity, split_presence_targets(kept), k, meta.get("presence_cut"))
     return {**result, "calibration": meta.get("presence_calibration")}
 
 

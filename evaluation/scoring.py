@@ -12,7 +12,9 @@ import numpy as np
 
 from jsa_retrieval.clips import Clip, read_dataset
 from jsa_retrieval.collect import ModelOutputs, collect_outputs, split_presence_targets
-from jsa_retrieval.metrics import SERVED_HITS, THRESHOLD_MODES, presence_auroc, presence_scores, top_k_hits
+from jsa_retrieval.metrics import (
+    SERVED_HITS, THRESHOLD_MODES, PresenceMix, mixed_presence, presence_auroc, presence_scores, top_k_hits,
+)
 
 from .localization import (
     EVAL_SIZE, ColumnScores, has_ground_truth, iqr_alpha_for, load_evaluated_model, score_by_group,
@@ -43,11 +45,12 @@ class OutputScores:
 def score_outputs(clips: Sequence[Clip], outputs: ModelOutputs, thresholds: Sequence[str],
                   ks: Sequence[int] = (1, 5, 10), upsample_mode: str = "bicubic",
                   eval_size: int = EVAL_SIZE, group_by: str | None = None,
-                  presence_hits: int = SERVED_HITS) -> OutputScores:
+                  presence_hits: int = SERVED_HITS, presence_mix: PresenceMix | None = None) -> OutputScores:
     """Localization of the clips with ground truth under each threshold mode (and per value of `group_by`),
     exact Recall@K both ways of the labelled clips, and, when `outputs` holds the presence matrix, the AUROC of
     source presence over every (sound, picture) pair of the whole set and over each sound's top `presence_hits`
-    pictures by retrieval score (what a search shows). `clips` is the list `outputs.positions` indexes."""
+    pictures by retrieval score (what a search shows), scored as the checkpoint's `presence_mix` says (None: the
+    raw presence). `clips` is the list `outputs.positions` indexes."""
     for threshold in thresholds:
         if threshold not in THRESHOLD_MODES:
             raise ValueError(f"unknown threshold mode {threshold!r}; choose one of {THRESHOLD_MODES}")
@@ -69,19 +72,22 @@ def score_outputs(clips: Sequence[Clip], outputs: ModelOutputs, thresholds: Sequ
         scores.retrieval = {name: {int(k): float(v) for k, v in d.recall.items()} for name, d in directions.items()}
         scores.n_retrieval = sum(1 for label in labels if label)
     if outputs.presence is not None:
-        add_presence_scores(scores, [clips[int(p)] for p in outputs.positions], outputs, presence_hits)
+        add_presence_scores(scores, [clips[int(p)] for p in outputs.positions], outputs, presence_hits, presence_mix)
     return scores
 
 
-def add_presence_scores(scores: OutputScores, kept: Sequence[Clip], outputs: ModelOutputs, hits: int) -> None:
-    """Fill `scores`' presence AUROCs from the whole-set presence matrix (`kept`: the clips of its rows)."""
+def add_presence_scores(scores: OutputScores, kept: Sequence[Clip], outputs: ModelOutputs, hits: int,
+                        mix: PresenceMix | None = None) -> None:
+    """Fill `scores`' presence AUROCs from the whole-set presence matrix (`kept`: the clips of its rows), mixed
+    with the retrieval similarity by `mix` when given."""
     targets = split_presence_targets(kept)
-    present, absent = presence_scores(outputs.presence, targets)
+    similarity = outputs.audio_vectors @ outputs.image_vectors.T
+    presence = mixed_presence(outputs.presence, similarity, mix)
+    present, absent = presence_scores(presence, targets)
     if present.size and absent.size:
         scores.presence_auroc = presence_auroc(present, absent)
         scores.n_presence = (int(present.size), int(absent.size))
-    shown = top_k_hits(outputs.audio_vectors @ outputs.image_vectors.T, hits)
-    present, absent = presence_scores(outputs.presence, targets, shown)
+    present, absent = presence_scores(presence, targets, top_k_hits(similarity, hits))
     if present.size and absent.size:
         scores.presence_auroc_hits = presence_auroc(present, absent)
         scores.n_presence_hits = (int(present.size), int(absent.size))

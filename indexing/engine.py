@@ -30,6 +30,7 @@ from jsa_retrieval.decode import load_image
 from jsa_retrieval.files import hit_picture_name
 from jsa_retrieval.inference import pick_device
 from jsa_retrieval.maps import pair_maps
+from jsa_retrieval.metrics import PresenceMix, mixed_presence
 from jsa_retrieval.pictures import contact_sheet, not_visible_picture, overlay_picture, spectrogram_picture
 from jsa_retrieval.transforms import image_transform
 
@@ -87,7 +88,7 @@ class Engine:
     """A store's model and indexes, opened once and queried many times."""
 
     def __init__(self, index_dir: Path, model: torch.nn.Module, config, indexes: RetrievalIndexes | MilvusIndexes,
-                 device: torch.device, presence_cut: float | None = None):
+                 device: torch.device, presence_cut: float | None = None, presence_mix: PresenceMix | None = None):
         self.index_dir = Path(index_dir)
         # channels-last convolutions take oneDNN's path for every layer of the audio encoder, where a batch of one
         # otherwise falls back to slow kernels (4.4 -> 3.1 ms a sound on 2 cores, same output to 1e-6); its output
@@ -98,6 +99,7 @@ class Engine:
         self.indexes = indexes
         self.device = device
         self.presence_cut = presence_cut  # calibrated on val by the trainer (checkpoint meta); None: not known
+        self.presence_mix = presence_mix  # the scores the cut applies to (checkpoint meta); None: raw presence
 
     @classmethod
     def open(cls, index_dir: Path, checkpoint: Path | None = None, device: str | None = None,
@@ -119,7 +121,8 @@ class Engine:
         if fingerprint != meta.fingerprint:
             raise FingerprintMismatch(f"{checkpoint} is not the model that built {index_dir} (fingerprint "
                                       f"{fingerprint[:12]} vs {meta.fingerprint[:12]}); re-run `jsar index`")
-        return cls(Path(index_dir), model, config, indexes, device_, model_meta.get("presence_cut"))
+        return cls(Path(index_dir), model, config, indexes, device_, model_meta.get("presence_cut"),
+                   PresenceMix.from_dict(model_meta.get("presence_mix")))
 
     def audio_input(self, path: Path) -> torch.Tensor:
         """(1, F, T) spectrogram of a sound file (or a video's audio track), ready to stack into a batch."""
@@ -190,12 +193,14 @@ class Engine:
 
     def hit_evidence(self, audio_side, images: torch.Tensor, iqr: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """`hit_maps` and, from the same encodings, each image's source-presence score (n,) for the sound
-        (model.presence_matrix): compared with `presence_cut` it says whether the source is visible at all."""
+        (model.presence_matrix, mixed with the retrieval similarity by the checkpoint's `presence_mix`): compared
+        with `presence_cut` it says whether the source is visible at all."""
         with torch.no_grad():
             audio, image = audio_side.to(self.device), self.encode_image(images)
             maps = pair_maps(self.model, audio, image, self.config.data.image_size, iqr)
-            presence = self.model.presence_matrix(audio, image)[0]
-        return maps.full.cpu().numpy(), presence.float().cpu().numpy()
+            presence = self.model.presence_matrix(audio, image)[0].float().cpu().numpy()
+            similarity = (audio.vector @ image.vector.T)[0].float().cpu().numpy()
+        return maps.full.cpu().numpy(), mixed_presence(presence, similarity, self.presence_mix).astype(np.float32)
 
     def source_visible(self, presence: float) -> bool | None:
         """Whether a presence score passes the checkpoint's calibrated cut; None when no cut is known."""

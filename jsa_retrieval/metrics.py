@@ -435,20 +435,82 @@ def cut_rates(present: Any, absent: Any, cut: float) -> tuple[float, float]:
     return kept, flagged
 
 
+PRESENCE_MIX_LADDER = (0.0, 0.25, 0.5, 0.75)
+"""The weights of the retrieval similarity in the presence score tried on val (0: the model's presence alone)."""
+
+
+@dataclass(frozen=True)
+class PresenceMix:
+    """The presence score a hit is judged by: (1 - weight) * z(presence) + weight * z(similarity), each matrix
+    standardised by the mean and std of the calibration split's (A, I) matrix, so the weight means the same
+    whatever the two scores' scales.
+
+    Why mix: the model's presence (a location head's peak cosine) and the retrieval similarity err on different
+    hits; on realsound half of each sorted the top-10 hits of the maps that listen better than either alone, on
+    val and on test (evaluation/probes/presence_mix.py). The weight is chosen on val (`choose_presence_mix`)."""
+
+    weight: float
+    presence_mean: float
+    presence_std: float
+    similarity_mean: float
+    similarity_std: float
+
+    @classmethod
+    def fitted(cls, presence: Any, similarity: Any, weight: float) -> "PresenceMix":
+        presence, similarity = np.asarray(presence, dtype=np.float64), np.asarray(similarity, dtype=np.float64)
+        return cls(float(weight), float(presence.mean()), float(presence.std()) or 1.0,
+                   float(similarity.mean()), float(similarity.std()) or 1.0)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "PresenceMix | None":
+        """The mix a checkpoint's meta records (`presence_mix`), None for checkpoints calibrated without one."""
+        return None if not values else cls(**{name: float(values[name]) for name in cls.__dataclass_fields__})
+
+    def __call__(self, presence: Any, similarity: Any) -> np.ndarray:
+        presence, similarity = np.asarray(presence, dtype=np.float64), np.asarray(similarity, dtype=np.float64)
+        return ((1.0 - self.weight) * (presence - self.presence_mean) / self.presence_std
+                + self.weight * (similarity - self.similarity_mean) / self.similarity_std)
+
+
+def mixed_presence(presence: Any, similarity: Any, mix: PresenceMix | None) -> np.ndarray:
+    """The presence scores hits are judged by: `mix` of the two matrices, or `presence` itself without a mix."""
+    return np.asarray(presence, dtype=np.float64) if mix is None else mix(presence, similarity)
+
+
+def choose_presence_mix(presence: Any, similarity: Any, targets: Any, ladder: Sequence[float] = PRESENCE_MIX_LADDER,
+                        served: int = SERVED_HITS) -> tuple[PresenceMix, dict[float, float]]:
+    """(the mix of `ladder` whose scores give the highest AUROC over each sound's top `served` hits, {weight:
+    that AUROC}) on one split's whole (A, I) matrices; ties go to the smaller weight. Raises ValueError when the
+    hits hold no present or no absent pair."""
+    shown = top_k_hits(similarity, served)
+    tried: dict[float, float] = {}
+    for weight in ladder:
+        mix = PresenceMix.fitted(presence, similarity, weight)
+        present, absent = presence_scores(mix(presence, similarity), targets, shown)
+        if not (present.size and absent.size):
+            raise ValueError("choosing a presence mix needs present and absent pairs among the hits")
+        tried[float(weight)] = presence_auroc(present, absent)
+    best = max(tried, key=lambda weight: (tried[weight], -weight))
+    return PresenceMix.fitted(presence, similarity, best), tried
+
+
 @dataclass(frozen=True)
 class PresenceCalibration:
     """A calibrated cut: `cut` from every sound's top `k` hits, `k` chosen from the ladder by `held_out`
     ({k: mean over the two folds of the balanced accuracy, on the other fold's top SERVED_HITS hits, of the cut
-    calibrated on one fold's top k hits})."""
+    calibrated on one fold's top k hits}); the cut applies to `mix`'s scores (the raw presence when None)."""
 
     cut: float
     k: int
     held_out: dict[int, float]
+    mix: PresenceMix | None = None
+    mix_tried: dict[float, float] | None = None
 
 
 def calibrate_presence_cut(presence: Any, similarity: Any, targets: Any, folds: Any,
                            ladder: Sequence[int] = PRESENCE_K_LADDER,
-                           served: int = SERVED_HITS) -> PresenceCalibration:
+                           served: int = SERVED_HITS,
+                           mix_ladder: Sequence[float] | None = PRESENCE_MIX_LADDER) -> PresenceCalibration:
     """Choose the calibration depth k and the cut on one split's whole sound x picture matrices (A, I):
     `presence`, retrieval `similarity`, `targets` (`presence_targets`), and `folds` (A,) 0/1, a two-way split of
     the sounds fixed by something other than their order (e.g. a hash of the clip id).
@@ -457,8 +519,13 @@ def calibrate_presence_cut(presence: Any, similarity: Any, targets: Any, folds: 
     judged by how a cut calibrated on one fold's top-k hits sorts the *other* fold's shown hits (balanced
     accuracy: the mean of present kept and absent marked); calibrated and judged on the same pairs, the deepest
     rung would win by construction. Ties go to the smaller k. The cut returned is calibrated on all sounds'
-    top-k hits for the chosen k."""
+    top-k hits for the chosen k. With a `mix_ladder` the scores are first the `choose_presence_mix` of the split
+    (None: the presence matrix as it is)."""
     presence, similarity = np.asarray(presence, dtype=np.float64), np.asarray(similarity, dtype=np.float64)
+    mix, mix_tried = None, None
+    if mix_ladder:
+        mix, mix_tried = choose_presence_mix(presence, similarity, targets, mix_ladder, served)
+        presence = mix(presence, similarity)
     folds = np.asarray(folds).astype(int).ravel()
     shown = top_k_hits(similarity, served)
     held_out: dict[int, float] = {}
@@ -478,7 +545,7 @@ def calibrate_presence_cut(presence: Any, similarity: Any, targets: Any, folds: 
     else:  # too few sounds for two folds: the depth a search shows
         chosen = int(served)
     present, absent = presence_scores(presence, targets, top_k_hits(similarity, chosen))
-    return PresenceCalibration(presence_cut(present, absent), chosen, held_out)
+    return PresenceCalibration(presence_cut(present, absent), chosen, held_out, mix, mix_tried)
 
 
 # --------------------------------------------------------------------------------------------------------------

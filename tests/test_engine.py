@@ -11,6 +11,7 @@ from PIL import Image
 
 from indexing.embed import index_dataset
 from indexing.engine import Engine
+from jsa_retrieval.metrics import PresenceMix
 from indexing.store import EmbeddingStore, FingerprintMismatch, StoreWriter
 from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.cli import cli
@@ -269,3 +270,21 @@ def test_every_trained_model_indexes_and_answers_both_queries(setup, tmp_path, m
     assert len(sounds.hits) == len(pictures.hits) == 3
     saved = json.loads(engine.write_outputs(pictures, tmp_path / "hits").read_text())
     assert all(Image.open(hit["picture"]).size == (64, 64) for hit in saved["hits"])
+
+
+def test_a_calibrated_presence_mix_scores_each_hit_by_presence_and_retrieval_similarity(setup, tmp_path):
+    root, data, _, _ = setup
+    engine = Engine.open(root / "index")
+    sound = data / "audio" / "synth_000003.wav"
+    plain = engine.search_audio(sound, k=4)
+    engine.write_outputs(plain, tmp_path / "plain")  # draws each hit, scoring its presence
+    raw = {hit.id: hit.presence for hit in plain.hits}
+    engine.presence_mix = PresenceMix(weight=0.5, presence_mean=0.1, presence_std=0.2, similarity_mean=0.3,
+                                      similarity_std=0.4)
+    mixed = engine.search_audio(sound, k=4)
+    engine.write_outputs(mixed, tmp_path / "mixed")
+    assert len(set(raw.values())) > 1
+    for hit in mixed.hits:
+        # the hit's score is the retrieval cosine of the store's vectors, which the mix reads from the same encoding
+        expected = 0.5 * (raw[hit.id] - 0.1) / 0.2 + 0.5 * (hit.score - 0.3) / 0.4
+        assert hit.presence == pytest.approx(expected, abs=1e-4)

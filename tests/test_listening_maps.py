@@ -11,7 +11,8 @@ from jsa_retrieval.clips import read_dataset
 from jsa_retrieval.collect import collect_outputs
 from jsa_retrieval.config import check_config, cpu_config
 from jsa_retrieval.metrics import (
-    PRESENCE_K_LADDER, presence_auroc, presence_cut, presence_scores, presence_targets, top_k_hits,
+    PRESENCE_K_LADDER, PRESENCE_MIX_LADDER, PresenceMix, presence_auroc, presence_cut, presence_scores,
+    presence_targets, top_k_hits,
 )
 from jsa_retrieval.models import create_model, fuse_maps, min_max
 from jsa_retrieval.slot_attention import slot_attention_weights, slot_softmax
@@ -187,15 +188,19 @@ def test_training_with_a_location_head_lowers_its_loss_and_calibrates_presence(s
     assert loaded.model.location_head and model.location_head is not None
     # the trainer's cut is the whole val split's: calibrate-presence on val gives it again (other batch size),
     # at a depth from the ladder, and it sits between the presence scores it separates
-    cut = calibrate_presence(result.best_path, scene_data, tmp_path / "calibrated.pt", "val", "cpu")
+    cut = calibrate_presence(result.best_path, scene_data, tmp_path / "calibrated.pt", "val", "cpu").cut
     assert meta["presence_cut"] == pytest.approx(cut, abs=1e-5)
     _, _, calibrated = load_model(tmp_path / "calibrated.pt")
     record = calibrated["presence_calibration"]
     assert calibrated["presence_cut"] == cut and record["whole_split"] and record["top_k"] in PRESENCE_K_LADDER
     assert set(record["held_out"]) <= set(PRESENCE_K_LADDER)
+    # the cut applies to the val-chosen mix of presence and retrieval similarity, recorded beside it
+    assert calibrated["presence_mix"] == pytest.approx(meta["presence_mix"], abs=1e-5)
+    mix = PresenceMix.from_dict(calibrated["presence_mix"])
+    assert mix.weight in PRESENCE_MIX_LADDER and set(record["mix_tried"]) == set(PRESENCE_MIX_LADDER)
     clips = read_dataset(scene_data, "val").clips
     outputs = collect_outputs(model, clips, loaded.data, torch.device("cpu"), 5, 0, progress=False, presence=True)
-    scores = outputs.presence[outputs.presence == outputs.presence]
+    scores = mix(outputs.presence, outputs.audio_vectors @ outputs.image_vectors.T)
     assert scores.min() < cut < scores.max()
 
 

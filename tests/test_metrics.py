@@ -1,13 +1,17 @@
 """Metrics against hand computations and against the field's evaluation arithmetic (README, Metric conventions)."""
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
 from jsa_retrieval.metrics import (
     PRESENCE_K_LADDER,
     LocalizationScores,
+    PresenceMix,
     ap50,
     auc,
     calibrate_presence_cut,
+    choose_presence_mix,
     ciou,
     cut_rates,
     extended_ap,
@@ -19,7 +23,9 @@ from jsa_retrieval.metrics import (
     mask_iou,
     mean_ciou,
     miou,
+    mixed_presence,
     pointing_hit,
+    presence_cut,
     presence_scores,
     rank_by_similarity,
     recall_at_k,
@@ -411,7 +417,9 @@ def test_calibrate_presence_cut_on_held_out_sounds_by_hand():
     similarity = np.eye(4) * 2 + np.roll(np.eye(4), 1, axis=1)
     targets = np.where(np.eye(4) == 1, 1.0, 0.0)
     folds = [0, 1, 0, 1]
-    calibration = calibrate_presence_cut(presence, similarity, targets, folds, ladder=(1, 2), served=2)
+    calibration = calibrate_presence_cut(presence, similarity, targets, folds, ladder=(1, 2), served=2,
+                                         mix_ladder=None)
+    assert calibration.mix is None
     # k 1: only present pairs to calibrate on, so no held-out score. k 2: fold 0 (present .9 .7, absent .5 .3)
     # cuts at 0.6 -> fold 1's hits (present .8 .6, absent .65 .2): kept 1/2, marked 1/2 -> 0.5; fold 1 cuts
     # at 0.4 (first best J) -> fold 0's: kept 1, marked 1/2 -> 0.75; mean 0.625
@@ -435,3 +443,36 @@ def test_calibrate_presence_cut_does_not_depend_on_the_order_of_sounds_and_pictu
     assert (again.cut, again.k) == pytest.approx((first.cut, first.k))
     assert again.held_out == pytest.approx(first.held_out)
     assert set(first.held_out) == set(PRESENCE_K_LADDER) and first.k == max(first.held_out, key=first.held_out.get)
+
+
+def test_presence_mix_is_chosen_by_the_auroc_of_the_shown_hits_by_hand():
+    # each sound's top 2 hits by similarity: sound 0 pictures 0, 1; sound 1 pictures 2, 1. Present: (0, 0), (1, 2);
+    # absent: (0, 1), (1, 1). Presence alone sorts them badly (0.1 and 0.8 against 0.9 and 0.2: AUROC 1/4),
+    # similarity alone perfectly (3, 3 against 2, 2)
+    presence = np.array([[0.1, 0.9, 0.0], [0.0, 0.2, 0.8]])
+    similarity = np.array([[3.0, 2.0, 0.0], [0.0, 2.0, 3.0]])
+    targets = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    mix, tried = choose_presence_mix(presence, similarity, targets, ladder=(0.0, 0.5, 0.75), served=2)
+    # z-scores over the whole matrices (mean 1/3, std 0.3727; mean 5/3, std 1.2472): at weight 0.5 the present
+    # pairs score 0.222 and 1.161 against 0.894 and -0.045 (3 of 4 pairs in order); at 0.75 0.645 and 1.115
+    # against 0.580 and 0.111 (all four)
+    assert tried == pytest.approx({0.0: 0.25, 0.5: 0.75, 0.75: 1.0})
+    assert mix.weight == 0.75
+    assert (mix.presence_mean, mix.presence_std) == pytest.approx((1 / 3, 0.37268), abs=1e-5)
+    assert mix(presence, similarity)[0, 0] == pytest.approx(0.645, abs=1e-3)
+    assert PresenceMix.from_dict(asdict(mix)) == mix and PresenceMix.from_dict(None) is None
+    np.testing.assert_array_equal(mixed_presence(presence, similarity, None), presence)
+
+
+def test_calibrated_cut_applies_to_the_mixed_scores():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 4, 60)
+    targets = np.where(labels[:, None] == labels[None, :], 1.0, 0.0)
+    presence = targets * 0.2 + rng.normal(0, 0.2, (60, 60))  # weak evidence
+    similarity = targets * 0.6 + rng.normal(0, 0.2, (60, 60))  # strong evidence: the mix must lean on it
+    calibration = calibrate_presence_cut(presence, similarity, targets, rng.integers(0, 2, 60))
+    assert calibration.mix is not None and calibration.mix.weight > 0
+    assert calibration.mix_tried[calibration.mix.weight] == max(calibration.mix_tried.values())
+    mixed = calibration.mix(presence, similarity)
+    present, absent = presence_scores(mixed, targets, top_k_hits(similarity, calibration.k))
+    assert calibration.cut == pytest.approx(presence_cut(present, absent))

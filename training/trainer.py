@@ -35,7 +35,7 @@ from jsa_retrieval.models import create_model
 from .audio_trunk_cache import cached_audio_features
 from .recipes import Recipe, make_recipe
 from .trunk_cache import cached_trunk_features
-from .validation import selection_score, validate
+from .validation import presence_mix_meta, selection_score, validate
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +204,7 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
                 meta={"history": history, "best_score": best_score, "since_best": since_best,
                       "version": __version__,
                       "presence_cut": scores.get("presence_cut"), "presence_k": scores.get("presence_k"),
+                      "presence_mix": presence_mix_meta(scores),
                       "data_dir": str(data_dir), "train_clips": len(train_clips), "val_clips": len(val_clips),
                       "world_size": world_size()},
                 recipe=recipe.state_dict(), **stepper.state())

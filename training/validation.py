@@ -4,6 +4,7 @@ Checkpoints are selected on this split, never on the test set.
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -89,7 +90,18 @@ def presence_calibration_scores(outputs: ModelOutputs, clips: Sequence[Clip]) ->
     scores = {} if auroc is None else {"presence_auroc": auroc}
     if calibration is not None:
         scores.update(presence_cut=calibration.cut, presence_k=float(calibration.k))
+        if calibration.mix is not None:
+            scores.update({f"{MIX_PREFIX}{name}": value for name, value in asdict(calibration.mix).items()})
     return scores
+
+
+MIX_PREFIX = "presence_mix_"
+
+
+def presence_mix_meta(scores: dict[str, float]) -> dict[str, float] | None:
+    """The `presence_mix` a checkpoint's meta records, from `validate`'s scores (None when they hold none)."""
+    mix = {name[len(MIX_PREFIX):]: value for name, value in scores.items() if name.startswith(MIX_PREFIX)}
+    return mix or None
 
 
 def selection_score(scores: dict[str, float]) -> float:
@@ -98,11 +110,12 @@ def selection_score(scores: dict[str, float]) -> float:
 
 
 def calibrate_presence(checkpoint: Path, data_dir: Path, out_path: Path, split: str = "val",
-                       device: str | None = None) -> float:
+                       device: str | None = None) -> PresenceCalibration:
     """Calibrate a checkpoint's presence cut on `split`'s whole sound x picture matrix (as the trainer does after
     each epoch; depth of hits chosen from metrics.PRESENCE_K_LADDER on held-out sounds) and write the
-    checkpoint with it to `out_path`, atomically. A new file, because a store's fingerprint names the checkpoint
-    file it was built with: indexes built with the old file need `jsar index` again with the new one."""
+    checkpoint with it to `out_path`, atomically; returns the calibration (the cut, its depth, the presence mix).
+    A new file, because a store's fingerprint names the checkpoint file it was built with: indexes built with the
+    old file need `jsar index` again with the new one."""
     where = pick_device(device)
     model, config, _ = load_model(checkpoint, map_location=where)
     clips = read_dataset(Path(data_dir), split).clips
@@ -113,8 +126,10 @@ def calibrate_presence(checkpoint: Path, data_dir: Path, out_path: Path, split: 
         raise ValueError(f"{data_dir} split {split!r} has no labelled clips of several classes to calibrate on")
     state = read_checkpoint(checkpoint)
     state["meta"] = {**(state.get("meta") or {}), "presence_cut": calibration.cut,
+                     "presence_mix": None if calibration.mix is None else asdict(calibration.mix),
                      "presence_calibration": {"data_dir": str(data_dir), "split": split, "whole_split": True,
                                               "top_k": calibration.k, "held_out": calibration.held_out,
+                                              "mix_tried": calibration.mix_tried,
                                               "auroc": auroc}}
     save_checkpoint(Path(out_path), state)
-    return calibration.cut
+    return calibration

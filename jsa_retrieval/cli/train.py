@@ -100,5 +100,7 @@ def calibrate_presence_command(checkpoint: Path, data_dir: Path, out_path: Path,
                                device: str | None) -> None:
     from training.validation import calibrate_presence
 
-    cut = calibrate_presence(checkpoint, data_dir, out_path, split, device)
-    click.echo(f"presence cut {cut:.4f} (calibrated on {data_dir} {split}) written with the model to {out_path}")
+    calibration = calibrate_presence(checkpoint, data_dir, out_path, split, device)
+    mixed = "" if calibration.mix is None else f" on presence mixed with {calibration.mix.weight:g} retrieval similarity"
+    click.echo(f"presence cut {calibration.cut:.4f}{mixed}, from top-{calibration.k} hits (calibrated on {data_dir} "
+               f"{split}) written with the model to {out_path}")
