@@ -118,6 +118,7 @@ def test_ivf_benchmark_sweeps_nprobe_and_is_exact_when_every_list_is_probed(tmp_
         assert all(0.0 <= point.recall <= 1.0 and point.median_ms > 0 for point in direction.sweep)
         assert direction.sweep[-1].recall == 1.0  # every list probed = exhaustive search
         assert direction.sweep[0].recall <= direction.sweep[-1].recall
+        assert [point.applied for point in direction.sweep] == [{"nprobe": value} for value in (1, 4, 32)]
         assert direction.split_median_ms > 0 and direction.margin_gap > 0
         assert direction.first_stage_error < 1e-6  # IVF over flat vectors: the scores are exact
     assert "sweep nprobe=1" in BenchReport({"usable_cores": 2, "load_average": [0.0], "torch_version": "t",

@@ -21,7 +21,8 @@ import faiss
 import numpy as np
 
 from indexing.faiss_index import (INDEX_FILES, apply_search_params, build_indexes, calibration_ladder,
-                                  configure_faiss, exact_top_k, first_stage, index_bytes, index_search_params,
+                                  configure_faiss, effective_search_params, exact_top_k, first_stage,
+                                  index_bytes, index_search_params,
                                   neighbour_recall_at_k, omp_threads, open_indexes, search,
                                   search_parameters)
 from indexing.scann_index import ScannIndex
@@ -182,12 +183,14 @@ def batch_search(index: faiss.Index, queries: np.ndarray, k: int = TOP_K) -> tup
 
 @dataclass
 class SweepPoint:
-    """Recall and single-query latency of one direction at one value of the search parameter."""
+    """Recall and single-query latency of one direction at one value of the search parameter, with every
+    parameter the search ran with there (`applied`: the ones that follow it, e.g. the shortlist factor)."""
 
     value: int
     recall: float
     median_ms: float
     p95_ms: float
+    applied: dict[str, int] = field(default_factory=dict)
 
 
 def sweep_search_param(index: faiss.Index, name: str, values: Sequence[int], latency_queries: np.ndarray,
@@ -201,7 +204,8 @@ def sweep_search_param(index: faiss.Index, name: str, values: Sequence[int], lat
             found, _ = batch_search(index, recall_queries, k)
             times = single_query_ms(index, latency_queries, k)
             points.append(SweepPoint(int(value), neighbour_recall_at_k(found, truth, k), float(np.median(times)),
-                                     float(np.percentile(times, 95))))
+                                     float(np.percentile(times, 95)),
+                                     effective_search_params(index, {name: int(value)})))
     finally:
         apply_search_params(index, restore)
     return points

@@ -166,5 +166,7 @@ def _index_rows(section: str, bench: IndexBench, threads: int, raw_bytes: int,
         for point in direction.sweep:
             rows.append((section, f"{name} sweep {bench.sweep_param}={point.value}",
                          f"recall {point.recall:.3f}, {point.median_ms:.2f} ms",
-                         f"p95 {point.p95_ms:.2f} ms"))
+                         f"p95 {point.p95_ms:.2f} ms" + "".join(
+                             f", {param} {value}" for param, value in point.applied.items()
+                             if param != bench.sweep_param)))
     return rows
