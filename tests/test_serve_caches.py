@@ -43,6 +43,17 @@ def test_query_pictures_and_searches_expire_after_the_ttl(engine, tiny_index, cl
         assert "expired" in assert_one_line_error(client.get(map_url), 404)
 
 
+def test_pictures_drawn_late_in_a_searchs_life_go_with_the_search(engine, tiny_index, clock):
+    with TestClient(create_app(engine, ServeConfig(cache_ttl_s=60.0))) as client:
+        answer = sound_search(client, tiny_index, 3)
+        clock[0] = 50.0  # drawn now, the pictures would stay cached until 110
+        map_url = answer["hits"][0]["map_url"]
+        assert client.get(answer["query_url"]).status_code == 200 and client.get(map_url).status_code == 200
+        clock[0] = 61.0  # the search is gone, and so are they
+        assert "expired" in assert_one_line_error(client.get(map_url), 404)
+        assert "expired" in assert_one_line_error(client.get(answer["query_url"]), 404)
+
+
 def test_only_the_latest_sound_queries_keep_their_picture(engine, tiny_index, clock):
     with TestClient(create_app(engine, ServeConfig(query_picture_cache_size=1))) as client:
         older, newer = sound_search(client, tiny_index, 3), sound_search(client, tiny_index, 5)

@@ -155,13 +155,14 @@ class SearchService:
 
     def query_png(self, query_id: str) -> bytes:
         """The picture of a remembered sound query, as the page and contact sheets show it first: its
-        spectrogram with its target slot's attention over time."""
+        spectrogram with its target slot's attention over time. Nothing of a search is served once it expired,
+        however recently its pictures were drawn."""
         key = (query_id, None)
         with self._cache_lock:
             png = self.maps.get(key)
             query = self.queries.get(query_id)
             spectrogram = self.query_inputs.get(query_id)
-        if png is not None:
+        if png is not None and query is not None:
             return png
         if query is None or query.side is None or spectrogram is None:
             raise HTTPException(404, f"no sound query {query_id!r} to draw (unknown, expired or not a sound): "
@@ -175,15 +176,16 @@ class SearchService:
         return png
 
     def map_png(self, query_id: str, item_id: str) -> bytes:
-        """The picture of one hit of a remembered search; the first request draws all of that search's hits."""
+        """The picture of one hit of a remembered search; the first request draws all of that search's hits. Not
+        served once the search expired, though a picture drawn late in its life is still in the cache."""
         key = (query_id, item_id)
         with self._cache_lock:
             png = self.maps.get(key)
             query = self.queries.get(query_id)
-        if png is not None:
-            return png
         if query is None:
             raise HTTPException(404, f"no search {query_id!r} (unknown or expired): search again")
+        if png is not None:
+            return png
         if item_id not in {hit.id for hit in query.hits}:
             raise HTTPException(404, f"{item_id!r} is not a hit of search {query_id!r}")
         with query.lock:  # the tiles of one page ask at once: draw the search's pictures once
