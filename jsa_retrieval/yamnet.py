@@ -315,7 +315,10 @@ def state_dict_from_tf(tensors: dict[str, np.ndarray]) -> dict[str, torch.Tensor
         raise ValueError(f"checkpoint lacks layer_with_weights-{index}/{attr} ({len(missing)} YAMNet variables "
                          "missing): not a YAMNet SavedModel")
     state = {key: _to_torch_layout(key, variables[source]) for source, key in mapping.items()}
-    reference = YAMNet(num_classes=state["classifier.bias"].shape[0]).state_dict()
+    # The reference network's random initialisation must not draw from the global generator: this runs inside
+    # model creation after the training seed is set, on the first run only (later runs read the converted file).
+    with torch.random.fork_rng(devices=[]):
+        reference = YAMNet(num_classes=state["classifier.bias"].shape[0]).state_dict()
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(reference[key].shape):
             raise ValueError(f"checkpoint tensor for {key} has shape {tuple(tensor.shape)}, YAMNet needs "

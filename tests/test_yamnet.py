@@ -274,6 +274,21 @@ def test_local_archive_and_converted_file(pretrained, tmp_path, monkeypatch):
         aw.resolve_audio_weights("no-such-weights")
 
 
+def test_converting_weights_draws_no_random_numbers(pretrained, tmp_path, monkeypatch):
+    """The first conversion runs inside model creation, after the training seed is set: a draw from the global
+    generator there gave a machine's first run other initial weights than every later run at the same seed
+    (docs/realsound.md, "The same seed does not give the same run")."""
+    monkeypatch.setenv("JSAR_OFFLINE", "1")
+    archive = str(pretrained[0] / WEIGHTS.filename)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    converted = aw.resolve_audio_weights(archive, cache_dir=tmp_path / "c")  # converts the archive
+    assert torch.equal(torch.get_rng_state(), before)
+    again = aw.resolve_audio_weights(archive, cache_dir=tmp_path / "c")  # reads the converted file
+    assert torch.equal(torch.get_rng_state(), before)
+    assert all(torch.equal(again.state_dict[k], v) for k, v in converted.state_dict.items())
+
+
 def test_audio_weights_dir_follows_cache_variables(tmp_path, monkeypatch):
     monkeypatch.setenv("JSAR_CACHE", str(tmp_path / "j"))
     assert aw.audio_weights_dir() == tmp_path / "j" / "audio-weights"
