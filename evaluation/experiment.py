@@ -67,7 +67,9 @@ class RunSpec:
     run switches off (`ablated`, Tables 5-6).
 
     `settings` are further config fields the run trains with; `inference` are model fields changed only when
-    scoring; a run with `checkpoint_of` trains nothing and scores that run's best.pt with its `inference`."""
+    scoring; a run with `checkpoint_of` trains nothing and scores that run's best.pt with its `inference`.
+    A run with `schedule_of` trains at that run's val-chosen schedule (an ablation at its method's); any other
+    trained run gets a schedule of its own (evaluation.schedules)."""
 
     name: str
     label: str
@@ -76,6 +78,7 @@ class RunSpec:
     settings: tuple[tuple[str, Any], ...] = PAPER_METHOD
     inference: tuple[tuple[str, Any], ...] = ()
     checkpoint_of: str | None = None
+    schedule_of: str | None = None
 
     def configure(self, base: JSARConfig, seed: int, epochs: int | None) -> JSARConfig:
         """A copy of `base` with this run's switches, the shared seed and the epoch cap.
@@ -98,7 +101,8 @@ RUNS: dict[str, RunSpec] = {spec.name: spec for spec in (
     RunSpec("jsa", "JSA (full)", "jsa"),
     RunSpec("ezvsl", "EZ-VSL", "ezvsl"),
     RunSpec("alignment", "Alignment", "alignment"),
-    *(RunSpec(ablation.run, ablation.label, "jsa", ablated=(ablation.field,)) for ablation in REPORTED_ABLATIONS),
+    *(RunSpec(ablation.run, ablation.label, "jsa", ablated=(ablation.field,), schedule_of="jsa")
+      for ablation in REPORTED_ABLATIONS),
     RunSpec("jsa_release_inference", "JSA, release inference (logits x 0.1, IQR alpha 0.4)", "jsa",
             inference=(("model.infer_logit_scale", 0.1), ("model.iqr_alpha", 0.4)), checkpoint_of="jsa"),
     RunSpec("jsa_listen", "JSA + maps that listen (ours)", "jsa", settings=LISTENING_METHOD),
@@ -106,7 +110,7 @@ RUNS: dict[str, RunSpec] = {spec.name: spec for spec in (
             inference=(("model.infer_logit_scale", 1.0),), checkpoint_of="jsa_listen"),
     RunSpec("jsa_listen_location", "JSA + location head, its map c alone", "jsa", settings=LISTENING_METHOD,
             inference=(("model.localization_map", "location"),), checkpoint_of="jsa_listen"),
-    RunSpec("jsa_gated", "JSA, audio-gated matching target", "jsa", settings=GATED_METHOD),
+    RunSpec("jsa_gated", "JSA, audio-gated matching target", "jsa", settings=GATED_METHOD, schedule_of="jsa"),
 )}
 DEFAULT_RUNS: tuple[str, ...] = ("jsa", "ezvsl", "alignment", *(ablation.run for ablation in REPORTED_ABLATIONS))
 """The paper's comparison and ablations (Tables 1, 5, 6); JSA first, so that an experiment stopped early has the
@@ -433,10 +437,10 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
         "runs": list(runs),
     }
     if lrs and schedules is None:
-        schedules = choose_schedules(data_dir, out_dir, base, trained_methods(runs), lrs, max(1, patience),
-                                     max_minutes_per_run, device, progress)
+        schedules = choose_schedules(data_dir, out_dir, base, scheduled_runs(runs), lrs, (seed,),
+                                     max(1, patience), max_minutes_per_run, device, progress)
     if schedules:
-        header["schedules"] = {name: {"lr": s.lr, "val_score": s.val_score, "tried": s.tried, "seed": s.seed}
+        header["schedules"] = {name: {"lr": s.lr, "val_score": s.val_score, "tried": s.tried, "seeds": list(s.seeds)}
                                for name, s in schedules.items()}
         header["budget"]["patience"] = max(1, patience)
     report = ExperimentReport(out_dir, threshold, other, header)
@@ -452,11 +456,11 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
                                                source.epochs_trained)
         else:
             run_dir, config = out_dir / name, spec.configure(base, seed, None)
-            schedule = (schedules or {}).get(spec.model_name)
+            schedule = (schedules or {}).get(spec.schedule_of or spec.name)
             if schedule is not None:
                 config = spec.configure(schedule_config(base, schedule.lr, max(1, patience)), seed, None)
-                if spec.name == spec.model_name and schedule.seed == seed:  # the ladder's run is this row's
-                    run_dir = Path(schedule.run_dir)
+                if spec.schedule_of is None and seed in schedule.run_dirs:  # the ladder's run is this row's
+                    run_dir = Path(schedule.run_dirs[seed])
             elif patience:
                 config.train.patience = patience
             trained_by_name[name] = train_run(spec, data_dir, run_dir, config, max_minutes_per_run, device,
@@ -483,9 +487,10 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, config_name: str |
     return report
 
 
-def trained_methods(runs: Sequence[str]) -> list[str]:
-    """The methods (model names, in order) that `runs` train: each gets a schedule of its own."""
-    return list(dict.fromkeys(RUNS[name].model_name for name in runs if RUNS[name].checkpoint_of is None))
+def scheduled_runs(runs: Sequence[str]) -> list[str]:
+    """The runs (in order) whose val-chosen schedules `runs` train with: each trained run's own, or the one it
+    names in `schedule_of` (chosen even when that run is not in `runs`)."""
+    return list(dict.fromkeys(RUNS[name].schedule_of or name for name in runs if RUNS[name].checkpoint_of is None))
 
 
 def _base_config(config_name: str | JSARConfig, seed: int, epochs: int | None) -> JSARConfig:
@@ -528,12 +533,13 @@ def run_seeds(data_dir: str | Path, out_dir: str | Path, seeds: Sequence[int], c
               patience: int = 0) -> tuple[list[ExperimentReport], Path]:
     """`run_experiment` once per seed into OUT/seed<N>/, then OUT/experiment_seeds.md: mean ± std over the seeds
     (one seed moved AP50 on the synthetic set by more than the ablations did). With `lrs` each method's schedule
-    is chosen once, on val at the first seed (OUT/schedule/), and every seed trains with it."""
+    is chosen once for all seeds (OUT/schedule/: every rate trained at every seed, the best val score averaged
+    over the seeds wins), and the chosen rate's runs are the seeds' rows."""
     out_dir = Path(out_dir)
     schedules = None
     if lrs:
         schedules = choose_schedules(Path(data_dir), out_dir, _base_config(config_name, seeds[0], epochs),
-                                     trained_methods(runs), lrs, max(1, patience), max_minutes_per_run, device,
+                                     scheduled_runs(runs), lrs, seeds, max(1, patience), max_minutes_per_run, device,
                                      progress)
     reports = [run_experiment(data_dir, out_dir / f"seed{seed}", config_name, epochs, max_minutes_per_run, seed,
                               runs, threshold, progress, device, patience=patience, schedules=schedules)

@@ -231,8 +231,8 @@ def eval_figures(data_dir: Path, out_path: Path, models: tuple[str, ...], split:
 @click.option("--threshold", type=click.Choice(["median", "fixed", "adaptive"]), default="fixed", show_default=True,
               help="Main table's threshold mode (the second table uses the other convention).")
 @click.option("--lrs", multiple=True, help="A learning-rate ladder, comma-separated (e.g. 1.5e-4,5e-4,1.5e-3): each "
-              "method first trains once per rate at the first seed and keeps the rate with the best val score "
-              "(OUT/schedule/); without it every run trains at the config's rate.")
+              "method first trains once per rate and seed and keeps the rate with the best val score averaged over "
+              "the seeds (OUT/schedule/; its runs are the rows); without it every run trains at the config's rate.")
 @click.option("--patience", type=click.IntRange(0), default=0, show_default=True,
               help="Stop a run after this many epochs without a better val score (at least 1 with --lrs).")
 @device_option()
