@@ -277,7 +277,7 @@ def test_local_archive_and_converted_file(pretrained, tmp_path, monkeypatch):
 def test_converting_weights_draws_no_random_numbers(pretrained, tmp_path, monkeypatch):
     """The first conversion runs inside model creation, after the training seed is set: a draw from the global
     generator there gave a machine's first run other initial weights than every later run at the same seed
-    (docs/realsound.md, "The same seed did not give the same run, and why")."""
+    (docs/realsound.md, "Earlier tables (one-seed ladder)")."""
     monkeypatch.setenv("JSAR_OFFLINE", "1")
     archive = str(pretrained[0] / WEIGHTS.filename)
     torch.manual_seed(0)
