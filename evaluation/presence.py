@@ -48,14 +48,22 @@ def hit_presence(checkpoint: str | Path, data_dir: str | Path, split: str, k: in
     ('calibration')."""
     where = pick_device(device)
     model, config, meta = load_model(checkpoint, map_location=where)
-    clips = read_dataset(Path(data_dir), split).clips
-    outputs = collect_outputs(model, clips, config.data, where, batch_size, num_workers, progress=False,
-                              presence=True)
-    kept = [clips[int(p)] for p in outputs.positions]
-    similarity = outputs.audio_vectors @ outputs.image_vectors.T
-    presence = mixed_presence(outputs.presence, similarity, PresenceMix.from_dict(meta.get("presence_mix")))
-    result = hit_presence_scores(presence, similarity, split_presence_targets(kept), k, meta.get("presence_cut"))
+    raw, similarity, targets = split_matrices(model, config, Path(data_dir), split, where, batch_size, num_workers)
+    presence = mixed_presence(raw, similarity, PresenceMix.from_dict(meta.get("presence_mix")))
+    result = hit_presence_scores(presence, similarity, targets, k, meta.get("presence_cut"))
     return {**result, "calibration": meta.get("presence_calibration")}
+
+
+@torch.no_grad()
+def split_matrices(model: torch.nn.Module, config, data_dir: Path, split: str, device: torch.device,
+                   batch_size: int = 32, num_workers: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(raw presence, retrieval similarity, presence targets): a split's whole (A, I) matrices over the clips
+    that decoded, in one collect pass."""
+    clips = read_dataset(data_dir, split).clips
+    outputs = collect_outputs(model, clips, config.data, device, batch_size, num_workers, progress=False,
+                              presence=True)
+    targets = split_presence_targets([clips[int(p)] for p in outputs.positions])
+    return np.asarray(outputs.presence), outputs.audio_vectors @ outputs.image_vectors.T, targets
 
 
 @torch.no_grad()

@@ -16,10 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluation.presence import hit_presence_scores
+from evaluation.presence import hit_presence_scores, split_matrices
 from jsa_retrieval.checkpoints import load_model
-from jsa_retrieval.clips import read_dataset
-from jsa_retrieval.collect import collect_outputs, split_presence_targets
 from jsa_retrieval.metrics import PRESENCE_MIX_LADDER, PresenceMix, mixed_presence
 
 
@@ -28,20 +26,18 @@ def column_standardised(matrix: np.ndarray) -> np.ndarray:
     return (matrix - matrix.mean(axis=0, keepdims=True)) / (matrix.std(axis=0, keepdims=True) + 1e-8)
 
 
-checkpoint, data = sys.argv[1], sys.argv[2]
+checkpoint, data = sys.argv[1], Path(sys.argv[2])
 model, config, meta = load_model(checkpoint, map_location="cpu")
 for split in ("val", "test"):
-    clips = read_dataset(Path(data), split).clips
-    outputs = collect_outputs(model, clips, config.data, torch.device("cpu"), 32, 2, progress=False, presence=True)
-    targets = split_presence_targets([clips[int(p)] for p in outputs.positions])
-    similarity = outputs.audio_vectors @ outputs.image_vectors.T
-    presence_z, similarity_z = column_standardised(outputs.presence), column_standardised(similarity)
+    presence, similarity, targets = split_matrices(model, config, data, split, torch.device("cpu"))
+    presence_z, similarity_z = column_standardised(presence), column_standardised(similarity)
 
     def auroc(scores: np.ndarray) -> float:
         return hit_presence_scores(scores, similarity, targets, 10, None)["auroc"]
 
-    row = [f"checkpoint's mix {auroc(mixed_presence(outputs.presence, similarity, PresenceMix.from_dict(meta.get('presence_mix')))):.3f}",
-           f"presence, columns {auroc(presence_z):.3f}", f"similarity, columns {auroc(similarity_z):.3f}"]
+    mixed = mixed_presence(presence, similarity, PresenceMix.from_dict(meta.get("presence_mix")))
+    row = [f"checkpoint's mix {auroc(mixed):.3f}", f"presence, columns {auroc(presence_z):.3f}",
+           f"similarity, columns {auroc(similarity_z):.3f}"]
     row += [f"columns mixed at {weight}: {auroc(PresenceMix.fitted(presence_z, similarity_z, weight)(presence_z, similarity_z)):.3f}"
             for weight in PRESENCE_MIX_LADDER[1:]]
     print(split, "top-10 hit AUROC,", ", ".join(row), flush=True)

@@ -13,20 +13,15 @@ from pathlib import Path
 
 import torch
 
-from evaluation.presence import hit_presence_scores
+from evaluation.presence import hit_presence_scores, split_matrices
 from jsa_retrieval.checkpoints import load_model
-from jsa_retrieval.clips import read_dataset
-from jsa_retrieval.collect import collect_outputs, split_presence_targets
 from jsa_retrieval.metrics import PresenceMix
 
-checkpoint, data = sys.argv[1], sys.argv[2]
+checkpoint, data = sys.argv[1], Path(sys.argv[2])
 model, config, _ = load_model(checkpoint, map_location="cpu")
 for split in ("val", "test"):
-    clips = read_dataset(Path(data), split).clips
-    outputs = collect_outputs(model, clips, config.data, torch.device("cpu"), 32, 2, progress=False, presence=True)
-    targets = split_presence_targets([clips[int(p)] for p in outputs.positions])
-    similarity = outputs.audio_vectors @ outputs.image_vectors.T
-    row = [f"weight {weight}: {hit_presence_scores(mix(outputs.presence, similarity), similarity, targets, 10, None)['auroc']:.3f}"
+    presence, similarity, targets = split_matrices(model, config, data, split, torch.device("cpu"))
+    row = [f"weight {weight}: {hit_presence_scores(mix(presence, similarity), similarity, targets, 10, None)['auroc']:.3f}"
            for weight in (0.0, 0.25, 0.5, 0.75, 1.0)
-           for mix in [PresenceMix.fitted(outputs.presence, similarity, weight)]]
+           for mix in [PresenceMix.fitted(presence, similarity, weight)]]
     print(split, "top-10 hit AUROC,", ", ".join(row), flush=True)
