@@ -21,7 +21,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from jsa_retrieval.checkpoints import read_checkpoint
 from jsa_retrieval.config import JSARConfig
@@ -59,6 +59,15 @@ def schedule_config(base: JSARConfig, lr: float, patience: int) -> JSARConfig:
 def lr_name(lr: float) -> str:
     """A folder-safe, exact name for a learning rate: 0.0005 -> '5e-04'."""
     return f"{lr:.0e}" if float(f"{lr:.0e}") == lr else repr(float(lr))
+
+
+class LadderRun(NamedTuple):
+    """One finished run of a ladder: `best_val_score`'s three numbers and its folder."""
+
+    score: float
+    epochs: int
+    best_epoch: int | None
+    run_dir: Path
 
 
 def best_val_score(run_dir: Path) -> tuple[float, int, int | None]:
@@ -100,24 +109,23 @@ def choose_schedules(data_dir: Path, out_dir: Path, base: JSARConfig, run_names:
     schedules: dict[str, Schedule] = {}
     for run_name in run_names:
         spec = RUNS[run_name]
-        runs: dict[str, dict[int, tuple[float, int, int | None, Path]]] = {}
+        runs: dict[str, dict[int, LadderRun]] = {}
         for lr in lrs:
             for seed in seeds:
                 run_dir = folder / run_name / f"lr{lr_name(lr)}" / f"seed{seed}"
                 config = spec.configure(schedule_config(base, lr, patience), seed, None)
                 train_run(spec, Path(data_dir), run_dir, config, max_minutes, device, progress)
-                score, epochs, best_epoch = best_val_score(run_dir)
-                runs.setdefault(lr_name(lr), {})[seed] = (score, epochs, best_epoch, run_dir)
+                run = runs.setdefault(lr_name(lr), {})[seed] = LadderRun(*best_val_score(run_dir), run_dir)
                 logger.info("schedule %s lr %s seed %d: best val score %.4f at epoch %s of %d", run_name,
-                            lr_name(lr), seed, score, best_epoch, epochs)
-        tried_by_seed = {name: {seed: values[0] for seed, values in by_seed.items()} for name, by_seed in runs.items()}
+                            lr_name(lr), seed, run.score, run.best_epoch, run.epochs)
+        tried_by_seed = {name: {seed: run.score for seed, run in by_seed.items()} for name, by_seed in runs.items()}
         tried = mean_scores(tried_by_seed)
         chosen_name = chosen_rate(tried)
         chosen = runs[chosen_name]
         schedules[run_name] = Schedule(
             run_name, tuple(seeds), float(next(lr for lr in lrs if lr_name(lr) == chosen_name)), tried[chosen_name],
-            {seed: values[1] for seed, values in chosen.items()}, {seed: values[2] for seed, values in chosen.items()},
-            {seed: str(values[3]) for seed, values in chosen.items()}, tried, tried_by_seed)
+            {seed: run.epochs for seed, run in chosen.items()}, {seed: run.best_epoch for seed, run in chosen.items()},
+            {seed: str(run.run_dir) for seed, run in chosen.items()}, tried, tried_by_seed)
         logger.info("schedule %s: lr %s (val %s, mean over seeds %s)", run_name, chosen_name,
                     ", ".join(f"{name} {score:.4f}" for name, score in tried.items()), list(seeds))
     text = json.dumps({name: asdict(schedule) for name, schedule in schedules.items()}, indent=2)
