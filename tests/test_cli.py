@@ -222,6 +222,15 @@ def test_index_refuses_milvus_options_that_do_not_go_together(tmp_path, flags, m
     assert result.exit_code == 2 and message in result.output and not (tmp_path / "out").exists()
 
 
+def test_reproduce_refuses_a_seed_named_twice(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    result = CliRunner().invoke(cli, ["eval", "reproduce", str(data), "--out", str(tmp_path / "out"),
+                                      "--seeds", "0,1,0", "--lrs", "1e-3"])
+    assert result.exit_code == 2 and "names a seed twice: 0,1,0" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_eval_retrieval_prints_the_report_tables_without_the_configuration(tiny_index, tmp_path):
     index_dir, _ = tiny_index
     result = CliRunner().invoke(cli, ["eval", "retrieval", str(index_dir), "--out", str(tmp_path / "report")])

@@ -253,6 +253,8 @@ def eval_reproduce(data_dir: Path, out_dir: Path, config_name: str, epochs: int 
             seed_list = [int(value) for value in list_option(seeds)]
         except ValueError as error:
             raise click.BadParameter("takes integers separated by commas", param_hint="--seeds") from error
+        if len(set(seed_list)) != len(seed_list):  # a seed twice would count one run twice in mean ± std
+            raise click.BadParameter(f"names a seed twice: {','.join(map(str, seed_list))}", param_hint="--seeds")
         _, path = run_seeds(data_dir, out_dir, seed_list, config_name, epochs, minutes_per_run, names, threshold,
                             progress=not quiet, device=device, lrs=ladder, patience=patience)
         click.echo(path.read_text())
