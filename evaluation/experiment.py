@@ -36,7 +36,7 @@ from jsa_retrieval.machine import machine_info
 from training.recipes import RECIPES
 from training.trainer import split_train_val, train
 
-from jsa_retrieval.collect import collect_outputs
+from jsa_retrieval.collect import collect_outputs, presence_reference
 
 from .localization import has_ground_truth, iqr_alpha_for
 from jsa_retrieval.metrics import THRESHOLD_MODES, PresenceMix
@@ -225,7 +225,7 @@ def evaluate_checkpoint(checkpoint: Path, clips: Sequence[Clip], thresholds: Seq
     apply_settings(config, inference)
     group_by = SCENE_FIELD if any(SCENE_FIELD in clip.extra for clip in clips) else None
     outputs = collect_outputs(model, clips, config.data, where, batch_size, num_workers, iqr_alpha_for(model, config),
-                              presence=True)
+                              presence=True, reference=presence_reference(meta, where))
     scores = score_outputs(clips, outputs, thresholds, ks, group_by=group_by,
                            presence_mix=PresenceMix.from_dict(meta.get("presence_mix")))
     best_epoch = None if meta.get("epoch") is None else int(meta["epoch"]) + 1

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from jsa_retrieval.checkpoints import read_checkpoint
 from jsa_retrieval.clips import read_dataset
-from jsa_retrieval.collect import collect_outputs
+from jsa_retrieval.collect import collect_outputs, presence_reference
 from jsa_retrieval.files import write_atomically
 from jsa_retrieval.metrics import PresenceMix
 
@@ -79,10 +79,11 @@ def score_split(checkpoint: str | Path, data_dir: Path, split: str, k: int = 10,
     """One checkpoint on one split (see the module docstring)."""
     clips = read_dataset(Path(data_dir), split).clips
     model, config, _, _, where = load_evaluated_model(checkpoint, device)
+    meta = read_checkpoint(checkpoint).get("meta") or {}
     outputs = collect_outputs(model, clips, config.data, where, 32, num_workers,
                               iqr_alpha_for(model, config), progress=progress,
-                              presence=hasattr(model, "presence_matrix"))
-    mix = PresenceMix.from_dict((read_checkpoint(checkpoint).get("meta") or {}).get("presence_mix"))
+                              presence=hasattr(model, "presence_matrix"), reference=presence_reference(meta, where))
+    mix = PresenceMix.from_dict(meta.get("presence_mix"))
     scores = score_outputs(clips, outputs, ("fixed",), (1, 10), group_by=GROUP_FIELD, presence_hits=k,
                            presence_mix=mix)
     plain = scores.localization.get("fixed", {}).get("plain")

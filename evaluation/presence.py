@@ -17,12 +17,12 @@ import torch
 
 from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.clips import Clip, read_dataset
-from jsa_retrieval.collect import collect_outputs, split_presence_targets
+from jsa_retrieval.collect import collect_outputs, presence_reference, split_presence_targets
 from jsa_retrieval.models import AudioSide, ImageSide
 from jsa_retrieval.dataset import ClipDataset, make_loader
 from jsa_retrieval.inference import iter_embeddings, pick_device
 from jsa_retrieval.metrics import (
-    SERVED_HITS, PresenceMix, cut_rates, mixed_presence, presence_auroc, presence_scores, top_k_hits,
+    SERVED_HITS, PictureStats, PresenceMix, cut_rates, mixed_presence, presence_auroc, presence_scores, top_k_hits,
 )
 
 
@@ -48,22 +48,26 @@ def hit_presence(checkpoint: str | Path, data_dir: str | Path, split: str, k: in
     ('calibration')."""
     where = pick_device(device)
     model, config, meta = load_model(checkpoint, map_location=where)
-    raw, similarity, targets = split_matrices(model, config, Path(data_dir), split, where, batch_size, num_workers)
-    presence = mixed_presence(raw, similarity, PresenceMix.from_dict(meta.get("presence_mix")))
+    raw, similarity, targets, pictures = split_matrices(model, config, Path(data_dir), split, where, batch_size,
+                                                        num_workers, presence_reference(meta, where))
+    presence = mixed_presence(raw, similarity, PresenceMix.from_dict(meta.get("presence_mix")), pictures)
     result = hit_presence_scores(presence, similarity, targets, k, meta.get("presence_cut"))
     return {**result, "calibration": meta.get("presence_calibration")}
 
 
 @torch.no_grad()
 def split_matrices(model: torch.nn.Module, config, data_dir: Path, split: str, device: torch.device,
-                   batch_size: int = 32, num_workers: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(raw presence, retrieval similarity, presence targets): a split's whole (A, I) matrices over the clips
-    that decoded, in one collect pass."""
+                   batch_size: int = 32, num_workers: int = 2, reference: AudioSide | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, PictureStats | None]:
+    """(raw presence, retrieval similarity, presence targets, each picture's statistics over the `reference`
+    sounds or None without them): a split's whole (A, I) matrices over the clips that decoded, in one collect
+    pass."""
     clips = read_dataset(data_dir, split).clips
     outputs = collect_outputs(model, clips, config.data, device, batch_size, num_workers, progress=False,
-                              presence=True)
+                              presence=True, reference=reference)
     targets = split_presence_targets([clips[int(p)] for p in outputs.positions])
-    return np.asarray(outputs.presence), outputs.audio_vectors @ outputs.image_vectors.T, targets
+    return (np.asarray(outputs.presence), outputs.audio_vectors @ outputs.image_vectors.T, targets,
+            outputs.pictures)
 
 
 @torch.no_grad()

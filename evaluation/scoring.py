@@ -79,10 +79,10 @@ def score_outputs(clips: Sequence[Clip], outputs: ModelOutputs, thresholds: Sequ
 def add_presence_scores(scores: OutputScores, kept: Sequence[Clip], outputs: ModelOutputs, hits: int,
                         mix: PresenceMix | None = None) -> None:
     """Fill `scores`' presence AUROCs from the whole-set presence matrix (`kept`: the clips of its rows), mixed
-    with the retrieval similarity by `mix` when given."""
+    with the retrieval similarity by `mix` when given (a mix by picture reads `outputs.pictures`)."""
     targets = split_presence_targets(kept)
     similarity = outputs.audio_vectors @ outputs.image_vectors.T
-    presence = mixed_presence(outputs.presence, similarity, mix)
+    presence = mixed_presence(outputs.presence, similarity, mix, outputs.pictures)
     present, absent = presence_scores(presence, targets)
     if present.size and absent.size:
         scores.presence_auroc = presence_auroc(present, absent)

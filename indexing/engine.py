@@ -25,12 +25,14 @@ from PIL import Image
 
 from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.clips import VIDEO_SUFFIXES
+from jsa_retrieval.collect import picture_stats, presence_reference
 from jsa_retrieval.dataset import load_image_tensor, load_spectrogram
 from jsa_retrieval.decode import load_image
 from jsa_retrieval.files import hit_picture_name
 from jsa_retrieval.inference import pick_device
 from jsa_retrieval.maps import pair_maps
 from jsa_retrieval.metrics import PresenceMix, mixed_presence
+from jsa_retrieval.models import AudioSide
 from jsa_retrieval.pictures import contact_sheet, not_visible_picture, overlay_picture, spectrogram_picture
 from jsa_retrieval.transforms import image_transform
 
@@ -88,7 +90,8 @@ class Engine:
     """A store's model and indexes, opened once and queried many times."""
 
     def __init__(self, index_dir: Path, model: torch.nn.Module, config, indexes: RetrievalIndexes | MilvusIndexes,
-                 device: torch.device, presence_cut: float | None = None, presence_mix: PresenceMix | None = None):
+                 device: torch.device, presence_cut: float | None = None, presence_mix: PresenceMix | None = None,
+                 presence_reference: AudioSide | None = None):
         self.index_dir = Path(index_dir)
         # channels-last convolutions take oneDNN's path for every layer of the audio encoder, where a batch of one
         # otherwise falls back to slow kernels (4.4 -> 3.1 ms a sound on 2 cores, same output to 1e-6); its output
@@ -100,6 +103,11 @@ class Engine:
         self.device = device
         self.presence_cut = presence_cut  # calibrated on val by the trainer (checkpoint meta); None: not known
         self.presence_mix = presence_mix  # the scores the cut applies to (checkpoint meta); None: raw presence
+        # a mix by picture standardises each hit picture's scores over these sounds (checkpoint meta)
+        self.presence_reference = None if presence_reference is None else presence_reference.to(device)
+        if presence_mix is not None and presence_mix.by_picture and presence_reference is None:
+            raise ValueError("the checkpoint's presence mix is by picture but it keeps no reference sounds; "
+                             "run `jsar calibrate-presence` on it")
 
     @classmethod
     def open(cls, index_dir: Path, checkpoint: Path | None = None, device: str | None = None,
@@ -122,7 +130,7 @@ class Engine:
             raise FingerprintMismatch(f"{checkpoint} is not the model that built {index_dir} (fingerprint "
                                       f"{fingerprint[:12]} vs {meta.fingerprint[:12]}); re-run `jsar index`")
         return cls(Path(index_dir), model, config, indexes, device_, model_meta.get("presence_cut"),
-                   PresenceMix.from_dict(model_meta.get("presence_mix")))
+                   PresenceMix.from_dict(model_meta.get("presence_mix")), presence_reference(model_meta, device_))
 
     def audio_input(self, path: Path) -> torch.Tensor:
         """(1, F, T) spectrogram of a sound file (or a video's audio track), ready to stack into a batch."""
@@ -193,14 +201,18 @@ class Engine:
 
     def hit_evidence(self, audio_side, images: torch.Tensor, iqr: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """`hit_maps` and, from the same encodings, each image's source-presence score (n,) for the sound
-        (model.presence_matrix, mixed with the retrieval similarity by the checkpoint's `presence_mix`): compared
-        with `presence_cut` it says whether the source is visible at all."""
+        (model.presence_matrix, mixed with the retrieval similarity by the checkpoint's `presence_mix`, by picture
+        over the checkpoint's reference sounds when it says so): compared with `presence_cut` it says whether the
+        source is visible at all."""
         with torch.no_grad():
             audio, image = audio_side.to(self.device), self.encode_image(images)
             maps = pair_maps(self.model, audio, image, self.config.data.image_size, iqr)
             presence = self.model.presence_matrix(audio, image)[0].float().cpu().numpy()
             similarity = (audio.vector @ image.vector.T)[0].float().cpu().numpy()
-        return maps.full.cpu().numpy(), mixed_presence(presence, similarity, self.presence_mix).astype(np.float32)
+            by_picture = self.presence_mix is not None and self.presence_mix.by_picture
+            pictures = picture_stats(self.model, self.presence_reference, image) if by_picture else None
+        return maps.full.cpu().numpy(), mixed_presence(presence, similarity, self.presence_mix,
+                                                       pictures).astype(np.float32)
 
     def source_visible(self, presence: float) -> bool | None:
         """Whether a presence score passes the checkpoint's calibrated cut; None when no cut is known."""

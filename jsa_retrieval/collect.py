@@ -21,7 +21,7 @@ from .dataset import ClipDataset, FailureLog, make_loader
 from .inference import iter_embeddings
 from .errors import JsarError
 from .maps import coarse_map
-from .metrics import presence_targets
+from .metrics import PictureStats, presence_targets
 from .models import AudioSide, ImageSide
 
 
@@ -37,7 +37,9 @@ class ModelOutputs:
     objects (n, h, w) coarse maps (refined None without IQR, objects None without an object prior);
     presence (n, n) float32, when asked for: model.presence_matrix of every sound (rows) against every picture
     (columns) of the whole collection, in the same order, for source-presence calibration and AUROC; it does
-    not depend on the batch size or on which clips share a batch.
+    not depend on the batch size or on which clips share a batch; with it, sounds: every clip's AudioSide (on
+    the CPU), the reference sounds a calibration keeps are chosen from. pictures: every picture's statistics over
+    a checkpoint's reference sounds, when given them (a presence mix "by picture" needs them).
     """
 
     positions: np.ndarray
@@ -48,6 +50,8 @@ class ModelOutputs:
     objects: torch.Tensor | None
     failures: FailureLog
     presence: np.ndarray | None = None
+    sounds: AudioSide | None = None
+    pictures: PictureStats | None = None
 
     def subset(self, rows: np.ndarray) -> "ModelOutputs":
         """The outputs at `rows` (indices into this object's arrays, not clip positions; the presence matrix
@@ -67,14 +71,16 @@ def has_iqr(model: nn.Module) -> bool:
 def collect_outputs(model: nn.Module, clips: Sequence[Clip], data_config: DataConfig, device: torch.device,
                     batch_size: int = 32, num_workers: int = 2, iqr_alpha: float | None = None,
                     object_prior: Any | None = None, progress: bool = True,
-                    image_features: torch.Tensor | None = None, presence: bool = False) -> ModelOutputs:
+                    image_features: torch.Tensor | None = None, presence: bool = False,
+                    reference: AudioSide | None = None) -> ModelOutputs:
     """Encode every clip once and keep its vectors and coarse maps; failed decodes are counted, not fatal.
 
     `iqr_alpha` (JSA only) adds the refined maps; `object_prior` (anything with `object_map(images, grid)`,
     e.g. evaluation's OGL prior) adds object maps; `image_features` is a frozen trunk's cached output for
     `clips` (training's trunk cache), used instead of decoding the images. `presence` adds the sound-by-picture
     presence matrix of all the clips (every clip's encoded sides are kept until the end for it: n x hw x d floats
-    per key tensor, fine for a validation or test split).
+    per key tensor, fine for a validation or test split). `reference` (a checkpoint's reference sounds, with
+    `presence`) adds each picture's statistics over them.
     """
     loader = make_loader(ClipDataset(clips, data_config, train=False, image_features=image_features), batch_size,
                          num_workers=num_workers, device=device)
@@ -101,6 +107,10 @@ def collect_outputs(model: nn.Module, clips: Sequence[Clip], data_config: DataCo
         raise NothingDecoded(f"none of the {len(clips)} clips could be decoded ({failures.summary()})")
     order = np.argsort(np.concatenate(positions), kind="stable")
     index = torch.as_tensor(order)
+    sounds = AudioSide.cat([pair[0] for pair in sides]).rows(index).to("cpu") if presence else None
+    pictures = None
+    if presence and reference is not None:
+        pictures = picture_stats(model, reference.to(device), ImageSide.cat([pair[1] for pair in sides]).rows(index))
     return ModelOutputs(
         positions=np.concatenate(positions)[order],
         image_vectors=np.concatenate(image_vectors)[order].astype(np.float32),
@@ -110,6 +120,8 @@ def collect_outputs(model: nn.Module, clips: Sequence[Clip], data_config: DataCo
         objects=torch.cat(objects)[index] if objects else None,
         failures=failures,
         presence=whole_presence_matrix(model, sides, order) if presence else None,
+        sounds=sounds,
+        pictures=pictures,
     )
 
 
@@ -126,6 +138,39 @@ def whole_presence_matrix(model: nn.Module, sides: Sequence[tuple[AudioSide, Ima
     image = ImageSide.cat([pair[1] for pair in sides]).rows(index)
     return np.concatenate([model.presence_matrix(audio.rows(slice(start, start + _PRESENCE_ROWS)), image)
                            .float().cpu().numpy() for start in range(0, len(order), _PRESENCE_ROWS)])
+
+
+_REFERENCE_PICTURES = 512  # pictures scored against every reference sound at once: R x 512 x hw floats
+
+
+@torch.no_grad()
+def picture_stats(model: nn.Module, reference: AudioSide, image: ImageSide) -> PictureStats:
+    """Each picture of `image` scored by every `reference` sound (model.presence_matrix and the retrieval
+    similarity), summarised per picture: what a presence mix "by picture" standardises its scores by."""
+    presence, similarity = [], []
+    for start in range(0, image.vector.shape[0], _REFERENCE_PICTURES):
+        part = image.rows(slice(start, start + _REFERENCE_PICTURES))
+        presence.append(model.presence_matrix(reference, part).float().cpu().numpy())
+        similarity.append((reference.vector @ part.vector.T).float().cpu().numpy())
+    return PictureStats.of(np.concatenate(presence, axis=1), np.concatenate(similarity, axis=1))
+
+
+REFERENCE_SOUNDS = 256
+"""At most this many of the calibration split's sounds are kept as a checkpoint's reference sounds: a picture's
+statistics cost one presence map per reference sound, at index time for a split and at query time for each hit."""
+
+
+def reference_rows(clips: Sequence[Clip], limit: int = REFERENCE_SOUNDS) -> np.ndarray:
+    """Sorted rows of the `limit` clips with the smallest CRC-32 of their id (all of them when fewer): the
+    reference sounds, chosen by something other than the clips' order."""
+    crcs = np.array([zlib.crc32(clip.id.encode()) for clip in clips], dtype=np.int64)
+    return np.sort(np.argsort(crcs, kind="stable")[:limit])
+
+
+def presence_reference(meta: dict, device: torch.device | str = "cpu") -> AudioSide | None:
+    """The reference sounds a checkpoint's meta keeps (`presence_reference`), on `device`; None without them."""
+    state = meta.get("presence_reference")
+    return None if not state else AudioSide.from_reference_state(state).to(device)
 
 
 def split_presence_targets(clips: Sequence[Clip]) -> np.ndarray:

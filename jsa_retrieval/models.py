@@ -72,6 +72,20 @@ class AudioSide(_BatchOfTensors):
     location_query: torch.Tensor | None = None
     tags: torch.Tensor | None = None
 
+    REFERENCE_FIELDS = ("vector", "queries", "location_query")
+
+    def reference_state(self) -> dict[str, torch.Tensor]:
+        """The tensors every model's presence_matrix and the retrieval similarity read, float32 on the CPU: what a
+        checkpoint keeps of its reference sounds (meta `presence_reference`, see metrics.PictureStats)."""
+        return {name: getattr(self, name).detach().float().cpu() for name in self.REFERENCE_FIELDS
+                if getattr(self, name) is not None}
+
+    @classmethod
+    def from_reference_state(cls, state: dict[str, torch.Tensor]) -> "AudioSide":
+        """The reference sounds a checkpoint keeps, as a side presence_matrix takes."""
+        return cls(vector=state["vector"], queries=state["queries"], time_attention=None,
+                   location_query=state.get("location_query"))
+
 
 @dataclass
 class JSAForward:

@@ -1,11 +1,13 @@
 """`jsar index` / `jsar query` / `jsar localize` on a tiny synthetic set with a small random model."""
 import json
+from pathlib import Path
 
 import av
 import h5py
 import numpy as np
 import pytest
 import soundfile
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -288,3 +290,33 @@ def test_a_calibrated_presence_mix_scores_each_hit_by_presence_and_retrieval_sim
         # the hit's score is the retrieval cosine of the store's vectors, which the mix reads from the same encoding
         expected = 0.5 * (raw[hit.id] - 0.1) / 0.2 + 0.5 * (hit.score - 0.3) / 0.4
         assert hit.presence == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_presence_mix_by_picture_standardises_each_hit_over_the_reference_sounds(setup, tmp_path):
+    from jsa_retrieval.metrics import PictureStats
+    from jsa_retrieval.models import AudioSide
+
+    root, data, _, _ = setup
+    engine = Engine.open(root / "index")
+    sound = data / "audio" / "synth_000003.wav"
+    plain = engine.search_audio(sound, k=4)
+    engine.write_outputs(plain, tmp_path / "plain")
+    raw = {hit.id: hit.presence for hit in plain.hits}
+    reference = AudioSide.cat([engine.embed_audio(data / "audio" / f"synth_00000{n}.wav") for n in (0, 1, 5, 8)])
+    engine.presence_mix = PresenceMix(weight=0.0, presence_mean=0.0, presence_std=1.0, similarity_mean=0.0,
+                                      similarity_std=1.0, by_picture=True)
+    engine.presence_reference = AudioSide.from_reference_state(reference.reference_state())
+    mixed = engine.search_audio(sound, k=4)
+    engine.write_outputs(mixed, tmp_path / "mixed")
+    images = torch.stack([load_image_tensor(Path(hit.image_path), engine.config.data) for hit in mixed.hits])
+    with torch.no_grad():
+        side = engine.encode_image(images)
+        stats = PictureStats.of(engine.model.presence_matrix(reference, side).numpy(),
+                                (reference.vector @ side.vector.T).numpy())
+    for column, hit in enumerate(mixed.hits):
+        # weight 0, global mean 0 and std 1: the hit's raw presence as a z-score of its picture's reference column
+        expected = (raw[hit.id] - stats.presence_mean[column]) / stats.presence_std[column]
+        assert hit.presence == pytest.approx(expected, abs=1e-3)
+    assert len({round(hit.presence, 4) for hit in mixed.hits}) > 1
+    with pytest.raises(ValueError, match="keeps no reference sounds"):
+        Engine(engine.index_dir, engine.model, engine.config, engine.indexes, engine.device, None, engine.presence_mix)

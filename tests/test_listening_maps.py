@@ -8,7 +8,7 @@ import torch
 
 from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.clips import read_dataset
-from jsa_retrieval.collect import collect_outputs
+from jsa_retrieval.collect import collect_outputs, presence_reference, reference_rows
 from jsa_retrieval.config import check_config, cpu_config
 from jsa_retrieval.metrics import (
     PRESENCE_K_LADDER, PRESENCE_MIX_LADDER, PresenceMix, presence_auroc, presence_cut, presence_scores,
@@ -197,10 +197,16 @@ def test_training_with_a_location_head_lowers_its_loss_and_calibrates_presence(s
     # the cut applies to the val-chosen mix of presence and retrieval similarity, recorded beside it
     assert calibrated["presence_mix"] == pytest.approx(meta["presence_mix"], abs=1e-5)
     mix = PresenceMix.from_dict(calibrated["presence_mix"])
-    assert mix.weight in PRESENCE_MIX_LADDER and set(record["mix_tried"]) == set(PRESENCE_MIX_LADDER)
+    names = {f"{weight:g}" for weight in PRESENCE_MIX_LADDER}
+    assert mix.weight in PRESENCE_MIX_LADDER
+    assert set(record["mix_tried"]) == names | {f"{name} by picture" for name in names}
+    # a mix by picture keeps its reference sounds: val's, up to REFERENCE_SOUNDS of them
+    reference = presence_reference(calibrated)
+    assert (reference is not None) == mix.by_picture
     clips = read_dataset(scene_data, "val").clips
-    outputs = collect_outputs(model, clips, loaded.data, torch.device("cpu"), 5, 0, progress=False, presence=True)
-    scores = mix(outputs.presence, outputs.audio_vectors @ outputs.image_vectors.T)
+    outputs = collect_outputs(model, clips, loaded.data, torch.device("cpu"), 5, 0, progress=False, presence=True,
+                              reference=reference)
+    scores = mix(outputs.presence, outputs.audio_vectors @ outputs.image_vectors.T, outputs.pictures)
     assert scores.min() < cut < scores.max()
 
 
@@ -267,3 +273,44 @@ def test_hit_presence_scores_the_top_k_hits_and_the_cut_by_hand():
     assert result["auroc"] == pytest.approx(8 / 9)  # .9 and .8 beat all three absent (.2 .1 .7), .5 beats two
     assert result["auroc_retrieval_score"] == pytest.approx(1.0)  # own pictures rank first by construction
     assert result["present_kept"] == pytest.approx(1.0) and result["absent_flagged"] == pytest.approx(2 / 3)
+
+
+def test_a_mix_by_picture_scores_each_split_picture_over_the_checkpoints_reference_sounds(scene_data, tmp_path):
+    """`jsar eval presence` with a checkpoint whose mix is by picture: each test picture is standardised over the
+    reference sounds the checkpoint keeps (val's), not over the test split's own sounds."""
+    from evaluation.presence import hit_presence, split_matrices
+    from jsa_retrieval.checkpoints import checkpoint_state, read_checkpoint, save_checkpoint
+    from jsa_retrieval.metrics import PictureStats, PresenceCalibration, presence_auroc, presence_scores, top_k_hits
+    from jsa_retrieval.models import AudioSide
+    from training.validation import presence_meta
+
+    torch.manual_seed(0)
+    config = listening_config()
+    model = create_model(config, "jsa").eval()
+    val = read_dataset(scene_data, "val").clips
+    outputs = collect_outputs(model, val, config.data, torch.device("cpu"), 8, 0, progress=False, presence=True)
+    kept = [val[int(p)] for p in outputs.positions]
+    rows = reference_rows(kept, limit=5)
+    assert rows.tolist() == sorted(rows.tolist()) and len(set(rows.tolist())) == 5
+    assert reference_rows(kept[::-1], limit=5).tolist() == sorted(len(kept) - 1 - rows)  # chosen by id, not order
+    similarity = outputs.audio_vectors @ outputs.image_vectors.T
+    mix = PresenceMix.fitted(outputs.presence, similarity, 0.25, PictureStats.of(outputs.presence, similarity))
+    meta = presence_meta(PresenceCalibration(cut=0.0, k=3, held_out={}, mix=mix), outputs, val)
+    assert meta["presence_reference"]["vector"].shape == (len(kept), outputs.audio_vectors.shape[1])
+    path = tmp_path / "by_picture.pt"
+    save_checkpoint(path, checkpoint_state(model, config, meta={**meta, "presence_cut": None}))
+    loaded = read_checkpoint(path)
+    assert PresenceMix.from_dict(loaded["meta"]["presence_mix"]).by_picture
+    result = hit_presence(path, scene_data, "test", k=3, device="cpu", num_workers=0)
+    # by hand: the test split's raw matrices, each picture standardised over the kept reference sounds
+    side = AudioSide.from_reference_state(loaded["meta"]["presence_reference"])
+    raw, similarity, targets, pictures = split_matrices(model, config, scene_data, "test", torch.device("cpu"),
+                                                        num_workers=0, reference=side)
+    images = collect_outputs(model, read_dataset(scene_data, "test").clips, config.data, torch.device("cpu"), 8, 0,
+                             progress=False, presence=True)
+    assert pictures is not None and pictures.presence_mean.shape == (raw.shape[1],)
+    expected = mix(raw, similarity, pictures)
+    present, absent = presence_scores(expected, targets, top_k_hits(similarity, 3))
+    assert result["auroc"] == pytest.approx(presence_auroc(present, absent), abs=1e-9)
+    # and the statistics are the reference sounds', not the split's own
+    assert not np.allclose(pictures.presence_mean, images.presence.mean(axis=0))

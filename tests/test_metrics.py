@@ -7,6 +7,7 @@ import pytest
 from jsa_retrieval.metrics import (
     PRESENCE_K_LADDER,
     LocalizationScores,
+    PictureStats,
     PresenceMix,
     ap50,
     auc,
@@ -456,11 +457,14 @@ def test_presence_mix_is_chosen_by_the_auroc_of_the_shown_hits_by_hand():
     # z-scores over the whole matrices (mean 1/3, std 0.3727; mean 5/3, std 1.2472): at weight 0.5 the present
     # pairs score 0.222 and 1.161 against 0.894 and -0.045 (3 of 4 pairs in order); at 0.75 0.645 and 1.115
     # against 0.580 and 0.111 (all four)
-    assert tried == pytest.approx({0.0: 0.25, 0.5: 0.75, 0.75: 1.0})
+    assert tried == pytest.approx({"0": 0.25, "0.5": 0.75, "0.75": 1.0})
     assert mix.weight == 0.75
     assert (mix.presence_mean, mix.presence_std) == pytest.approx((1 / 3, 0.37268), abs=1e-5)
     assert mix(presence, similarity)[0, 0] == pytest.approx(0.645, abs=1e-3)
     assert PresenceMix.from_dict(asdict(mix)) == mix and PresenceMix.from_dict(None) is None
+    # a checkpoint calibrated before mixes by picture existed records no by_picture: it mixes plainly
+    old = {name: value for name, value in asdict(mix).items() if name != "by_picture"}
+    assert PresenceMix.from_dict(old) == mix and not mix.by_picture
     np.testing.assert_array_equal(mixed_presence(presence, similarity, None), presence)
 
 
@@ -472,7 +476,44 @@ def test_calibrated_cut_applies_to_the_mixed_scores():
     similarity = targets * 0.6 + rng.normal(0, 0.2, (60, 60))  # strong evidence: the mix must lean on it
     calibration = calibrate_presence_cut(presence, similarity, targets, rng.integers(0, 2, 60))
     assert calibration.mix is not None and calibration.mix.weight > 0
-    assert calibration.mix_tried[calibration.mix.weight] == max(calibration.mix_tried.values())
+    assert calibration.mix_tried[calibration.mix.name] == max(calibration.mix_tried.values())
     mixed = calibration.mix(presence, similarity)
     present, absent = presence_scores(mixed, targets, top_k_hits(similarity, calibration.k))
     assert calibration.cut == pytest.approx(presence_cut(present, absent))
+
+
+def test_picture_stats_standardise_each_picture_over_the_reference_sounds_by_hand():
+    # two reference sounds against three pictures: column means (0.2, 0.8, 0.5), stds (0.1, 0.1, 0) -> 1
+    reference_presence = np.array([[0.1, 0.7, 0.5], [0.3, 0.9, 0.5]])
+    reference_similarity = 2 * reference_presence
+    stats = PictureStats.of(reference_presence, reference_similarity)
+    np.testing.assert_allclose(stats.presence_mean, [0.2, 0.8, 0.5])
+    np.testing.assert_allclose(stats.presence_std, [0.1, 0.1, 1.0])  # a constant column is only shifted
+    presence, similarity = stats.standardise([[0.4, 0.8, 0.6]], [[0.4, 2.0, 1.0]])
+    np.testing.assert_allclose(presence, [[2.0, 0.0, 0.1]])
+    np.testing.assert_allclose(similarity, [[-0.0, 2.0, 0.0]], atol=1e-12)
+    with pytest.raises(ValueError, match="R >= 2"):
+        PictureStats.of(reference_presence[:1], reference_similarity[:1])
+    with pytest.raises(ValueError, match="3 pictures"):
+        stats.standardise(np.zeros((1, 2)), np.zeros((1, 2)))
+
+
+def test_a_mix_by_picture_is_chosen_when_a_hub_picture_fools_the_plain_scores():
+    # picture 2 is a hub: every sound scores it high, so it is each sound's second hit and, absent, outscores the
+    # present first hit of sound 1 in the plain mix; over its own column it is ordinary and sorts last
+    presence = np.array([[0.9, 0.1, 0.95, 0.0], [0.0, 0.6, 0.9, 0.1], [0.1, 0.0, 0.85, 0.7]])
+    similarity = presence.copy()
+    targets = np.array([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]])
+    stats = PictureStats.of(presence, similarity)
+    mix, tried = choose_presence_mix(presence, similarity, targets, ladder=(0.0, 0.5), served=2, pictures=stats)
+    assert set(tried) == {"0", "0.5", "0 by picture", "0.5 by picture"}
+    assert tried["0"] < 1.0 and tried["0 by picture"] == 1.0  # ties: by picture at weight 0 and 0.5, 0 wins
+    assert mix.by_picture and mix.weight == 0.0 and mix.name == "0 by picture"
+    scores = mixed_presence(presence, similarity, mix, stats)
+    present, absent = presence_scores(scores, targets, top_k_hits(similarity, 2))
+    assert present.min() > absent.max()
+    with pytest.raises(ValueError, match="PictureStats"):
+        mix(presence, similarity)
+    assert PresenceMix.from_dict(asdict(mix)) == mix
+    # without reference statistics only the plain ladder is tried
+    assert set(choose_presence_mix(presence, similarity, targets, ladder=(0.0, 0.5), served=2)[1]) == {"0", "0.5"}

@@ -35,7 +35,7 @@ from jsa_retrieval.models import create_model
 from .audio_trunk_cache import cached_audio_features
 from .recipes import Recipe, make_recipe
 from .trunk_cache import cached_trunk_features
-from .validation import presence_mix_meta, selection_score, validate
+from .validation import selection_score, validate
 
 logger = logging.getLogger(__name__)
 
@@ -193,8 +193,9 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
             record["ddp_parameter_spread"] = _parameter_spread(model)
         history.append(record)
         if is_main:
-            scores = validate(model, val_clips, config, device_, batch_size=min(64, config.train.batch_size),
-                              num_workers=min(2, config.train.num_workers), image_features=val_features)
+            scores, presence = validate(model, val_clips, config, device_,
+                                        batch_size=min(64, config.train.batch_size),
+                                        num_workers=min(2, config.train.num_workers), image_features=val_features)
             record.update({f"val_{k}": v for k, v in scores.items()})
             score = selection_score(scores)
             improved, best_score = score > best_score, max(best_score, score)
@@ -203,8 +204,7 @@ def train(data_dir: Path, config: JSARConfig, model_name: str = "jsa", out_dir: 
                 model, config, epoch,
                 meta={"history": history, "best_score": best_score, "since_best": since_best,
                       "version": __version__,
-                      "presence_cut": scores.get("presence_cut"), "presence_k": scores.get("presence_k"),
-                      "presence_mix": presence_mix_meta(scores),
+                      "presence_cut": None, "presence_k": None, "presence_mix": None, **presence,
                       "data_dir": str(data_dir), "train_clips": len(train_clips), "val_clips": len(val_clips),
                       "world_size": world_size()},
                 recipe=recipe.state_dict(), **stepper.state())

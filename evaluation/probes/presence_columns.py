@@ -29,7 +29,7 @@ def column_standardised(matrix: np.ndarray) -> np.ndarray:
 checkpoint, data = sys.argv[1], Path(sys.argv[2])
 model, config, meta = load_model(checkpoint, map_location="cpu")
 for split in ("val", "test"):
-    presence, similarity, targets = split_matrices(model, config, data, split, torch.device("cpu"))
+    presence, similarity, targets, _ = split_matrices(model, config, data, split, torch.device("cpu"))
     presence_z, similarity_z = column_standardised(presence), column_standardised(similarity)
 
     def auroc(scores: np.ndarray) -> float:

@@ -20,7 +20,7 @@ from jsa_retrieval.metrics import PresenceMix
 checkpoint, data = sys.argv[1], Path(sys.argv[2])
 model, config, _ = load_model(checkpoint, map_location="cpu")
 for split in ("val", "test"):
-    presence, similarity, targets = split_matrices(model, config, data, split, torch.device("cpu"))
+    presence, similarity, targets, _ = split_matrices(model, config, data, split, torch.device("cpu"))
     row = [f"weight {weight}: {hit_presence_scores(mix(presence, similarity), similarity, targets, 10, None)['auroc']:.3f}"
            for weight in (0.0, 0.25, 0.5, 0.75, 1.0)
            for mix in [PresenceMix.fitted(presence, similarity, weight)]]
