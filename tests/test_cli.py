@@ -7,6 +7,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.cli import cli
 
 
@@ -299,3 +300,20 @@ def test_eval_localization_negatives_prints_and_writes_ap_and_max_f1(tiny_index,
     assert report["negatives_seed"] == 2 and 0 <= report["columns"]["plain"]["negatives_ap"] <= 1
     table = (out / "report.md").read_text()
     assert "AP, with negatives" in table and "max-F1, with negatives" in table  # the report's table has them
+
+
+def test_calibrate_presence_says_how_it_mixes_and_eval_presence_reports_the_cut(tiny_index, tmp_path):
+    index_dir, data = tiny_index
+    calibrated = tmp_path / "calibrated.pt"
+    result = CliRunner().invoke(cli, ["calibrate-presence", str(index_dir.parent / "model.pt"), str(data), "--out",
+                                      str(calibrated), "--split", "test", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    meta = load_model(calibrated)[2]
+    by_picture = meta["presence_mix"]["by_picture"]
+    assert result.output.startswith("presence cut ") and f"written with the model to {calibrated}" in result.output
+    assert ("each picture scored against the split's sounds" in result.output) == by_picture
+    assert (meta["presence_reference"] is not None) == by_picture
+    scored = CliRunner().invoke(cli, ["eval", "presence", str(calibrated), str(data), "--split", "test", "-k", "3",
+                                      "--workers", "0", "--device", "cpu"])
+    assert scored.exit_code == 0, scored.output
+    assert scored.output.splitlines()[1].startswith(f"cut {meta['presence_cut']:.4f} (calibrated on test, top-")

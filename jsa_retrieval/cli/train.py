@@ -101,6 +101,8 @@ def calibrate_presence_command(checkpoint: Path, data_dir: Path, out_path: Path,
     from training.validation import calibrate_presence
 
     calibration = calibrate_presence(checkpoint, data_dir, out_path, split, device)
-    mixed = "" if calibration.mix is None else f" on presence mixed with {calibration.mix.weight:g} retrieval similarity"
+    mix = calibration.mix
+    mixed = "" if mix is None else (f" on presence mixed with {mix.weight:g} retrieval similarity"
+                                    + (", each picture scored against the split's sounds" if mix.by_picture else ""))
     click.echo(f"presence cut {calibration.cut:.4f}{mixed}, from top-{calibration.k} hits (calibrated on {data_dir} "
                f"{split}) written with the model to {out_path}")
