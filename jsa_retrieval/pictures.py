@@ -165,5 +165,23 @@ def contact_sheet(pictures: list[Image.Image], captions: list[str], tile: int = 
     for i, (picture, caption) in enumerate(zip(pictures, captions)):
         x, y = (i % columns) * tile, (i // columns) * (tile_height + 18)
         sheet.paste(picture.resize((tile, int(tile * picture.height / picture.width))), (x, y))
-        draw.text((x + 3, y + tile_height + 3), caption[:32], fill=(0, 0, 0))
+        draw.text((x + 3, y + tile_height + 3), fitted_caption(draw, caption, tile - 6), fill=(0, 0, 0))
     return sheet
+
+
+def fitted_caption(draw: ImageDraw.ImageDraw, caption: str, width: float) -> str:
+    """`caption` as drawn in `width` pixels: whole when it fits, else with ".." cut into it, first into its first half
+    (down to 3 characters) and only then into its second, so that a hit's score and its "not visible" mark at the
+    end stay (a plain cut at the end used to drop them)."""
+    if draw.textlength(caption) <= width:
+        return caption
+    middle = len(caption) // 2
+    head, tail = caption[:middle], caption[middle:]
+    while head or tail:
+        if len(head) > 3 or not tail:
+            head = head[:-1]
+        else:
+            tail = tail[1:]
+        if draw.textlength(head + ".." + tail) <= width:
+            return head + ".." + tail
+    return ""

@@ -320,3 +320,18 @@ def test_a_presence_mix_by_picture_standardises_each_hit_over_the_reference_soun
     assert len({round(hit.presence, 4) for hit in mixed.hits}) > 1
     with pytest.raises(ValueError, match="keeps no reference sounds"):
         Engine(engine.index_dir, engine.model, engine.config, engine.indexes, engine.device, None, engine.presence_mix)
+
+
+def test_contact_sheet_captions_keep_the_score_and_the_not_visible_mark():
+    from PIL import ImageDraw
+
+    from jsa_retrieval.pictures import contact_sheet, fitted_caption
+
+    draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))
+    long = "#7 large_mammal_with_a_long_class_name 0.504 not visible"
+    fitted = fitted_caption(draw, long, 186)
+    assert draw.textlength(fitted) <= 186 and fitted.startswith("#7 ") and fitted.endswith("0.504 not visible")
+    assert ".." in fitted and fitted_caption(draw, "#1 dog 0.5", 186) == "#1 dog 0.5"
+    assert draw.textlength(fitted_caption(draw, long, 20)) <= 20  # even a tile too narrow for the end
+    sheet = contact_sheet([Image.new("RGB", (64, 64), (255, 0, 0))] * 2, ["query", long])
+    assert sheet.size == (5 * 192, 192 + 18)
