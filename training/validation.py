@@ -43,12 +43,14 @@ def validate(model: nn.Module, clips: Sequence[Clip], config: JSARConfig, device
     except NothingDecoded:
         return {}, {}
     scores = validation_scores(outputs, clips, config.data.image_size)
-    _, calibration = presence_calibration(outputs, clips)
+    auroc, calibration = presence_calibration(outputs, clips)
+    scores.update(presence_calibration_scores(auroc, calibration))
     return scores, presence_meta(calibration, outputs, clips)
 
 
 def validation_scores(outputs: ModelOutputs, clips: Sequence[Clip], size: int) -> dict[str, float]:
-    """`validate`'s scores from collected outputs; maps are compared with the boxes at the model's input `size`."""
+    """`validate`'s retrieval and localization scores from collected outputs; maps are compared with the boxes at
+    the model's input `size` (the presence scores come from `presence_calibration`)."""
     labels = np.array([clips[p].label if clips[p].label else f"#{p}" for p in outputs.positions])
     audio, image = outputs.audio_vectors, outputs.image_vectors
     scores = {
@@ -63,8 +65,6 @@ def validation_scores(outputs: ModelOutputs, clips: Sequence[Clip], size: int) -
         cious = [ciou(threshold_map(predicted, "fixed"), vggss_gt_map(clips[outputs.positions[row]].boxes, size))
                  for row, predicted in zip(boxed, maps)]
         scores.update(ap50=ap50(cious), auc=auc(cious), mean_ciou=float(np.mean(cious)))
-    if outputs.presence is not None:
-        scores.update(presence_calibration_scores(outputs, clips))
     return scores
 
 
@@ -91,10 +91,9 @@ def presence_calibration(outputs: ModelOutputs, clips: Sequence[Clip]
     return presence_auroc(present, absent), calibration
 
 
-def presence_calibration_scores(outputs: ModelOutputs, clips: Sequence[Clip]) -> dict[str, float]:
-    """`presence_calibration` as validation scores: presence_auroc, presence_cut, presence_k and the mix's weight
-    (presence_mix_weight) and whether it mixes by picture (presence_mix_by_picture, 0 or 1)."""
-    auroc, calibration = presence_calibration(outputs, clips)
+def presence_calibration_scores(auroc: float | None, calibration: PresenceCalibration | None) -> dict[str, float]:
+    """`presence_calibration`'s result as validation scores: presence_auroc, presence_cut, presence_k and the
+    mix's weight (presence_mix_weight) and whether it mixes by picture (presence_mix_by_picture, 0 or 1)."""
     scores = {} if auroc is None else {"presence_auroc": auroc}
     if calibration is not None:
         scores.update(presence_cut=calibration.cut, presence_k=float(calibration.k))
