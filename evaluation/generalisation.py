@@ -14,13 +14,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from jsa_retrieval.checkpoints import read_checkpoint
+from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.clips import read_dataset
 from jsa_retrieval.collect import collect_outputs, presence_reference
 from jsa_retrieval.files import write_atomically
+from jsa_retrieval.inference import pick_device
 from jsa_retrieval.metrics import PresenceMix
 
-from .localization import iqr_alpha_for, load_evaluated_model
+from .localization import iqr_alpha_for
 from .scoring import score_outputs
 
 GROUP_FIELD = "silent_object_in_view"
@@ -78,8 +79,8 @@ def score_split(checkpoint: str | Path, data_dir: Path, split: str, k: int = 10,
                 num_workers: int = 2, progress: bool = True) -> SplitScores:
     """One checkpoint on one split (see the module docstring)."""
     clips = read_dataset(Path(data_dir), split).clips
-    model, config, _, _, where = load_evaluated_model(checkpoint, device)
-    meta = read_checkpoint(checkpoint).get("meta") or {}
+    where = pick_device(device)
+    model, config, meta = load_model(checkpoint, map_location=where)  # one read: model and meta
     outputs = collect_outputs(model, clips, config.data, where, 32, num_workers,
                               iqr_alpha_for(model, config), progress=progress,
                               presence=hasattr(model, "presence_matrix"), reference=presence_reference(meta, where))
