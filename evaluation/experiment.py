@@ -225,7 +225,7 @@ def evaluate_checkpoint(checkpoint: Path, clips: Sequence[Clip], thresholds: Seq
     apply_settings(config, inference)
     group_by = SCENE_FIELD if any(SCENE_FIELD in clip.extra for clip in clips) else None
     outputs = collect_outputs(model, clips, config.data, where, batch_size, num_workers, iqr_alpha_for(model, config),
-                              presence=True, reference=presence_reference(meta, where))
+                              presence=True, reference=presence_reference(meta, model, config.data, where))
     scores = score_outputs(clips, outputs, thresholds, ks, group_by=group_by,
                            presence_mix=PresenceMix.from_dict(meta.get("presence_mix")))
     best_epoch = None if meta.get("epoch") is None else int(meta["epoch"]) + 1

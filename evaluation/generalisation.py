@@ -83,7 +83,7 @@ def score_split(checkpoint: str | Path, data_dir: Path, split: str, k: int = 10,
     model, config, meta = load_model(checkpoint, map_location=where)  # one read: model and meta
     outputs = collect_outputs(model, clips, config.data, where, 32, num_workers,
                               iqr_alpha_for(model, config), progress=progress,
-                              presence=hasattr(model, "presence_matrix"), reference=presence_reference(meta, where))
+                              presence=hasattr(model, "presence_matrix"), reference=presence_reference(meta, model, config.data, where))
     mix = PresenceMix.from_dict(meta.get("presence_mix"))
     scores = score_outputs(clips, outputs, ("fixed",), (1, 10), group_by=GROUP_FIELD, presence_hits=k,
                            presence_mix=mix)

@@ -49,7 +49,7 @@ def hit_presence(checkpoint: str | Path, data_dir: str | Path, split: str, k: in
     where = pick_device(device)
     model, config, meta = load_model(checkpoint, map_location=where)
     raw, similarity, targets, pictures = split_matrices(model, config, Path(data_dir), split, where, batch_size,
-                                                        num_workers, presence_reference(meta, where))
+                                                        num_workers, presence_reference(meta, model, config.data, where))
     presence = mixed_presence(raw, similarity, PresenceMix.from_dict(meta.get("presence_mix")), pictures)
     result = hit_presence_scores(presence, similarity, targets, k, meta.get("presence_cut"))
     return {**result, "calibration": meta.get("presence_calibration")}

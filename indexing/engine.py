@@ -25,7 +25,7 @@ from PIL import Image
 
 from jsa_retrieval.checkpoints import load_model
 from jsa_retrieval.clips import VIDEO_SUFFIXES
-from jsa_retrieval.collect import picture_stats, presence_reference
+from jsa_retrieval.collect import NO_REFERENCE, picture_stats, presence_reference
 from jsa_retrieval.dataset import load_image_tensor, load_spectrogram
 from jsa_retrieval.decode import load_image
 from jsa_retrieval.files import hit_picture_name
@@ -106,8 +106,7 @@ class Engine:
         # a mix by picture standardises each hit picture's scores over these sounds (checkpoint meta)
         self.presence_reference = None if presence_reference is None else presence_reference.to(device)
         if presence_mix is not None and presence_mix.by_picture and presence_reference is None:
-            raise ValueError("the checkpoint's presence mix is by picture but it keeps no reference sounds; "
-                             "run `jsar calibrate-presence` on it")
+            raise ValueError(NO_REFERENCE)
 
     @classmethod
     def open(cls, index_dir: Path, checkpoint: Path | None = None, device: str | None = None,
@@ -130,7 +129,8 @@ class Engine:
             raise FingerprintMismatch(f"{checkpoint} is not the model that built {index_dir} (fingerprint "
                                       f"{fingerprint[:12]} vs {meta.fingerprint[:12]}); re-run `jsar index`")
         return cls(Path(index_dir), model, config, indexes, device_, model_meta.get("presence_cut"),
-                   PresenceMix.from_dict(model_meta.get("presence_mix")), presence_reference(model_meta, device_))
+                   PresenceMix.from_dict(model_meta.get("presence_mix")),
+                   presence_reference(model_meta, model, config.data, device_))
 
     def audio_input(self, path: Path) -> torch.Tensor:
         """(1, F, T) spectrogram of a sound file (or a video's audio track), ready to stack into a batch."""

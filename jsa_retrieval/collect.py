@@ -167,10 +167,33 @@ def reference_rows(clips: Sequence[Clip], limit: int = REFERENCE_SOUNDS) -> np.n
     return np.sort(np.argsort(crcs, kind="stable")[:limit])
 
 
-def presence_reference(meta: dict, device: torch.device | str = "cpu") -> AudioSide | None:
-    """The reference sounds a checkpoint's meta keeps (`presence_reference`), on `device`; None without them."""
+NO_REFERENCE = ("the checkpoint's presence mix is by picture but it keeps no reference sounds; run `jsar "
+                "calibrate-presence` on it")
+
+
+@torch.no_grad()
+def presence_reference(meta: dict, model: nn.Module, data_config: DataConfig,
+                       device: torch.device | str = "cpu") -> AudioSide | None:
+    """The reference sounds a checkpoint's meta keeps (`presence_reference`), on `device`; None without them.
+    Raises ValueError when a mix by picture has none, or when they do not fit `model` (each tensor's shape after
+    the rows is checked against the model's own encoding of one silent clip)."""
     state = meta.get("presence_reference")
-    return None if not state else AudioSide.from_reference_state(state).to(device)
+    if not state:
+        mix = meta.get("presence_mix") or {}
+        if mix.get("by_picture"):
+            raise ValueError(NO_REFERENCE)
+        return None
+    silent = torch.zeros(1, 1, *data_config.spectrogram_shape, device=device)
+    expected = model.encode_audio(silent).reference_state()
+    fits = (isinstance(state, dict) and set(state) == set(expected)
+            and all(isinstance(state[name], torch.Tensor) and state[name].shape[1:] == expected[name].shape[1:]
+                    and state[name].shape[0] == state["vector"].shape[0] >= 2 for name in expected))
+    if not fits:
+        shapes = {name: tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                  for name, value in (state.items() if isinstance(state, dict) else [])}
+        raise ValueError(f"the checkpoint's reference sounds (meta presence_reference: {shapes}) do not fit its "
+                         f"model; run `jsar calibrate-presence` on it")
+    return AudioSide.from_reference_state(state).to(device)
 
 
 def split_presence_targets(clips: Sequence[Clip]) -> np.ndarray:

@@ -201,7 +201,7 @@ def test_training_with_a_location_head_lowers_its_loss_and_calibrates_presence(s
     assert mix.weight in PRESENCE_MIX_LADDER
     assert set(record["mix_tried"]) == names | {f"{name} by picture" for name in names}
     # a mix by picture keeps its reference sounds: val's, up to REFERENCE_SOUNDS of them
-    reference = presence_reference(calibrated)
+    reference = presence_reference(calibrated, model, loaded.data)
     assert (reference is not None) == mix.by_picture
     clips = read_dataset(scene_data, "val").clips
     outputs = collect_outputs(model, clips, loaded.data, torch.device("cpu"), 5, 0, progress=False, presence=True,
@@ -314,3 +314,11 @@ def test_a_mix_by_picture_scores_each_split_picture_over_the_checkpoints_referen
     assert result["auroc"] == pytest.approx(presence_auroc(present, absent), abs=1e-9)
     # and the statistics are the reference sounds', not the split's own
     assert not np.allclose(pictures.presence_mean, images.presence.mean(axis=0))
+    # a checkpoint whose mix is by picture without fitting reference sounds is refused with one sentence
+    for broken, message in (({**meta, "presence_reference": None}, "keeps no reference sounds"),
+                            ({**meta, "presence_reference": {**meta["presence_reference"],
+                                                             "vector": meta["presence_reference"]["vector"][:, :3]}},
+                             "do not fit its model")):
+        save_checkpoint(tmp_path / "broken.pt", checkpoint_state(model, config, meta=broken))
+        with pytest.raises(ValueError, match=message):
+            hit_presence(tmp_path / "broken.pt", scene_data, "test", k=3, device="cpu", num_workers=0)
